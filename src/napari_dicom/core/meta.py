@@ -1,0 +1,144 @@
+"""The DICOM part of a layer's metadata, and the display it implies.
+
+The reader stores ``layer.metadata["dicom"]`` (plain, JSON-friendly values); the widget
+updates its ``"display"`` entry; the writer and the CLI turn it, with the layer's current
+contrast limits, gamma and colormap, into a :class:`~napari_dicom.core.render.Display`.
+
+Keys of ``metadata["dicom"]``:
+
+``header``            first instance's header as a dict (keyword -> value)
+``series_instance_uid``, ``modality``, ``value_unit`` ("HU", ...)
+``files``             one path per plane, in array order (C order over the leading axes)
+``frames``            frame index in the file per plane (``None`` for single-frame files)
+``sop_instance_uids`` one per plane
+``positions``         Image Position (Patient) per plane (or ``None``)
+``locations``         position along the slice normal per plane, mm (or ``None``)
+``windows``           all stored windows, ``Window.to_dict()`` (first = file default)
+``voi_luts``          all VOI LUT Sequence items, ``LUT.to_dict()``
+``voi_function``      the file's VOI LUT Function
+``photometric``, ``presentation_lut_shape``, ``invert`` (display polarity from the file)
+``padding``           Pixel Padding ranges in modality units, ``[[lo, hi], ...]``
+``default``           the file's default display: ``{"window": dict|None, "voi_lut": int|None}``
+``display``           the current VOI step: ``{"window": dict|None, "voi_lut": int|None}``;
+                      used instead of the plain LINEAR ramp while the layer's contrast limits
+                      equal that step's limits (a SIGMOID window or a VOI LUT shown through
+                      a curve colormap), see :func:`display_for_layer`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .render import LUT, Display, Window
+
+META_KEY = "dicom"
+
+#: colormap names that mean "grey ramp" and "inverted grey ramp"
+GREY = ("gray", "grey")
+GREY_R = ("gray_r", "grey_r")
+
+
+def dicom_meta(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``"dicom"`` entry of a layer's metadata, or an empty dict."""
+    if not metadata:
+        return {}
+    d = metadata.get(META_KEY)
+    return dict(d) if isinstance(d, Mapping) else {}
+
+
+def file_windows(meta: Mapping[str, Any]) -> list[Window]:
+    """Stored windows of the file, in order (first = default)."""
+    out = []
+    for w in meta.get("windows", []) or []:
+        out.append(Window.from_dict(w))
+    return out
+
+
+def file_voi_luts(meta: Mapping[str, Any]) -> list[LUT]:
+    return [LUT.from_dict(d) for d in meta.get("voi_luts", []) or []]
+
+
+def step_from_dict(meta: Mapping[str, Any], step: Mapping[str, Any] | None) -> Display | None:
+    """A ``{"window": ..., "voi_lut": i}`` entry as a Display (no polarity/gamma yet)."""
+    if not step:
+        return None
+    if step.get("voi_lut") is not None:
+        luts = file_voi_luts(meta)
+        i = int(step["voi_lut"])
+        if 0 <= i < len(luts):
+            lut = luts[i]
+            lo, hi = lut.input_range()
+            return Display(Window.from_limits(lo, max(hi, lo), "LINEAR"), voi_lut=lut)
+        return None
+    if step.get("window"):
+        return Display(Window.from_dict(step["window"]))
+    return None
+
+
+def step_limits(display: Display) -> tuple[float, float]:
+    """Contrast limits napari uses to show a VOI step (window limits, or LUT input range)."""
+    if display.voi_lut is not None:
+        lo, hi = display.voi_lut.input_range()
+        return float(lo), float(max(hi, lo + 1))
+    return display.window.limits()
+
+
+def limits_match(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    scale = max(1.0, abs(a[0]), abs(a[1]), abs(b[0]), abs(b[1]))
+    return all(math.isclose(x, y, rel_tol=0, abs_tol=1e-6 * scale) for x, y in zip(a, b, strict=True))
+
+
+def display_for_layer(
+    metadata: Mapping[str, Any] | None,
+    contrast_limits: tuple[float, float],
+    gamma: float = 1.0,
+    colormap: str = "gray",
+    palette: npt.NDArray[np.uint8] | None = None,
+) -> Display:
+    """The Display that reproduces what the layer shows.
+
+    * A non-LINEAR VOI step stored in ``metadata["dicom"]["display"]`` (SIGMOID,
+      LINEAR_EXACT or a VOI LUT) is used while the contrast limits still equal its limits.
+    * Otherwise the contrast limits are a LINEAR ramp (napari's own mapping).
+    * ``colormap`` ``gray``/``gray_r`` give grey (``gray_r`` inverted); any other colormap
+      needs its ``palette`` (256 x 3 uint8, sampled by the caller from napari's colormap).
+      A curve colormap made by the reader/widget for a non-LINEAR step is grey too: pass
+      its name in ``GREY``/``GREY_R`` terms via :func:`curve_colormap_name`.
+    """
+    meta = dicom_meta(metadata)
+    lo, hi = float(contrast_limits[0]), float(contrast_limits[1])
+    name = (colormap or "gray").lower()
+    invert = name in GREY_R or name.endswith(CURVE_SUFFIX_R)
+    grey = invert or name in GREY or name.endswith(CURVE_SUFFIX)
+    step = step_from_dict(meta, meta.get("display"))
+    if step is not None and grey and limits_match(step_limits(step), (lo, hi)):
+        return Display(step.window, step.voi_lut, invert, gamma)
+    if grey:
+        return Display.from_limits(lo, hi, invert=invert, gamma=gamma)
+    if palette is None:
+        raise ValueError(f"colormap {colormap!r} needs a 256 x 3 palette to be rendered")
+    return Display.from_limits(lo, hi, gamma=gamma, palette=palette)
+
+
+#: names of the curve colormaps that show a SIGMOID window or VOI LUT in napari
+CURVE_SUFFIX = " (DICOM VOI curve)"
+CURVE_SUFFIX_R = " (DICOM VOI curve, inverted)"
+
+
+def curve_colormap_name(display: Display, inverted: bool) -> str:
+    """Name of the napari colormap that shows ``display``'s non-LINEAR VOI step."""
+    if display.voi_lut is not None:
+        base = f"VOI LUT {display.voi_lut.explanation}".strip()
+    else:
+        base = f"{display.window.function} {display.window.label()}"
+    return base + (CURVE_SUFFIX_R if inverted else CURVE_SUFFIX)
+
+
+def needs_curve(display: Display) -> bool:
+    """Whether napari's linear contrast limits cannot show this VOI step by themselves."""
+    return display.voi_lut is not None or display.window.function == "SIGMOID"
