@@ -1,0 +1,59 @@
+"""The package as napari and pip see it: manifest, entry points, Qt-free core."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import npe2
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_manifest_is_valid_and_registered() -> None:
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    manifest = pm.get_manifest("napari-dicom")
+    assert manifest.display_name == "napari-dicom"
+    readers = manifest.contributions.readers or []
+    assert readers and readers[0].accepts_directories
+    assert {"*.dcm", "*.dicom", "*.ima", "DICOMDIR"} <= set(readers[0].filename_patterns)
+    writers = manifest.contributions.writers or []
+    assert [(w.layer_types, w.filename_extensions) for w in writers] == [(["image"], [".png"])]
+    widgets = manifest.contributions.widgets or []
+    assert [w.display_name for w in widgets] == ["Window / Level"]
+    assert len(manifest.contributions.sample_data or []) >= 3
+
+
+def test_manifest_at_top_level_is_the_one_shipped() -> None:
+    top = ROOT / "napari.yaml"
+    shipped = ROOT / "src" / "napari_dicom" / "napari.yaml"
+    assert yaml.safe_load(top.read_text()) == yaml.safe_load(shipped.read_text())
+    for cmd in yaml.safe_load(top.read_text())["contributions"]["commands"]:
+        module, _, attr = cmd["python_name"].partition(":")
+        mod = __import__(module, fromlist=[attr])
+        assert callable(getattr(mod, attr)), cmd["python_name"]
+
+
+def test_npe2_validate_command() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "npe2", "validate", "napari-dicom"],
+        capture_output=True, text=True, check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "valid" in out.stdout
+
+
+def test_core_imports_no_qt_nor_napari() -> None:
+    code = (
+        "import sys, pkgutil, importlib, napari_dicom.core as c\n"
+        "for m in pkgutil.iter_modules(c.__path__):\n"
+        "    importlib.import_module('napari_dicom.core.' + m.name)\n"
+        "bad = sorted(k for k in sys.modules if k.split('.')[0] in "
+        "('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui', 'vispy'))\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
