@@ -112,9 +112,10 @@ def display_for_layer(
     """
     meta = dicom_meta(metadata)
     lo, hi = float(contrast_limits[0]), float(contrast_limits[1])
-    name = (colormap or "gray").lower()
-    invert = name in GREY_R or name.endswith(CURVE_SUFFIX_R)
-    grey = invert or name in GREY or name.endswith(CURVE_SUFFIX)
+    raw = colormap or "gray"
+    name = raw.lower()
+    invert = name in GREY_R or raw.endswith(CURVE_SUFFIX_R)
+    grey = invert or name in GREY or raw.endswith(CURVE_SUFFIX)
     step = step_from_dict(meta, meta.get("display"))
     if step is not None and grey and limits_match(step_limits(step), (lo, hi)):
         return Display(step.window, step.voi_lut, invert, gamma)

@@ -215,29 +215,33 @@ def voi_window(
         y = (ymax - ymin) / (1 + exp(-4 (x - c) / w)) + ymin
 
     With ``w == 1`` LINEAR is a threshold at ``c - 0.5``. NaN input gives ``ymin``.
-    Float32 input is worked in float32, anything else in float64 (call it per slice).
+    Worked in float64 (call it per slice, or on a LUT's inputs).
     """
     fn = normalize_function(function)
     check_window(center, width, fn)
     a = np.asarray(x)
-    ftype = np.float32 if a.dtype == np.float32 else np.float64
-    xf = a.astype(ftype, copy=False)
+    # float64 whatever the input (callers pass a slice or a LUT's inputs): float32 input
+    # then gives exactly the pixels of the same values stored as integers
+    xf = a.astype(np.float64, copy=False)
     span = ymax - ymin
     if fn == "SIGMOID":
         with np.errstate(over="ignore"):
-            y = span / (1.0 + np.exp(-4.0 * (xf - ftype(center)) / ftype(width))) + ymin
+            y = span / (1.0 + np.exp(-4.0 * (xf - center) / width)) + ymin
     else:
+        # one division of an exactly computed numerator: a result that is exactly k + 0.5
+        # (a tie of the rounding to 8 bits) comes out exactly, so rounding is half up
         if fn == "LINEAR":
             lo, hi = window_to_limits(center, width, fn)
             if width == 1:
-                y = np.where(xf > lo, ymax, ymin).astype(ftype)
+                y = np.where(xf > lo, ymax, ymin).astype(np.float64)
                 return _nan_to(y, xf, ymin)
-            y = ((xf - ftype(center - 0.5)) / ftype(width - 1) + 0.5) * span + ymin
+            d = width - 1
+            y = ((xf - (center - 0.5)) * span + 0.5 * d * span) / d + ymin
         else:
             lo, hi = center - width / 2, center + width / 2
-            y = ((xf - ftype(center)) / ftype(width) + 0.5) * span + ymin
-        y = np.where(xf <= lo, ymin, np.where(xf > hi, ymax, y)).astype(ftype, copy=False)
-    return _nan_to(np.asarray(y, dtype=ftype), xf, ymin)
+            y = ((xf - center) * span + 0.5 * width * span) / width + ymin
+        y = np.where(xf <= lo, ymin, np.where(xf > hi, ymax, y))
+    return _nan_to(np.asarray(y, dtype=np.float64), xf, ymin)
 
 
 def _nan_to(

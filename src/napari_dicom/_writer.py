@@ -1,0 +1,129 @@
+"""npe2 writer: an image layer -> 8-bit PNG (stack), exactly as the layer shows it.
+
+Thin adapter over :func:`napari_dicom.core.export.export_stack` (the CLI and the widget's
+export button go through the same function, so the files are byte-identical).
+
+What is written is what napari shows:
+
+* ``gray`` / ``gray_r`` (and ``grey``): a grey PNG of the LINEAR ramp of the contrast
+  limits (``gray_r`` inverted), or of the layer's non-LINEAR VOI step stored in
+  ``metadata["dicom"]["display"]`` (LINEAR_EXACT) while the limits still equal its limits
+  (:func:`napari_dicom.core.meta.display_for_layer`).
+* a curve colormap made by :mod:`napari_dicom._colormaps` (SIGMOID window or VOI LUT): the
+  exact VOI step from the metadata while the contrast limits still match; after the user
+  moved them, the curve colormap over the new limits, as napari then shows it (grey PNG).
+* any other colormap: an RGB PNG through the colormap sampled at 256 points.
+* ``rgb`` layers: an RGB PNG of the data as stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from napari.utils.colormaps import Colormap, ensure_colormap
+
+from .core.export import Progress, export_stack
+from .core.meta import (
+    CURVE_SUFFIX,
+    CURVE_SUFFIX_R,
+    GREY,
+    GREY_R,
+    dicom_meta,
+    display_for_layer,
+    limits_match,
+    step_from_dict,
+    step_limits,
+)
+from .core.render import Display
+
+__all__ = ["colormap_palette", "export_layer", "layer_display", "write_png"]
+
+
+def _as_colormap(colormap: Any) -> Colormap:
+    """A napari Colormap from what a layer or its layer-data tuple holds: a Colormap, the
+    ``model_dump()`` dict napari 0.5+ puts in ``as_layer_data_tuple()``, or a name."""
+    if isinstance(colormap, Colormap):
+        return colormap
+    if isinstance(colormap, Mapping) and "colors" in colormap:
+        return Colormap(**dict(colormap))
+    return ensure_colormap(colormap)
+
+
+def colormap_palette(colormap: Any) -> npt.NDArray[np.uint8]:
+    """The colormap sampled at 256 evenly spaced points of ``[0, 1]``: ``(256, 3)`` uint8
+    (rounded to nearest; alpha dropped)."""
+    rgba = np.asarray(_as_colormap(colormap).map(np.linspace(0.0, 1.0, 256)), np.float64)
+    return np.clip(np.floor(rgba[:, :3] * 255.0 + 0.5), 0, 255).astype(np.uint8)
+
+
+def layer_display(
+    metadata: Mapping[str, Any] | None,
+    contrast_limits: Any,
+    gamma: float,
+    colormap: Any,
+) -> Display:
+    """The :class:`~napari_dicom.core.render.Display` that reproduces a grey layer."""
+    cmap = _as_colormap(colormap)
+    name = str(cmap.name)
+    limits = (float(contrast_limits[0]), float(contrast_limits[1]))
+    gamma = float(gamma)
+    if name.lower() in GREY or name.lower() in GREY_R:
+        return display_for_layer(metadata, limits, gamma, name.lower())
+    curve_inverted = name.endswith(CURVE_SUFFIX_R)
+    if curve_inverted or name.endswith(CURVE_SUFFIX):
+        meta = dicom_meta(metadata)
+        step = step_from_dict(meta, meta.get("display"))
+        if step is not None and limits_match(step_limits(step), limits):
+            # the exact VOI step rather than the colormap's 256-point sampling of it
+            grey = "gray_r" if curve_inverted else "gray"
+            return display_for_layer(metadata, limits, gamma, grey)
+    return display_for_layer(metadata, limits, gamma, name, colormap_palette(cmap))
+
+
+def _export(
+    path: str,
+    data: Any,
+    attributes: Mapping[str, Any],
+    progress: Progress | None = None,
+) -> list[str]:
+    if attributes.get("multiscale") or isinstance(data, (list, tuple)):
+        data = data[0]  # full resolution
+    rgb = bool(attributes.get("rgb", False))
+    metadata = attributes.get("metadata") or {}
+    display = None
+    if not rgb:
+        display = layer_display(
+            metadata,
+            attributes["contrast_limits"],
+            attributes.get("gamma", 1.0),
+            attributes.get("colormap", "gray"),
+        )
+    paths = export_stack(
+        data, display, path, meta=dicom_meta(metadata), rgb=rgb, progress=progress
+    )
+    return [str(p) for p in paths]
+
+
+def write_png(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """npe2 single-layer writer: write an image layer as 8-bit PNG(s), as displayed.
+
+    A 2-D layer gives ``path``; an N-D layer gives the folder ``path`` without ``.png``,
+    holding one PNG per plane and ``manifest.csv``. Returns every path written.
+    """
+    return _export(path, data, attributes)
+
+
+def export_layer(layer: Any, path: str, progress: Progress | None = None) -> list[str]:
+    """Export a live napari image layer (the widget's "Export PNG stack..." button)."""
+    attributes = {
+        "multiscale": layer.multiscale,
+        "rgb": layer.rgb,
+        "metadata": layer.metadata,
+        "contrast_limits": layer.contrast_limits,
+        "gamma": layer.gamma,
+        "colormap": layer.colormap,
+    }
+    return _export(path, layer.data, attributes, progress)

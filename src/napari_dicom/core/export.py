@@ -1,0 +1,659 @@
+"""Modality values + a :class:`~napari_dicom.core.render.Display` -> 8-bit PNG files.
+
+The one export path of napari-dicom: the napari writer (``_writer.py``), the widget's
+"Export PNG stack..." button and the CLI ``export`` command all call :func:`export_stack`,
+so the same data and display give byte-identical files whichever door was used.
+
+* Pixels: :func:`~napari_dicom.core.render.render_uint8`, one plane at a time (no float64
+  copy of a volume; integer data goes through a lookup table). Grey data with a palette
+  (a non-grey napari colormap) gives RGB PNGs; RGB data is written as stored (16-bit
+  colour scaled to 8 bits).
+* Encoding: :func:`encode_png`, a minimal PNG writer (PNG 2nd ed. / ISO 15948): one IHDR,
+  text chunks, one IDAT with filter type 0 (None) on every row, IEND. The deflate stream
+  comes from ISA-L (``isal``, level 1) when it is installed, otherwise from the standard
+  library's zlib at level 1. Measured on 512 x 512 windowed CT planes: ISA-L level 1
+  ~3400 planes/s per thread with files ~4 % smaller than zlib level 1 (~600 planes/s);
+  Pillow's default (zlib level 6 with adaptive filtering) ~190 planes/s. Both compressors
+  release the GIL, so planes are encoded on ``jobs`` threads. No time stamp is written:
+  the same input gives the same bytes.
+* Files: every file is written to a temporary name in its final folder and renamed
+  (:func:`write_atomic`): a PNG never exists truncated under its final name. When an
+  export fails, the files this call wrote (and the folders it created) are removed;
+  nothing else is touched.
+
+Layout: a 2-D image is written to the given path. An N-D stack ``(..., H, W)`` goes to a
+folder named after the file (``scan.png`` -> ``scan/``) holding one PNG per plane along
+the leading axes and a ``manifest.csv``. Names are 1-based and zero-padded to at least 4
+digits per leading axis, so they sort in array order: ``scan_0001.png`` ... for 3-D,
+``scan_0001_0001.png`` (first leading axis, then the next) for 4-D. The manifest's
+``index`` columns are 0-based array indices.
+
+Undefined values: NaN is treated as below every window (the bottom of the VOI output,
+PS3.3 C.11.2), i.e. 0 in the PNG -- 255 when the display is inverted (MONOCHROME1), as
+the lowest value is shown there. A constant image is defined by the window like any
+other value.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+import os
+import struct
+import threading
+import types
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .. import __version__
+from .render import Display, render_uint8
+
+_deflate_mod: types.ModuleType
+try:  # ISA-L: ~6x faster than zlib level 1 at the same or better ratio
+    from isal import isal_zlib as _deflate_mod
+
+    DEFLATE_ENGINE = "isal"
+except ImportError:  # pragma: no cover - depends on the environment
+    _deflate_mod = zlib
+    DEFLATE_ENGINE = "zlib"
+
+__all__ = [
+    "DEFLATE_ENGINE",
+    "ExportError",
+    "encode_png",
+    "export_stack",
+    "grey_palette",
+    "manifest_columns",
+    "plane_file_names",
+    "write_atomic",
+]
+
+#: deflate level for PNG data: fast; CT planes gain little from higher levels
+PNG_LEVEL = 1
+SOFTWARE = f"napari-dicom {__version__}"
+MANIFEST = "manifest.csv"
+#: planes rendered together (one lookup table, one dask compute) per task
+MAX_BATCH = 16
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_COLOR_TYPE = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (grey, RGB, RGBA)
+_tmp_counter = itertools.count()
+
+Progress = Callable[[int, int], object]
+
+
+class ExportError(OSError):
+    """A PNG export that could not be written; the message names the file or folder."""
+
+
+# --------------------------------------------------------------------------------------
+# PNG bytes
+# --------------------------------------------------------------------------------------
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(payload, zlib.crc32(kind)) & 0xFFFFFFFF)
+    )
+
+
+def _text_chunk(key: str, value: str) -> bytes:
+    """``tEXt`` when the value is Latin-1, else ``iTXt`` (UTF-8, uncompressed)."""
+    try:
+        k = key.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"PNG text keyword {key!r} must be Latin-1") from None
+    if not (1 <= len(k) <= 79) or key != key.strip() or "  " in key or b"\0" in k:
+        raise ValueError(
+            f"PNG text keyword {key!r} must be 1-79 characters without leading, trailing "
+            "or double spaces"
+        )
+    value = str(value).replace("\0", "")
+    try:
+        return _chunk(b"tEXt", k + b"\0" + value.encode("latin-1"))
+    except UnicodeEncodeError:
+        return _chunk(b"iTXt", k + b"\0\0\0\0\0" + value.encode("utf-8"))
+
+
+def encode_png(img: npt.NDArray[np.uint8], text: Mapping[str, str] | None = None) -> bytes:
+    """Encode an 8-bit image as PNG bytes, deterministically.
+
+    Parameters
+    ----------
+    img
+        ``(H, W)`` grey, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA, ``uint8``.
+    text
+        Keyword -> text, written as ``tEXt`` chunks (``iTXt`` for non-Latin-1 text) in
+        the mapping's order, before the image data.
+
+    Returns
+    -------
+    bytes
+        A PNG file: signature, IHDR, text chunks, one IDAT (filter type 0 on every row,
+        deflate level :data:`PNG_LEVEL`), IEND. No time chunk: same input, same bytes.
+    """
+    a = np.asarray(img)
+    if a.dtype != np.uint8:
+        raise TypeError(f"encode_png needs uint8 pixels, got {a.dtype}")
+    if a.ndim == 2:
+        channels = 1
+    elif a.ndim == 3 and a.shape[2] in (3, 4):
+        channels = a.shape[2]
+    else:
+        raise ValueError(f"encode_png needs (H, W), (H, W, 3) or (H, W, 4) pixels, got {a.shape}")
+    h, w = a.shape[:2]
+    if h == 0 or w == 0:
+        raise ValueError(f"a PNG needs at least one pixel, got shape {a.shape}")
+    raw = np.empty((h, w * channels + 1), np.uint8)
+    raw[:, 0] = 0  # filter type None
+    raw[:, 1:] = a.reshape(h, w * channels)
+    idat = _deflate_mod.compress(raw, PNG_LEVEL)
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, _COLOR_TYPE[channels], 0, 0, 0)
+    parts = [_PNG_SIGNATURE, _chunk(b"IHDR", ihdr)]
+    for key, value in (text or {}).items():
+        parts.append(_text_chunk(key, value))
+    parts += [_chunk(b"IDAT", idat), _chunk(b"IEND", b"")]
+    return b"".join(parts)
+
+
+# --------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder + rename.
+
+    The final name only ever holds a complete file (``os.replace`` is atomic on one file
+    system); the temporary file is removed when writing fails. The file gets the usual
+    permissions (``0o666`` minus the umask). No fsync: this guards against a failed or
+    interrupted export, not against power loss.
+    """
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def plane_file_names(leading_shape: Sequence[int], stem: str) -> list[str]:
+    """PNG names for the planes of a stack, in C order over the leading axes.
+
+    1-based, zero-padded to ``max(4, digits)`` per axis, so a plain sort gives array
+    order: ``(3,)`` -> ``stem_0001.png .. stem_0003.png``; ``(2, 3)`` ->
+    ``stem_0001_0001.png, stem_0001_0002.png, ..., stem_0002_0003.png``.
+    """
+    shape = [int(n) for n in leading_shape]
+    if not shape:
+        return [f"{stem}.png"]
+    if any(n < 0 for n in shape):
+        raise ValueError(f"negative axis length in {shape}")
+    widths = [max(4, len(str(n))) for n in shape]
+    names = []
+    for idx in itertools.product(*(range(n) for n in shape)):
+        parts = "_".join(f"{i + 1:0{wd}d}" for i, wd in zip(idx, widths, strict=True))
+        names.append(f"{stem}_{parts}.png")
+    return names
+
+
+# --------------------------------------------------------------------------------------
+# Pixels
+# --------------------------------------------------------------------------------------
+
+
+def _rgb_uint8(plane: npt.NDArray[Any], bits: int | None) -> npt.NDArray[np.uint8]:
+    """RGB(A) data as 8 bits: uint8 as is; other integers scaled from ``[0, 2^bits - 1]``
+    (``bits``: Bits Stored, default the dtype's width) with rounding; floats taken as
+    ``[0, 1]`` (napari's convention for float RGB)."""
+    a = np.asarray(plane)
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.bool_:
+        return np.where(a, np.uint8(255), np.uint8(0)).astype(np.uint8)
+    if a.dtype.kind in "iu":
+        nbits = bits if bits else 8 * a.dtype.itemsize - (1 if a.dtype.kind == "i" else 0)
+        top = (1 << nbits) - 1
+        v = np.clip(a, 0, top).astype(np.uint64)
+        out: npt.NDArray[np.uint8] = ((v * 255 + top // 2) // top).astype(np.uint8)
+        return out
+    if a.dtype.kind == "f":
+        v = np.nan_to_num(a.astype(np.float32, copy=False), nan=0.0, posinf=1.0, neginf=0.0)
+        scaled = np.floor(np.clip(v, 0.0, 1.0) * np.float32(255) + np.float32(0.5))
+        res: npt.NDArray[np.uint8] = scaled.astype(np.uint8)
+        return res
+    raise TypeError(f"cannot write {a.dtype} RGB data as PNG")
+
+
+def grey_palette(display: Display | None) -> bool:
+    """Whether ``display`` has a palette whose three channels are equal (a grey curve,
+    e.g. the colormap that shows a SIGMOID window): such planes are written as grey PNGs."""
+    pal = None if display is None else display.palette
+    if pal is None:
+        return False
+    return bool((pal[:, 0] == pal[:, 1]).all() and (pal[:, 0] == pal[:, 2]).all())
+
+
+def _plane_to_uint8(
+    plane: npt.NDArray[Any], display: Display | None, rgb: bool, bits: int | None
+) -> npt.NDArray[np.uint8]:
+    if rgb:
+        return _rgb_uint8(plane, bits)
+    if display is None:
+        raise ValueError("grey data needs a Display (window) to be exported")
+    if grey_palette(display):
+        return render_uint8(plane, display)[..., 0]
+    return render_uint8(plane, display)
+
+
+def _materialise(plane: Any) -> npt.NDArray[Any]:
+    if hasattr(plane, "compute") and not isinstance(plane, np.ndarray):
+        # planes run on our own threads: keep dask from starting a pool per plane
+        plane = plane.compute(scheduler="synchronous")
+    return np.asarray(plane)
+
+
+# --------------------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------------------
+
+
+def manifest_columns(n_leading: int) -> list[str]:
+    """Header of ``manifest.csv`` for a stack with ``n_leading`` leading axes."""
+    idx = ["index"] if n_leading == 1 else [f"index{k}" for k in range(n_leading)]
+    return [
+        "file",
+        *idx,
+        "location_mm",
+        "sop_instance_uid",
+        "source_file",
+        "frame",
+        "window_center",
+        "window_width",
+        "voi_function",
+        "invert",
+        "gamma",
+    ]
+
+
+def _per_plane(meta: Mapping[str, Any] | None, key: str, n: int) -> list[Any] | None:
+    """``meta[key]`` when it holds one entry per plane, else None (e.g. cropped data)."""
+    if not meta:
+        return None
+    v = meta.get(key)
+    if isinstance(v, (list, tuple)) and len(v) == n:
+        return list(v)
+    return None
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return ""
+        return repr(int(v)) if v.is_integer() else f"{v:.6g}"
+    return str(v)
+
+
+def _display_columns(display: Display | None, rgb: bool) -> list[str]:
+    if rgb or display is None:
+        return ["", "", "RGB as stored", "no", ""]
+    d = display.describe()
+    if display.voi_lut is not None:
+        center = width = ""
+        function = f"{d['VOI']} {d['VOILUTRange']}"
+    else:
+        center, width, function = d["WindowCenter"], d["WindowWidth"], d["VOILUTFunction"]
+    return [center, width, function, d["Invert"], _fmt(float(display.gamma))]
+
+
+def _manifest_bytes(
+    names: list[str],
+    leading: tuple[int, ...],
+    meta: Mapping[str, Any] | None,
+    display: Display | None,
+    rgb: bool,
+) -> bytes:
+    n = len(names)
+    locations = _per_plane(meta, "locations", n)
+    uids = _per_plane(meta, "sop_instance_uids", n)
+    files = _per_plane(meta, "files", n)
+    frames = _per_plane(meta, "frames", n)
+    disp = _display_columns(display, rgb)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(manifest_columns(len(leading)))
+    for i, (name, idx) in enumerate(zip(names, np.ndindex(*leading), strict=True)):
+        writer.writerow(
+            [
+                name,
+                *idx,
+                _fmt(None if locations is None else _float_or_none(locations[i])),
+                _fmt(None if uids is None else uids[i]),
+                _fmt(None if files is None else files[i]),
+                _fmt(None if frames is None else frames[i]),
+                *disp,
+            ]
+        )
+    return buf.getvalue().encode("utf-8")
+
+
+def _int_or_none(v: Any) -> int | None:
+    try:
+        return int(v) if v is not None and int(v) > 0 else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _float_or_none(v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------------------
+# The export
+# --------------------------------------------------------------------------------------
+
+
+def _base_text(
+    display: Display | None, rgb: bool, series_uid: str | None
+) -> dict[str, str]:
+    text: dict[str, str] = {}
+    if rgb or display is None:
+        text["Photometric"] = "RGB as stored"
+    else:
+        text.update(display.describe())
+        if display.palette is not None:
+            text["Colormap"] = "grey curve" if grey_palette(display) else "palette (RGB)"
+    if series_uid:
+        text["SeriesInstanceUID"] = str(series_uid)
+    text["Software"] = SOFTWARE
+    return text
+
+
+def _plane_text(
+    base: Mapping[str, str], i: int, uids: list[Any] | None, locations: list[Any] | None
+) -> dict[str, str]:
+    text = dict(base)
+    if uids is not None and uids[i]:
+        text["SOPInstanceUID"] = str(uids[i])
+    if locations is not None:
+        loc = _float_or_none(locations[i])
+        if loc is not None and math.isfinite(loc):
+            text["SliceLocation"] = _fmt(loc)
+    return text
+
+
+def _is_rgb(data: Any, rgb: bool | None) -> bool:
+    if rgb is not None:
+        return bool(rgb)
+    shape = tuple(data.shape)
+    return len(shape) >= 3 and shape[-1] in (3, 4)
+
+
+def _export_error(action: str, path: Path, exc: OSError) -> ExportError:
+    reason = exc.strerror or str(exc)
+    err = ExportError(f"cannot {action} {path}: {reason}")
+    err.errno = exc.errno
+    err.strerror = reason
+    err.filename = str(path)
+    return err
+
+
+def _make_dirs(folder: Path, created: list[Path]) -> None:
+    """``mkdir -p`` that records which folders it created (to remove them on failure)."""
+    missing = []
+    p = folder
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise ExportError(f"cannot write into {folder}: {p} exists and is not a folder")
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            if not d.is_dir():
+                raise ExportError(
+                    f"cannot write into {folder}: {d} exists and is not a folder"
+                ) from None
+            continue
+        except OSError as e:
+            raise _export_error("create the folder", d, e) from e
+        created.append(d)
+
+
+def _cleanup(written: Iterable[Path], created: list[Path]) -> None:
+    for p in written:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:  # not empty (someone else wrote there) or gone: leave it
+            pass
+
+
+def export_stack(
+    data: Any,
+    display: Display | None,
+    out_path: str | os.PathLike[str],
+    *,
+    meta: Mapping[str, Any] | None = None,
+    jobs: int | None = None,
+    progress: Progress | None = None,
+    skip_existing: bool = False,
+    series_uid: str | None = None,
+    rgb: bool | None = None,
+) -> list[Path]:
+    """Write modality values as 8-bit PNG(s) exactly as ``display`` shows them.
+
+    Parameters
+    ----------
+    data
+        Modality values (e.g. HU), numpy or dask: grey ``(..., H, W)`` or colour
+        ``(..., H, W, 3|4)``.
+    display
+        The VOI step (window or VOI LUT), polarity, gamma and palette (PS3.3 C.11.2,
+        C.7.6.3.1.2); ignored (may be None) for colour data.
+    out_path
+        ``scan.png``. 2-D data is written there (``.png`` is appended when missing);
+        N-D data goes to the folder ``scan/`` (see the module docstring for names).
+    meta
+        ``layer.metadata["dicom"]`` / ``series_metadata(series)``: ``locations``,
+        ``sop_instance_uids``, ``files``, ``frames`` (one per plane, C order) fill the
+        manifest and text chunks; ``series_instance_uid`` and ``header["BitsStored"]``
+        (scaling of 16-bit colour) are used when present.
+    jobs
+        Threads that render, encode and write planes (default: all cores).
+    progress
+        ``progress(done, total)`` after each plane, on the calling thread. Raising from
+        it cancels the export (the files written so far are removed).
+    skip_existing
+        Leave PNGs that already exist under their final name (a previous, interrupted
+        export of the same stack: our files are only ever complete) and write the rest.
+    series_uid
+        Series Instance UID for the PNG text; default ``meta["series_instance_uid"]``.
+    rgb
+        Whether the last axis holds colour; default: guessed like napari (last axis of
+        length 3 or 4 on data with at least 3 axes). The writer passes the layer's flag.
+
+    Returns
+    -------
+    list of Path
+        Every file of the export, PNGs in name order then ``manifest.csv`` (files kept by
+        ``skip_existing`` included).
+
+    Raises
+    ------
+    ExportError
+        The file or folder cannot be created or written (the message names it); nothing
+        this call wrote is left behind.
+    """
+    is_rgb = _is_rgb(data, rgb)
+    shape = tuple(int(n) for n in data.shape)
+    n_plane_axes = 3 if is_rgb else 2
+    if len(shape) < n_plane_axes:
+        kind = "colour (..., H, W, 3)" if is_rgb else "grey (..., H, W)"
+        raise ValueError(f"cannot export data of shape {shape} as {kind} images")
+    if not is_rgb and display is None:
+        raise ValueError("grey data needs a Display (window) to be exported")
+    leading = shape[: len(shape) - n_plane_axes]
+    meta = dict(meta) if meta else {}
+    uid = series_uid if series_uid is not None else meta.get("series_instance_uid")
+    header = meta.get("header") if isinstance(meta.get("header"), Mapping) else {}
+    bits = _int_or_none(header.get("BitsStored")) if header else None
+    base = _base_text(display, is_rgb, uid)
+
+    out = Path(out_path)
+    if not leading:
+        target = out if out.suffix.lower() == ".png" else out.with_name(out.name + ".png")
+        folder = target.parent
+        names = [target.name]
+    else:
+        folder = out.with_suffix("") if out.suffix.lower() == ".png" else out
+        names = plane_file_names(leading, folder.name)
+    n = len(names)
+    paths = [folder / name for name in names]
+    uids = _per_plane(meta, "sop_instance_uids", n)
+    locations = _per_plane(meta, "locations", n)
+
+    created: list[Path] = []
+    written: list[Path] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    _make_dirs(folder, created)
+
+    def one(batch: tuple[int, int]) -> int:
+        """Render, encode and write planes ``batch[0]:batch[1]`` (flat indices, all on
+        the last leading axis): one lookup table per batch, not per plane."""
+        i0, i1 = batch
+        if stop.is_set():
+            return 0
+        todo = [i for i in range(i0, i1) if not (skip_existing and paths[i].is_file())]
+        if not todo:
+            return i1 - i0
+        if leading:
+            prefix = np.unravel_index(i0, leading)[:-1]
+            last0 = int(np.unravel_index(i0, leading)[-1])
+            block = _materialise(data[(*prefix, slice(last0, last0 + i1 - i0))])
+        else:
+            block = _materialise(data)[np.newaxis]
+        imgs = _plane_to_uint8(block, display, is_rgb, bits)
+        for i in todo:
+            if stop.is_set():
+                break
+            png = encode_png(imgs[i - i0], _plane_text(base, i, uids, locations))
+            try:
+                write_atomic(paths[i], png)
+            except OSError as e:
+                raise _export_error("write", paths[i], e) from e
+            with lock:
+                written.append(paths[i])
+        return i1 - i0
+
+    n_jobs = max(1, int(jobs) if jobs else (os.cpu_count() or 1))
+    batches = _batches(leading, n_jobs)
+    n_jobs = min(n_jobs, len(batches))
+    try:
+        if n_jobs == 1:
+            done = 0
+            for b in batches:
+                done += one(b)
+                if progress is not None:
+                    progress(done, n)
+        else:
+            _run_threads(one, batches, n, n_jobs, progress, stop)
+        if leading:
+            manifest = folder / MANIFEST
+            try:
+                write_atomic(manifest, _manifest_bytes(names, leading, meta, display, is_rgb))
+            except OSError as e:
+                raise _export_error("write", manifest, e) from e
+            written.append(manifest)
+            paths.append(manifest)
+    except BaseException:
+        stop.set()
+        _cleanup(written, created)
+        raise
+    return paths
+
+
+def _batches(leading: tuple[int, ...], n_jobs: int) -> list[tuple[int, int]]:
+    """Flat plane ranges ``[i0, i1)`` along the last leading axis, up to
+    :data:`MAX_BATCH` planes each, about four per thread at least."""
+    if not leading:
+        return [(0, 1)]
+    n = math.prod(leading)
+    last = leading[-1]
+    size = max(1, min(MAX_BATCH, math.ceil(n / (4 * n_jobs)), last))
+    out = []
+    for start in range(0, n, last):
+        for j in range(0, last, size):
+            out.append((start + j, start + min(j + size, last)))
+    return out
+
+
+def _run_threads(
+    one: Callable[[tuple[int, int]], int],
+    batches: list[tuple[int, int]],
+    n: int,
+    n_jobs: int,
+    progress: Progress | None,
+    stop: threading.Event,
+) -> None:
+    """Run ``one(batch)`` on ``n_jobs`` threads, at most ``2 * n_jobs`` batches in flight
+    (memory stays a few batches), reporting progress on this thread; first error wins."""
+    done = 0
+    pending: set[Future[int]] = set()
+    todo = iter(batches)
+    exhausted = False
+    with ThreadPoolExecutor(n_jobs, thread_name_prefix="napari-dicom-export") as pool:
+        try:
+            while not exhausted or pending:
+                while not exhausted and len(pending) < 2 * n_jobs:
+                    b = next(todo, None)
+                    if b is None:
+                        exhausted = True
+                        break
+                    pending.add(pool.submit(one, b))
+                if not pending:
+                    break
+                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for f in finished:
+                    done += f.result()  # re-raises the worker's error
+                if progress is not None:
+                    progress(done, n)
+        except BaseException:
+            stop.set()
+            for f in pending:
+                f.cancel()
+            wait(pending)
+            raise
