@@ -1,0 +1,209 @@
+"""napari reader: DICOM files, folders and DICOMDIRs -> one image layer per series.
+
+A thin adapter: finding and grouping files is ``core.scan``, pixels and the default display
+are ``core.pixels``; this module only turns them into napari LayerData tuples and tells
+the user, in plain words, what was skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .core.pixels import (
+    DicomLoadError,
+    default_display,
+    layer_geometry,
+    load_series,
+    series_metadata,
+)
+
+log = logging.getLogger(__name__)
+
+PathLike = str | Sequence[str]
+LayerData = tuple[Any, dict[str, Any], str]
+ReaderFunction = Callable[[PathLike], list[LayerData]]
+
+_SUFFIXES = (".dcm", ".dicom", ".ima")
+#: get_reader stops looking for a DICOM file in a folder after this many entries
+_PROBE_LIMIT = 5000
+#: show a napari progress bar from this many files / planes on
+_PROGRESS_FROM = 50
+
+
+def _is_dicom(path: Path) -> bool:
+    from .core.scan import is_dicom_file
+
+    try:
+        return bool(is_dicom_file(path))
+    except OSError:
+        return False
+
+
+def _folder_has_dicom(folder: Path, limit: int = _PROBE_LIMIT) -> bool:
+    """Whether a walk of ``folder`` finds a DICOM file (stops at the first one).
+
+    Files named like DICOM (``*.dcm``, ``DICOMDIR``...) are tried first in each folder.
+    """
+    seen = 0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        named = [f for f in files if f.lower().endswith(_SUFFIXES) or f.upper() == "DICOMDIR"]
+        others = [f for f in files if f not in set(named) and not f.startswith(".")]
+        for name in named + sorted(others):
+            if _is_dicom(Path(root) / name):
+                return True
+            seen += 1
+            if seen >= limit:
+                return False
+    return False
+
+
+def _claims(path: str | os.PathLike[str]) -> bool:
+    p = Path(path)
+    try:
+        if p.is_dir():
+            return _folder_has_dicom(p)
+        if p.is_file():
+            return _is_dicom(p)
+    except OSError:
+        return False
+    return False
+
+
+def napari_get_reader(path: PathLike) -> ReaderFunction | None:
+    """Return :func:`read_dicom` when ``path`` holds DICOM, else ``None`` (never raises).
+
+    Files are probed by their preamble and header (``core.scan.is_dicom_file``), never by
+    decoding pixels; a folder is claimed when a walk finds one DICOM file.
+    """
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    if not paths:
+        return None
+    if any(_claims(p) for p in paths):
+        return read_dicom
+    return None
+
+
+def _progress_bar(total_hint: int, desc: str) -> tuple[Any, Callable[[int, int], None]]:
+    """A napari progress bar driven by ``callback(done, total)``."""
+    from napari.utils import progress
+
+    state: dict[str, Any] = {"bar": None, "done": 0}
+
+    def callback(done: int, total: int) -> None:
+        if total < _PROGRESS_FROM:
+            return
+        bar = state["bar"]
+        if bar is None:
+            bar = state["bar"] = progress(total=total, desc=desc)
+        bar.update(done - state["done"])
+        state["done"] = done
+
+    return state, callback
+
+
+def _close(state: dict[str, Any]) -> None:
+    if state.get("bar") is not None:
+        state["bar"].close()
+
+
+def _count(v: Any) -> int:
+    if isinstance(v, int):
+        return v
+    try:
+        return len(v)
+    except TypeError:
+        return 0
+
+
+def _notify_scan(result: Any) -> None:
+    from napari.utils.notifications import show_info, show_warning
+
+    for w in getattr(result, "warnings", []) or []:
+        show_warning(str(w))
+    skipped = list(getattr(result, "skipped", []) or [])
+    if skipped:
+        names = ", ".join(_item_text(s) for s in skipped[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        show_warning(f"{len(skipped)} DICOM file(s) could not be read: {names}{more}")
+    non_image = list(getattr(result, "non_image", []) or [])
+    if non_image:
+        show_info(
+            f"{len(non_image)} DICOM object(s) without an image (reports, structure sets, "
+            "presentation states...) were not opened"
+        )
+    n_other = _count(getattr(result, "non_dicom", 0))
+    if n_other:
+        log.info("napari-dicom: %d file(s) that are not DICOM were ignored", n_other)
+
+
+def _item_text(item: Any) -> str:
+    if isinstance(item, tuple) and len(item) == 2:
+        return f"{Path(str(item[0])).name} ({item[1]})"
+    return str(item)
+
+
+def read_dicom(path: PathLike) -> list[LayerData]:
+    """Read DICOM files / folders into one image layer per series.
+
+    Each layer carries ``metadata["dicom"]`` (see ``core.meta``), the geometry (scale,
+    translate, units, axis labels) and the file's default display (stored window, VOI LUT,
+    or min-max without padding), MONOCHROME1 shown through ``gray_r`` (data unaltered).
+
+    Raises
+    ------
+    DicomLoadError
+        When nothing readable is found; napari shows the message as a notification.
+    """
+    from napari.utils.notifications import show_warning
+
+    from ._colormaps import layer_display_kwargs
+    from .core.scan import scan
+
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    sources = [Path(p) for p in paths]
+    state, cb = _progress_bar(0, "Reading DICOM headers")
+    try:
+        result = scan(sources, progress=cb)
+    finally:
+        _close(state)
+    _notify_scan(result)
+    where = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+    if not result.series:
+        raise DicomLoadError(f"no DICOM image could be read from {where}: {result.summary()}")
+
+    layers: list[LayerData] = []
+    failures: list[str] = []
+    for series in result.series:
+        state, cb = _progress_bar(0, f"Loading {series.name}")
+        try:
+            data = load_series(series, progress=cb)
+        except DicomLoadError as exc:
+            failures.append(str(exc))
+            show_warning(f"{series.name}: not opened: {exc}")
+            continue
+        finally:
+            _close(state)
+        display, note = default_display(series, data)
+        meta = series_metadata(series, display, note, dtype=data.dtype)
+        kwargs: dict[str, Any] = {"name": series.name, **layer_geometry(series),
+                                  "metadata": {"dicom": meta}}
+        if series.rgb:
+            kwargs["contrast_limits"] = list(display.window.limits())
+        else:
+            kwargs.update(layer_display_kwargs(display, inverted=series.invert))
+        layers.append((data, kwargs, "image"))
+        for w in _unique(series.warnings):
+            show_warning(f"{series.name}: {w}")
+    if not layers:
+        raise DicomLoadError(f"no DICOM series could be loaded from {where}: "
+                             + "; ".join(failures))
+    return layers
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))

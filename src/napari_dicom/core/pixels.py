@@ -1,0 +1,919 @@
+"""Pixel loading: stored values -> modality values (PS3.3 C.11.1), eager or lazy.
+
+A :class:`~napari_dicom.core.series.Series` (headers only) becomes an array of shape
+``series.shape``:
+
+* grey: the Modality LUT of each plane (rescale ``slope * SV + intercept``, which may
+  differ from slice to slice, or a Modality LUT Sequence item) applied into one dtype for
+  the whole series (:func:`value_dtype`): integer where the standard allows, ``float32``
+  otherwise, never ``float64``;
+* colour: RGB as stored, YBR_* converted to RGB (pydicom does it on decode), PALETTE COLOR
+  looked up in its palette (C.7.6.3.1.5, 16-bit palettes scaled to 8 bits).
+
+Loading is eager (decode spread over threads, written straight into one preallocated
+array) or lazy (a dask array, one chunk per plane, decoded when napari shows it).
+:func:`default_display` and :func:`series_metadata` build what the reader (and the CLI)
+attach to a layer.
+
+Decoding runs on threads. Measured (``benchmarks/bench_load.py``, 512 x 512 int16):
+pydicom's pylibjpeg-libjpeg plugin holds the GIL (8-11 ms/frame, 2 threads ~1.0-1.3x),
+so grey JPEG Lossless goes through imagecodecs' libjpeg-turbo when it is installed
+(1.6 ms/frame, releases the GIL); single-frame native little-endian files are read from
+their tail without a data-set parse (GIL released during I/O). Both fast paths are
+checked against pydicom's decode on the series' first plane and fall back to pydicom.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import (  # type: ignore[attr-defined]
+    apply_color_lut,
+    get_decoder,
+    iter_pixels,
+    pixel_array,
+)
+from pydicom.uid import UID
+
+from .render import (
+    LUT,
+    Display,
+    Window,
+    WindowError,
+    data_range,
+    minmax_window,
+    normalize_function,
+    rescale_dtype,
+)
+
+if TYPE_CHECKING:
+    import dask.array
+
+    from .series import Plane, Series
+
+__all__ = [
+    "LAZY_BYTES",
+    "LAZY_PLANES",
+    "DicomLoadError",
+    "default_display",
+    "describe_series",
+    "display_step",
+    "load_plane",
+    "load_series",
+    "series_metadata",
+    "stored_range",
+    "value_dtype",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``lazy=None`` loads lazily above this many bytes (of the value array) ...
+LAZY_BYTES = 256 * 1024 * 1024
+#: ... or above this many planes (a 1000-slice series shows its first slice at once)
+LAZY_PLANES = 300
+#: planes decoded to choose a min-max display of a lazily loaded series
+SAMPLE_PLANES = 9
+
+Progress = Callable[[int, int], None]
+
+
+class DicomLoadError(Exception):
+    """A series (or a plane asked for alone) cannot be loaded; the message names the file."""
+
+
+#: what would decode each compressed transfer syntax (pydicom 3 plugins)
+_DECODER_PACKAGES: dict[str, tuple[str, str]] = {
+    "1.2.840.10008.1.2.4.50": ("JPEG Baseline", "pylibjpeg-libjpeg, pillow or python-gdcm"),
+    "1.2.840.10008.1.2.4.51": ("JPEG Extended", "pylibjpeg-libjpeg, pillow or python-gdcm"),
+    "1.2.840.10008.1.2.4.57": ("JPEG Lossless", "pylibjpeg-libjpeg or python-gdcm"),
+    "1.2.840.10008.1.2.4.70": ("JPEG Lossless SV1", "pylibjpeg-libjpeg or python-gdcm"),
+    "1.2.840.10008.1.2.4.80": ("JPEG-LS Lossless", "pyjpegls, pylibjpeg-libjpeg or python-gdcm"),
+    "1.2.840.10008.1.2.4.81": ("JPEG-LS Near-Lossless",
+                               "pyjpegls, pylibjpeg-libjpeg or python-gdcm"),
+    "1.2.840.10008.1.2.4.90": ("JPEG 2000 Lossless", "pylibjpeg-openjpeg or python-gdcm"),
+    "1.2.840.10008.1.2.4.91": ("JPEG 2000", "pylibjpeg-openjpeg or python-gdcm"),
+    "1.2.840.10008.1.2.4.201": ("HTJ2K Lossless", "pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.4.202": ("HTJ2K Lossless RPCL", "pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.4.203": ("HTJ2K", "pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.5": ("RLE Lossless", "pydicom itself (or pylibjpeg-rle)"),
+    "1.2.840.10008.1.2.4.110": ("JPEG XL Lossless", "no package pydicom 3.0 can use yet"),
+    "1.2.840.10008.1.2.4.111": ("JPEG XL JPEG Recompression",
+                                "no package pydicom 3.0 can use yet"),
+    "1.2.840.10008.1.2.4.112": ("JPEG XL", "no package pydicom 3.0 can use yet"),
+}
+
+#: what a damaged file raises while its pixels are decoded (pydicom, numpy, plugins)
+_DECODE_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    IndexError,
+    RuntimeError,
+    InvalidDicomError,
+)
+
+
+class _MissingDecoder(DicomLoadError):
+    """No installed plugin decodes the file's transfer syntax (never skipped per plane)."""
+
+
+def _syntax_name(uid: str) -> str:
+    known = _DECODER_PACKAGES.get(uid)
+    if known:
+        return known[0]
+    name = UID(uid).name
+    return name if name and name != uid else uid
+
+
+def missing_decoder_message(transfer_syntax: str, path: str | None = None) -> str | None:
+    """Why pixels in ``transfer_syntax`` cannot be decoded here, or ``None`` if they can.
+
+    Names the syntax and the package that would decode it, e.g. "JPEG 2000 needs
+    pylibjpeg-openjpeg or python-gdcm".
+    """
+    if not transfer_syntax:
+        return None
+    uid = UID(transfer_syntax)
+    where = f"{path}: " if path else ""
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        what = _DECODER_PACKAGES.get(str(uid), (_syntax_name(uid), "a decoder pydicom lacks"))
+        return (
+            f"{where}pixel data in {what[0]} ({uid}) cannot be decoded: "
+            f"{what[0]} needs {what[1]}"
+        )
+    if decoder.is_available:
+        return None
+    what = _DECODER_PACKAGES.get(str(uid), (_syntax_name(uid), "a pydicom decoding plugin"))
+    return f"{where}{what[0]} ({uid}) needs {what[1]}: install one of them to open this file"
+
+
+# --------------------------------------------------------------------------------------
+# dtypes
+# --------------------------------------------------------------------------------------
+
+
+def stored_range(series: Series) -> tuple[int, int]:
+    """Range of stored values allowed by Bits Stored and Pixel Representation (C.7.6.3)."""
+    bits = max(1, int(series.bits_stored or series.bits_allocated or 16))
+    if int(series.pixel_representation) == 1:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def _identity(plane: Plane) -> bool:
+    return plane.modality_lut is None and plane.slope == 1 and plane.intercept == 0
+
+
+def _stored_dtype(series: Series) -> np.dtype[Any]:
+    """The dtype pydicom decodes grey stored values into."""
+    alloc = int(series.bits_allocated or 16)
+    size = 1 if alloc <= 8 else 2 if alloc <= 16 else 4
+    kind = "i" if int(series.pixel_representation) == 1 else "u"
+    return np.dtype(f"{kind}{size}")
+
+
+def _transforms(series: Series) -> list[tuple[float, float, LUT | None]]:
+    """The distinct Modality LUTs of the planes: ``(slope, intercept, lut)``."""
+    seen: dict[tuple[float, float, int], tuple[float, float, LUT | None]] = {}
+    for p in series.planes:
+        key = (float(p.slope), float(p.intercept), id(p.modality_lut))
+        if key not in seen:
+            seen[key] = (float(p.slope), float(p.intercept), p.modality_lut)
+    return list(seen.values())
+
+
+def _int_dtype_for(lo: float, hi: float) -> np.dtype[Any] | None:
+    for dt in (np.int16, np.int32):
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dt)
+    return None
+
+
+def value_dtype(series: Series, stored: tuple[float, float] | None = None) -> np.dtype[Any]:
+    """dtype of the modality values of the whole series.
+
+    * Colour: ``uint8`` (``uint16`` for 16-bit RGB/YBR; a palette is scaled to 8 bits).
+    * Every plane with an identity Modality LUT (slope 1, intercept 0, no LUT): the stored
+      dtype itself (``uint8``, ``int16``, ``uint16``...), no conversion at all.
+    * Integer slopes/intercepts and Modality LUT Sequences: ``int16`` where the result over
+      the stored range fits, else ``int32`` (:func:`~.render.rescale_dtype`).
+    * Any non-integer slope or intercept: ``float32``.
+
+    ``stored``: the stored range to assume (default: every value Bits Stored and Pixel
+    Representation allow, see :func:`stored_range`); the eager loader passes the range it
+    actually decoded, so a CT with Bits Stored 16 still loads as ``int16`` HU.
+    """
+    if series.rgb:
+        if series.photometric.startswith("PALETTE"):
+            return np.dtype(np.uint8)
+        return np.dtype(np.uint16 if int(series.bits_allocated) > 8 else np.uint8)
+    if all(_identity(p) for p in series.planes):
+        return _stored_dtype(series)
+    s_lo, s_hi = stored if stored is not None else stored_range(series)
+    lo, hi = math.inf, -math.inf
+    for slope, intercept, lut in _transforms(series):
+        if lut is not None:
+            lo, hi = min(lo, int(lut.data.min())), max(hi, int(lut.data.max()))
+            continue
+        dt = rescale_dtype(s_lo, s_hi, slope, intercept)
+        if dt.kind == "f":
+            return np.dtype(np.float32)
+        ends = (slope * s_lo + intercept, slope * s_hi + intercept)
+        lo, hi = min(lo, *ends), max(hi, *ends)
+    return _int_dtype_for(lo, hi) or np.dtype(np.float32)
+
+
+# --------------------------------------------------------------------------------------
+# decoding one plane
+# --------------------------------------------------------------------------------------
+
+
+def _modality_values(
+    stored: npt.NDArray[Any], plane: Plane, dtype: np.dtype[Any]
+) -> npt.NDArray[Any]:
+    """Apply the plane's Modality LUT (C.11.1) into ``dtype``; slice-sized temporaries.
+
+    An integer ``dtype`` must hold every result (the caller chose it with
+    :func:`value_dtype` or checked the plane's range): the arithmetic is done in it.
+    """
+    if plane.modality_lut is not None:
+        return plane.modality_lut.apply(stored).astype(dtype)
+    slope, intercept = float(plane.slope), float(plane.intercept)
+    if dtype.kind in "iu":
+        out = stored.astype(dtype, copy=False)
+        if slope != 1:
+            out = out * dtype.type(slope)
+        if intercept != 0:
+            if out is stored:
+                out = out.copy()
+            out += dtype.type(intercept)
+        return out
+    out = stored.astype(np.float32)
+    if slope != 1:
+        out *= np.float32(slope)
+    if intercept != 0:
+        out += np.float32(intercept)
+    return out
+
+
+def _palette_to_rgb8(arr: npt.NDArray[Any], ds: Dataset) -> npt.NDArray[np.uint8]:
+    """PALETTE COLOR (C.7.6.3.1.5) -> 8-bit RGB.
+
+    16-bit palette entries keep their high byte (``v >> 8``): exact both for tables
+    written as ``x * 257`` (full range) and as ``x << 8`` (8-bit values shifted up), where
+    ``v * 255 / 65535`` would turn 255 << 8 into 254.
+    """
+    rgb = apply_color_lut(arr, ds)
+    if rgb.dtype == np.uint8:
+        return rgb
+    return (rgb >> 8).astype(np.uint8)
+
+
+def _colour(arr: npt.NDArray[Any], series: Series, ds: Dataset | None) -> npt.NDArray[Any]:
+    if series.photometric.startswith("PALETTE"):
+        if ds is None:
+            raise DicomLoadError("internal: palette lookup without its dataset")
+        return _palette_to_rgb8(arr, ds)
+    want = value_dtype(series)
+    return arr.astype(want, copy=False)
+
+
+#: JPEG Lossless (Process 14, any predictor / Selection Value 1), PS3.5 A.4.1
+_JPEG_LOSSLESS = ("1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")
+
+
+def _imagecodecs() -> Any:
+    try:
+        import imagecodecs
+    except ImportError:
+        return None
+    return imagecodecs if hasattr(imagecodecs, "jpeg8_decode") else None
+
+
+def _fast_decode(path: str, frame: int | None, series: Series) -> npt.NDArray[Any]:
+    """JPEG Lossless grey frame through imagecodecs' libjpeg-turbo (about 5x faster than
+    pylibjpeg-libjpeg here, and it releases the GIL so threads scale).
+
+    The decoder returns the bit pattern; Pixel Representation 1 is sign-extended from
+    Bits Stored (PS3.5 8.2.1), as pydicom does.
+    """
+    from pydicom.encaps import get_frame
+
+    ds = dcmread(path)
+    nf = int(ds.get("NumberOfFrames", 1) or 1)
+    data = get_frame(ds.PixelData, frame or 0, number_of_frames=nf)
+    arr = np.asarray(_imagecodecs().jpeg8_decode(data))
+    if int(series.pixel_representation) == 1:
+        arr = arr.view(f"i{arr.dtype.itemsize}")
+    return _stored_bits(arr, series)
+
+
+#: Explicit and Implicit VR Little Endian (PS3.5 A.2, A.1)
+_NATIVE_LE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+
+
+def _native_tail(path: str, series: Series) -> npt.NDArray[Any]:
+    """Stored values of a single-frame native little-endian file read from its tail.
+
+    Pixel Data (7FE0,0010) is nearly always the last element: the last ``N`` bytes of the
+    file are the pixels when the bytes before them are exactly its tag, VR and length
+    ``N`` (explicit: 12 bytes, implicit: 8). Only those bytes are read, with no data-set
+    parse (the GIL is released during the read, so threads scale). Anything else raises
+    ``ValueError`` and the caller uses pydicom.
+    """
+    dt = _stored_dtype(series).newbyteorder("<")
+    n = int(series.rows) * int(series.columns) * dt.itemsize
+    length = n + (n & 1)
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size < length + 12:
+            raise ValueError("file shorter than its pixel data")
+        f.seek(size - length - 12)
+        buf = f.read(length + 12)
+    tag = b"\xe0\x7f\x10\x00"
+    ln = length.to_bytes(4, "little")
+    explicit = buf[:4] == tag and buf[4:6] in (b"OW", b"OB") and buf[6:12] == b"\x00\x00" + ln
+    implicit = buf[4:8] == tag and buf[8:12] == ln
+    if not (explicit or implicit):
+        raise ValueError("Pixel Data is not the last element")
+    arr = np.frombuffer(buf, dtype=dt, count=n // dt.itemsize, offset=12)
+    arr = arr.reshape(int(series.rows), int(series.columns))
+    return _stored_bits(arr, series)
+
+
+def _stored_bits(arr: npt.NDArray[Any], series: Series) -> npt.NDArray[Any]:
+    """Keep the low Bits Stored bits, sign-extended for Pixel Representation 1 (PS3.5 8.1.1)."""
+    bits, size = int(series.bits_stored), 8 * arr.dtype.itemsize
+    if bits >= size:
+        return arr
+    if int(series.pixel_representation) == 1:
+        signed = arr.view(f"i{arr.dtype.itemsize}")
+        out: npt.NDArray[Any] = (signed << (size - bits)) >> (size - bits)
+        return out
+    masked: npt.NDArray[Any] = arr & arr.dtype.type((1 << bits) - 1)
+    return masked
+
+
+def _fast_kind(series: Series) -> str | None:
+    if series.rgb or int(series.samples_per_pixel) != 1:
+        return None
+    if series.transfer_syntax in _JPEG_LOSSLESS and _imagecodecs() is not None:
+        return "jpeg"
+    if (series.transfer_syntax in _NATIVE_LE and int(series.bits_allocated) in (8, 16, 32)
+            and all(p.frame is None for p in series.planes)):
+        return "native"
+    return None
+
+
+def _use_fast(series: Series) -> bool:
+    """Whether a fast decode applies (native tail read, or imagecodecs for JPEG Lossless),
+    checked on the first plane against pydicom's own decode (any difference: pydicom)."""
+    if _fast_kind(series) is None:
+        return False
+    p = series.planes[0]
+    try:
+        fast, _ = _decode(p.path, p.frame, series, fast=True)
+        ref, _ = _decode(p.path, p.frame, series)
+    except (*_DECODE_ERRORS, DicomLoadError):
+        return False
+    ok = fast.shape == ref.shape and np.array_equal(fast, ref)
+    if not ok:
+        log.info("%s: imagecodecs JPEG Lossless decode differs from pydicom's; using pydicom",
+                 p.path)
+    return ok
+
+
+def _decode(
+    path: str, frame: int | None, series: Series, fast: bool = False
+) -> tuple[npt.NDArray[Any], Dataset | None]:
+    """Decode one frame (or the only one) of ``path``: stored grey values, or RGB.
+
+    YBR_* is converted to RGB by pydicom (``as_rgb=True``, its default).
+    """
+    if fast:
+        try:
+            if _fast_kind(series) == "native":
+                return _native_tail(path, series), None
+            return _fast_decode(path, frame, series), None
+        except _DECODE_ERRORS as exc:  # imagecodecs' errors are RuntimeError subclasses
+            log.info("%s: imagecodecs could not decode (%s); trying pydicom", path, exc)
+    ds_out = Dataset() if series.photometric.startswith("PALETTE") else None
+    try:
+        if _deflated(series):
+            ds_out = dcmread(path)
+            arr = pixel_array(ds_out, index=frame)
+        else:
+            arr = pixel_array(path, index=frame, ds_out=ds_out)
+    except NotImplementedError as exc:  # no decoder for the syntax at all
+        msg = missing_decoder_message(series.transfer_syntax or _file_syntax(path), path)
+        raise _MissingDecoder(msg or f"{path}: {exc}") from exc
+    if frame is None and arr.ndim == (3 if series.rgb else 2) + 1:
+        arr = arr[0]  # a multi-frame file listed as a single plane: take frame 0
+    return arr, ds_out
+
+
+def _deflated(series: Series) -> bool:
+    """Deflated Explicit VR Little Endian (PS3.5 A.5): pydicom's file-based pixel reader
+    does not inflate the data set, so such files are read whole with ``dcmread``."""
+    return bool(series.transfer_syntax) and UID(series.transfer_syntax).is_deflated
+
+
+def _file_syntax(path: str) -> str:
+    try:
+        return str(dcmread(path, stop_before_pixels=True, specific_tags=[]).file_meta
+                   .get("TransferSyntaxUID", ""))
+    except _DECODE_ERRORS:
+        return ""
+
+
+def _to_values(
+    arr: npt.NDArray[Any], plane: Plane, series: Series, dtype: np.dtype[Any],
+    ds: Dataset | None,
+) -> npt.NDArray[Any]:
+    if series.rgb:
+        return _colour(arr, series, ds)
+    return _modality_values(arr, plane, dtype)
+
+
+def _check_shape(arr: npt.NDArray[Any], series: Series, path: str) -> None:
+    want = tuple(series.shape[-3:] if series.rgb else series.shape[-2:])
+    if arr.shape != want:
+        raise DicomLoadError(
+            f"{path}: image is {' x '.join(map(str, arr.shape))}, the series expects "
+            f"{' x '.join(map(str, want))}"
+        )
+
+
+def load_plane(
+    series: Series, i: int, dtype: npt.DTypeLike | None = None, *, fast: bool = False
+) -> npt.NDArray[Any]:
+    """Decode plane ``i`` of the series and apply its Modality LUT.
+
+    Parameters
+    ----------
+    series
+        The series (headers only).
+    i
+        Plane index in array order (C order over the leading axes).
+    dtype
+        Output dtype; default :func:`value_dtype` of the series.
+    fast
+        Decode JPEG Lossless with imagecodecs (see :func:`_use_fast`).
+
+    Raises
+    ------
+    DicomLoadError
+        The file cannot be read or decoded (the message names it and the reason).
+    """
+    plane = series.planes[i]
+    dt = np.dtype(dtype) if dtype is not None else value_dtype(series)
+    try:
+        arr, ds = _decode(plane.path, plane.frame, series, fast)
+        vals = _to_values(arr, plane, series, dt, ds)
+        _check_shape(vals, series, plane.path)
+        return vals
+    except DicomLoadError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise DicomLoadError(f"{plane.path}: cannot decode the pixel data ({exc})") from exc
+
+
+# --------------------------------------------------------------------------------------
+# loading a series
+# --------------------------------------------------------------------------------------
+
+
+def _plane_shape(series: Series) -> tuple[int, ...]:
+    return tuple(series.shape[-3:] if series.rgb else series.shape[-2:])
+
+
+def _lead_shape(series: Series) -> tuple[int, ...]:
+    return tuple(series.shape[:-3] if series.rgb else series.shape[:-2])
+
+
+def _check_series(series: Series) -> None:
+    n = int(np.prod(_lead_shape(series), dtype=np.int64))
+    if n != len(series.planes):
+        raise DicomLoadError(
+            f"series {series.name!r}: {len(series.planes)} planes for shape {series.shape}"
+        )
+    if not series.planes:
+        raise DicomLoadError(f"series {series.name!r} has no image planes")
+    msg = missing_decoder_message(series.transfer_syntax, series.planes[0].path)
+    if msg:
+        raise DicomLoadError(msg)
+
+
+def load_series(
+    series: Series,
+    *,
+    lazy: bool | None = None,
+    jobs: int | None = None,
+    progress: Progress | None = None,
+) -> npt.NDArray[Any] | dask.array.Array:
+    """The modality values of ``series`` as one array of shape ``series.shape``.
+
+    Parameters
+    ----------
+    lazy
+        ``True``: a dask array, one chunk per plane, decoded on demand. ``False``: decode
+        everything now. ``None``: lazy when the array would exceed :data:`LAZY_BYTES`
+        (256 MiB) or the series has more than :data:`LAZY_PLANES` (300) planes.
+    jobs
+        Decoding threads for an eager load (default: the number of CPUs).
+    progress
+        ``progress(done, total)`` called after each decoded plane (eager) from the calling
+        thread.
+
+    Planes whose file fails to decode are filled with the lowest value (eager: the lowest
+    decoded value; lazy: the lowest value the series can hold) and named in
+    ``series.warnings``; the rest loads. Raises :class:`DicomLoadError` when nothing can
+    be decoded or no installed decoder handles the transfer syntax.
+    """
+    _check_series(series)
+    if lazy is None:
+        dt = value_dtype(series)
+        nbytes = int(np.prod(series.shape, dtype=np.int64)) * dt.itemsize
+        lazy = nbytes > LAZY_BYTES or len(series.planes) > LAZY_PLANES
+    if lazy:
+        return _load_lazy(series)
+    return _load_eager(series, jobs=jobs, progress=progress)
+
+
+def _fail_note(series: Series, path: str, exc: BaseException) -> str:
+    msg = f"skipped damaged image {path} ({exc}); its plane is filled with the lowest value"
+    log.warning(msg)
+    return msg
+
+
+def _lowest(series: Series, dtype: np.dtype[Any]) -> float:
+    """Lowest modality value the series can hold (lazy fill value for damaged planes)."""
+    if series.rgb:
+        return 0
+    s_lo, s_hi = stored_range(series)
+    lo = math.inf
+    for slope, intercept, lut in _transforms(series):
+        lo = min(lo, int(lut.data.min())) if lut is not None else min(
+            lo, slope * s_lo + intercept, slope * s_hi + intercept)
+    if dtype.kind in "iu":
+        lo = max(lo, np.iinfo(dtype).min)
+    return lo
+
+
+def _load_lazy(series: Series) -> dask.array.Array:
+    import dask.array as da
+
+    dt = value_dtype(series)
+    lead = _lead_shape(series)
+    pshape = _plane_shape(series)
+    fill = _lowest(series, dt)
+    fast = _use_fast(series)
+    chunks = tuple((1,) * n for n in lead) + tuple((n,) for n in pshape)
+    lock = threading.Lock()
+
+    def block(block_id: tuple[int, ...] | None = None) -> npt.NDArray[Any]:
+        assert block_id is not None
+        k = int(np.ravel_multi_index(block_id[: len(lead)], lead)) if lead else 0
+        try:
+            plane = load_plane(series, k, dt, fast=fast)
+        except _MissingDecoder:
+            raise
+        except DicomLoadError as exc:
+            with lock:
+                series.warnings.append(_fail_note(series, series.planes[k].path, exc))
+            plane = np.full(pshape, fill, dt)
+        return plane.reshape((1,) * len(lead) + pshape)
+
+    lazy: dask.array.Array = da.map_blocks(  # type: ignore[no-untyped-call]
+        block, dtype=dt, chunks=chunks, meta=np.empty((0,) * len(chunks), dt)
+    )
+    return lazy
+
+
+def _tasks(series: Series, jobs: int) -> list[tuple[str, list[int]]]:
+    """Work units: ``(path, plane indices)``; frames of one multi-frame file are split in
+    about ``jobs`` runs so the file is read once per run, not once per frame."""
+    by_path: dict[str, list[int]] = {}
+    order: list[str] = []
+    for k, p in enumerate(series.planes):
+        if p.path not in by_path:
+            by_path[p.path] = []
+            order.append(p.path)
+        by_path[p.path].append(k)
+    tasks: list[tuple[str, list[int]]] = []
+    for path in order:
+        ks = by_path[path]
+        if len(ks) == 1:
+            tasks.append((path, ks))
+            continue
+        step = max(1, math.ceil(len(ks) / max(1, jobs)))
+        tasks.extend((path, ks[i : i + step]) for i in range(0, len(ks), step))
+    return tasks
+
+
+def _load_eager(
+    series: Series, *, jobs: int | None, progress: Progress | None
+) -> npt.NDArray[Any]:
+    jobs = max(1, jobs or os.cpu_count() or 1)
+    safe = value_dtype(series)
+    # integer rescale whose header range needs int32: try int16 on the decoded values and
+    # widen only if some plane does not fit (CT with Bits Stored 16 is int16 HU in practice)
+    dt = np.dtype(np.int16) if safe == np.int32 and not series.rgb else safe
+    pshape = _plane_shape(series)
+    n = len(series.planes)
+    out = np.empty((n, *pshape), dt)
+    failed: dict[int, str] = {}
+    overflow: set[int] = set()
+    lock = threading.Lock()
+    info = np.iinfo(dt) if dt.kind in "iu" else None
+
+    def put(k: int, arr: npt.NDArray[Any], ds: Dataset | None) -> None:
+        plane = series.planes[k]
+        if series.rgb:
+            rgb = _colour(arr, series, ds)
+            _check_shape(rgb, series, plane.path)
+            out[k] = rgb
+            return
+        _check_shape(arr, series, plane.path)
+        if info is not None and dt != safe:
+            lo, hi = _plane_range(arr, plane)
+            if lo < info.min or hi > info.max:
+                with lock:
+                    overflow.add(k)
+                return
+        out[k] = _modality_values(arr, plane, dt)
+
+    fast = _use_fast(series)
+
+    def run(path: str, ks: list[int]) -> int:
+        try:
+            if len(ks) == 1 or fast:
+                for k in ks:
+                    arr, ds = _decode(path, series.planes[k].frame, series, fast)
+                    put(k, arr, ds)
+            else:
+                frames = [series.planes[k].frame or 0 for k in ks]
+                ds_out = Dataset() if series.photometric.startswith("PALETTE") else None
+                try:
+                    src: str | Dataset = path
+                    if _deflated(series):
+                        src = ds_out = dcmread(path)
+                    it = iter_pixels(src, indices=frames, ds_out=ds_out)
+                    for k, arr in zip(ks, it, strict=True):
+                        put(k, arr, ds_out)
+                except NotImplementedError as exc:
+                    msg = missing_decoder_message(series.transfer_syntax, path)
+                    raise _MissingDecoder(msg or f"{path}: {exc}") from exc
+        except _MissingDecoder:
+            raise
+        except (DicomLoadError, *_DECODE_ERRORS) as exc:
+            with lock:
+                for k in ks:
+                    failed[k] = f"{exc}"
+        return len(ks)
+
+    tasks = _tasks(series, jobs)
+    done = 0
+    if jobs == 1 or len(tasks) == 1:
+        for path, ks in tasks:
+            done += run(path, ks)
+            if progress is not None:
+                progress(done, n)
+    else:
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="dicom-decode") as pool:
+            futures: list[Future[int]] = [pool.submit(run, path, ks) for path, ks in tasks]
+            try:
+                for fut in futures:
+                    done += fut.result()
+                    if progress is not None:
+                        progress(done, n)
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
+
+    if len(failed) == n:
+        first = series.planes[0].path
+        raise DicomLoadError(
+            f"none of the {n} images of series {series.name!r} could be decoded; "
+            f"first file {first}: {failed[0]}"
+        )
+    if overflow:
+        out = _widen(series, out, overflow, failed, safe)
+    if failed:
+        ok = np.ones(n, bool)
+        ok[list(failed)] = False
+        fill = out[ok].min() if not series.rgb else 0
+        for k, why in sorted(failed.items()):
+            out[k] = fill
+            series.warnings.append(
+                f"skipped damaged image {series.planes[k].path} ({why}); "
+                f"its plane is filled with the lowest value {fill}"
+            )
+            log.warning(series.warnings[-1])
+    return out.reshape(series.shape)
+
+
+def _plane_range(stored: npt.NDArray[Any], plane: Plane) -> tuple[float, float]:
+    """Range of the plane's modality values, from its stored min and max."""
+    if stored.size == 0:
+        return 0.0, 0.0
+    if plane.modality_lut is not None:  # its whole output range (value_dtype covers it)
+        lut = plane.modality_lut.data
+        return float(lut.min()), float(lut.max())
+    ends = (plane.slope * float(stored.min()) + plane.intercept,
+            plane.slope * float(stored.max()) + plane.intercept)
+    return min(ends), max(ends)
+
+
+def _widen(
+    series: Series, out: npt.NDArray[Any], overflow: set[int], failed: dict[int, str],
+    dt: np.dtype[Any],
+) -> npt.NDArray[Any]:
+    """Redo the planes that did not fit the narrow dtype in ``dt`` (rare; 1.5x peak)."""
+    wide = np.empty(out.shape, dt)
+    for k in range(out.shape[0]):
+        if k in overflow:
+            try:
+                wide[k] = load_plane(series, k, dt)
+            except DicomLoadError as exc:
+                failed[k] = str(exc)
+        else:
+            wide[k] = out[k]
+    return wide
+
+
+# --------------------------------------------------------------------------------------
+# default display and layer metadata (used by the reader and the CLI)
+# --------------------------------------------------------------------------------------
+
+
+def _sample_indices(n: int, k: int = SAMPLE_PLANES) -> list[int]:
+    if n <= k:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def _first_window(series: Series) -> Window | None:
+    if not series.windows:
+        return None
+    w = series.windows[0]
+    fn = normalize_function(series.voi_function)
+    if w.function == "LINEAR" and fn != "LINEAR":
+        w = dataclasses.replace(w, function=fn)
+    return w
+
+
+def default_display(series: Series, data: Any) -> tuple[Display, str]:
+    """The file's default display and a plain-words note of where it came from.
+
+    First stored window (with the file's VOI LUT Function: SIGMOID, LINEAR_EXACT), else the
+    first VOI LUT Sequence item (C.11.2.1.1), else a min-max window (C.11.2.1.2.1 note 4)
+    over the data excluding Pixel Padding (for lazy data: over a sample of planes). Colour
+    images: the full range of their dtype. Polarity is ``series.invert``.
+    """
+    invert = series.invert
+    if series.rgb:
+        top = 255.0 if np.dtype(data.dtype).itemsize == 1 else 65535.0
+        return Display.from_limits(0.0, top), "colour image, full range"
+    w = _first_window(series)
+    if w is not None:
+        label = f"stored window {w.label()}" + (f" ({w.explanation})" if w.explanation else "")
+        if w.function != "LINEAR":
+            label += f", {w.function}"
+        return Display(w, invert=invert), label
+    if series.voi_luts:
+        lut = series.voi_luts[0]
+        first, last = lut.input_range()
+        win = Window.from_limits(first, max(last, first), "LINEAR")
+        return Display(win, voi_lut=lut, invert=invert), (
+            f"stored VOI LUT {lut.explanation}".strip())
+    if isinstance(data, np.ndarray):
+        arr = data
+        how = "min-max of the data"
+    else:
+        lead = _lead_shape(series)
+        n = int(np.prod(lead, dtype=np.int64)) if lead else 1
+        idx = _sample_indices(n)
+        flat = data.reshape((n, *_plane_shape(series)))
+        arr = np.stack([np.asarray(flat[i]) for i in idx])
+        how = f"min-max of {len(idx)} of {n} planes (lazy loading)"
+    if series.padding:
+        how += " excluding padding"
+    try:
+        lo, hi = data_range(arr, series.padding)
+    except WindowError:
+        lo, hi = data_range(arr)
+        how += " (only padding values present)"
+    if hi <= lo:
+        hi = lo + 1
+    return Display(minmax_window(lo, hi), invert=invert), how
+
+
+def display_step(series: Series, display: Display) -> dict[str, Any]:
+    """``{"window": dict|None, "voi_lut": int|None}`` for ``metadata["dicom"]["display"]``."""
+    if display.voi_lut is not None:
+        i = next((j for j, lut in enumerate(series.voi_luts) if lut is display.voi_lut), 0)
+        return {"window": None, "voi_lut": i}
+    return {"window": display.window.to_dict(), "voi_lut": None}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, tuple | list):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def describe_series(series: Series, dtype: npt.DTypeLike, display_note: str) -> str:
+    """A short plain-words summary, e.g. "CT, 40 images of 128 x 128, ... values in HU"."""
+    lead = _lead_shape(series)
+    n = int(np.prod(lead, dtype=np.int64)) if lead else 1
+    dims = f"{series.columns or series.shape[-1]} x {series.rows or series.shape[-2]}"
+    if series.rgb:
+        dims = f"{series.shape[-2]} x {series.shape[-3]}"
+    parts = [series.modality or "DICOM", f"{n} image{'s' if n != 1 else ''} of {dims} pixels"]
+    spacing = [f"{s:g}" for s, u in zip(series.scale, series.units, strict=False) if u == "mm"]
+    if spacing:
+        parts.append("spacing " + " x ".join(spacing) + " mm")
+    if series.rgb:
+        parts.append(f"colour ({series.photometric} shown as RGB)")
+    else:
+        unit = f" in {series.value_unit}" if series.value_unit else ""
+        parts.append(f"values{unit} ({np.dtype(dtype).name})")
+        if series.invert:
+            parts.append(f"{series.photometric}: low values shown white")
+    parts.append(f"shown with {display_note}")
+    return ", ".join(parts)
+
+
+def series_metadata(
+    series: Series, display: Display | None = None, display_note: str = "",
+    dtype: npt.DTypeLike | None = None,
+) -> dict[str, Any]:
+    """``layer.metadata["dicom"]`` per :mod:`napari_dicom.core.meta` (JSON-friendly).
+
+    ``display``: the default display (see :func:`default_display`); its step is stored as
+    both ``"default"`` and ``"display"``. Extra keys: ``"summary"`` (plain words) and
+    ``"default_source"`` (where the default display came from).
+    """
+    step = display_step(series, display) if display is not None and not series.rgb else {
+        "window": None, "voi_lut": None}
+    dt = np.dtype(dtype) if dtype is not None else value_dtype(series)
+    return {
+        "header": series.header,
+        "series_instance_uid": series.uid,
+        "modality": series.modality,
+        "value_unit": series.value_unit,
+        "files": [p.path for p in series.planes],
+        "frames": [p.frame for p in series.planes],
+        "sop_instance_uids": [p.sop_instance_uid for p in series.planes],
+        "positions": [_plain(p.position) if p.position is not None else None
+                      for p in series.planes],
+        "locations": [float(p.location) if p.location is not None else None
+                      for p in series.planes],
+        "windows": [w.to_dict() for w in series.windows],
+        "voi_luts": [lut.to_dict() for lut in series.voi_luts],
+        "voi_function": series.voi_function,
+        "photometric": series.photometric,
+        "presentation_lut_shape": series.presentation_lut_shape,
+        "invert": bool(series.invert),
+        "padding": [[float(a), float(b)] for a, b in series.padding],
+        "default": dict(step),
+        "display": dict(step),
+        "default_source": display_note,
+        "summary": describe_series(series, dt, display_note or "its default display"),
+    }
+
+
+def layer_geometry(series: Series) -> dict[str, Any]:
+    """``scale``, ``translate``, ``units``, ``axis_labels`` and ``rgb`` for an image layer."""
+    return {
+        "scale": [float(v) for v in series.scale],
+        "translate": [float(v) for v in series.translate],
+        "units": list(series.units),
+        "axis_labels": list(series.axis_labels),
+        "rgb": bool(series.rgb),
+    }
+
+
+def plane_paths(series: Series) -> Sequence[str]:
+    return [p.path for p in series.planes]

@@ -1,0 +1,392 @@
+"""core.pixels on real DICOM files: modality values, colour, decoders, lazy/eager, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, get_frame
+from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    JPEGLosslessSV1,
+    generate_uid,
+)
+
+from napari_dicom.core import pixels
+from napari_dicom.core.phantom import STORED_PADDING, ct_phantom_volume, write_ct_phantom
+from napari_dicom.core.pixels import DicomLoadError, load_plane, load_series, value_dtype
+from napari_dicom.core.scan import scan
+from napari_dicom.core.series import Series
+
+CT_SMALL = get_testdata_file("CT_small.dcm")
+MR_SMALL = get_testdata_file("MR_small.dcm")
+MR2_UNCI = get_testdata_file("MR2_UNCI.dcm")
+MLUT_18 = get_testdata_file("mlut_18.dcm")
+ECT = get_testdata_file("eCT_Supplemental.dcm")
+PALETTE = get_testdata_file("OBXXXX1A.dcm")
+YBR = get_testdata_file("examples_ybr_color.dcm")
+JPEG_LL = get_testdata_file("JPEG-LL.dcm")
+DEFLATE = get_testdata_file("image_dfl.dcm")
+EMRI = get_testdata_file("emri_small.dcm")
+US_RGB = get_testdata_file("US1_UNCI.dcm")
+TWINS = ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"]
+
+
+def one_series(*paths: str | Path) -> Series:
+    result = scan([Path(p) for p in paths])
+    assert len(result.series) == 1, result.summary()
+    return result.series[0]
+
+
+# --------------------------------------------------------------------------------------
+# modality values
+# --------------------------------------------------------------------------------------
+
+
+def test_ct_small_hounsfield_units_int16() -> None:
+    s = one_series(CT_SMALL)
+    ds = pydicom.dcmread(CT_SMALL)
+    ref = apply_modality_lut(ds.pixel_array, ds)
+    data = load_series(s, lazy=False)
+    assert data.shape == (128, 128) == s.shape
+    # Bits Stored 16 + intercept -1024 needs int32 in theory; the decoded values fit int16
+    assert data.dtype == np.int16
+    np.testing.assert_array_equal(data, ref)
+    # stored 128 at the corner -> -896 HU; the centre pixel of the image
+    assert data[0, 0] == int(ds.pixel_array[0, 0]) - 1024
+    assert data[64, 64] == ref[64, 64]
+
+
+def test_value_dtype_header_rules() -> None:
+    assert value_dtype(one_series(CT_SMALL)) == np.int32  # -32768..32767 - 1024 from header
+    assert value_dtype(one_series(MR_SMALL)) == np.int16  # identity: the stored dtype
+    assert value_dtype(one_series(MR2_UNCI)) == np.float32
+    assert value_dtype(one_series(US_RGB)) == np.uint8
+    assert value_dtype(one_series(PALETTE)) == np.uint8
+
+
+def test_mr_float_slope_float32() -> None:
+    s = one_series(MR2_UNCI)
+    ds = pydicom.dcmread(MR2_UNCI)
+    data = load_series(s, lazy=False)
+    assert data.dtype == np.float32
+    ref = apply_modality_lut(ds.pixel_array, ds)
+    np.testing.assert_allclose(data, ref, rtol=1e-6, atol=1e-3)
+    y, x = np.unravel_index(int(np.argmax(ds.pixel_array)), ds.pixel_array.shape)
+    assert data[y, x] == pytest.approx(3.774114 * int(ds.pixel_array[y, x]) + 0.000061, rel=1e-6)
+
+
+def _write_slice(path: Path, stored: np.ndarray, z: float, intercept: float, slope: float,
+                 series_uid: str, instance: int) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.PatientID = "P"
+    ds.StudyInstanceUID = "1.2.3.4"
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = 5
+    ds.InstanceNumber = instance
+    ds.ImagePositionPatient = [0, 0, z]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [1, 1]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept = f"{intercept:g}"
+    ds.RescaleSlope = f"{slope:g}"
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_per_slice_rescale(tmp_path: Path) -> None:
+    stored = np.arange(16, dtype=np.uint16).reshape(4, 4) * 100
+    uid = generate_uid()
+    intercepts = [-1024, -1000, 0]
+    for k, icpt in enumerate(intercepts):
+        _write_slice(tmp_path / f"s{k}.dcm", stored, float(k), icpt, 1, uid, k + 1)
+    s = one_series(tmp_path)
+    assert [p.intercept for p in s.planes] == intercepts
+    data = load_series(s, lazy=False)
+    assert data.dtype == np.int16
+    for k, icpt in enumerate(intercepts):
+        np.testing.assert_array_equal(data[k], stored.astype(np.int32) + icpt)
+    np.testing.assert_array_equal(np.asarray(load_series(s, lazy=True)), data)
+
+
+def test_per_slice_float_slope(tmp_path: Path) -> None:
+    stored = np.arange(16, dtype=np.uint16).reshape(4, 4)
+    uid = generate_uid()
+    _write_slice(tmp_path / "a.dcm", stored, 0.0, 0, 1, uid, 1)
+    _write_slice(tmp_path / "b.dcm", stored, 1.0, 0.5, 2.5, uid, 2)
+    s = one_series(tmp_path)
+    data = load_series(s, lazy=False)
+    assert data.dtype == np.float32  # one plane's rescale is not integer: the whole series
+    np.testing.assert_array_equal(data[0], stored.astype(np.float32))
+    np.testing.assert_array_equal(data[1], stored.astype(np.float32) * 2.5 + 0.5)
+
+
+def test_modality_lut_sequence() -> None:
+    s = one_series(MLUT_18)
+    ds = pydicom.dcmread(MLUT_18)
+    assert s.planes[0].modality_lut is not None
+    ref = apply_modality_lut(ds.pixel_array, ds)
+    data = load_series(s, lazy=False)
+    assert data.dtype.kind == "i"
+    np.testing.assert_array_equal(data, ref)
+
+
+def test_enhanced_ct_per_frame_values() -> None:
+    s = one_series(ECT)
+    ds = pydicom.dcmread(ECT)
+    pvt = ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
+    slope, intercept = float(pvt.RescaleSlope), float(pvt.RescaleIntercept)
+    assert (slope, intercept) == (1.0, -1024.0)
+    data = load_series(s, lazy=False)
+    assert data.shape == (2, 512, 512)
+    assert data.dtype == np.int16
+    frames = [s.planes[k].frame for k in range(2)]
+    for k, f in enumerate(frames):
+        stored = pixel_array(ECT, index=f)
+        np.testing.assert_array_equal(data[k], stored.astype(np.int32) - 1024)
+    # load_plane decodes only the asked frame, with the same values
+    np.testing.assert_array_equal(load_plane(s, 1), data[1])
+
+
+def test_multiframe_mr_eager_reads_frames_in_order() -> None:
+    s = one_series(EMRI)
+    ds = pydicom.dcmread(EMRI)
+    data = load_series(s, lazy=False, jobs=2)
+    assert data.shape == (10, 64, 64)
+    for k, p in enumerate(s.planes):
+        np.testing.assert_array_equal(data[k], ds.pixel_array[p.frame])
+
+
+# --------------------------------------------------------------------------------------
+# colour
+# --------------------------------------------------------------------------------------
+
+
+def test_palette_colour_to_rgb() -> None:
+    s = one_series(PALETTE)
+    ds = pydicom.dcmread(PALETTE)
+    ref16 = apply_color_lut(ds.pixel_array, ds)  # 16-bit palette: entries x << 8
+    data = load_series(s, lazy=False)
+    assert data.shape == (600, 800, 3) and data.dtype == np.uint8
+    np.testing.assert_array_equal(data, (ref16 >> 8).astype(np.uint8))
+    assert data.max() == 255  # 255 << 8 stays 255, not 254
+
+
+def test_ybr_jpeg_converted_to_rgb() -> None:
+    from PIL import Image
+
+    s = one_series(YBR)
+    data = load_series(s, lazy=False)
+    assert data.shape == (30, 240, 320, 3) and data.dtype == np.uint8
+    ds = pydicom.dcmread(YBR)
+    frame0 = get_frame(ds.PixelData, 0, number_of_frames=30)
+    with Image.open(io.BytesIO(frame0)) as im:  # Pillow decodes YCbCr JPEG to RGB
+        ref = np.asarray(im.convert("RGB"))
+    k0 = [p.frame for p in s.planes].index(0)
+    diff = np.abs(data[k0].astype(int) - ref.astype(int))
+    assert diff.mean() < 1.0 and diff.max() <= 8  # same picture, decoder rounding only
+    # not left in YCbCr: a YBR image of red-ish content would differ in every channel
+    assert np.abs(data[k0].astype(int) - _ycbcr(ref)).mean() > 10
+
+
+def _ycbcr(rgb: np.ndarray) -> np.ndarray:
+    r, g, b = (rgb[..., i].astype(float) for i in range(3))
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = 128 - 0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 128 + 0.5 * r - 0.418688 * g - 0.081312 * b
+    return np.stack([y, cb, cr], -1)
+
+
+def test_rgb_as_stored() -> None:
+    s = one_series(US_RGB)
+    ds = pydicom.dcmread(US_RGB)
+    np.testing.assert_array_equal(load_series(s, lazy=False), ds.pixel_array)
+
+
+# --------------------------------------------------------------------------------------
+# compressed transfer syntaxes
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", TWINS)
+def test_compressed_twin_equals_uncompressed(name: str) -> None:
+    ref = load_series(one_series(MR_SMALL), lazy=False)
+    data = load_series(one_series(get_testdata_file(name)), lazy=False)
+    assert data.dtype == ref.dtype
+    np.testing.assert_array_equal(data, ref)
+
+
+def test_jpeg_lossless_fast_path_equals_pydicom() -> None:
+    s = one_series(JPEG_LL)
+    ref = pydicom.dcmread(JPEG_LL).pixel_array
+    assert pixels._use_fast(s)  # imagecodecs is installed in the dev environment
+    np.testing.assert_array_equal(load_series(s, lazy=False), ref)
+    np.testing.assert_array_equal(load_plane(s, 0, fast=False), ref)
+
+
+def test_jpeg_lossless_series_equals_uncompressed(tmp_path: Path) -> None:
+    hu = ct_phantom_volume(6, 64)
+    write_ct_phantom(tmp_path / "raw", 6, 64, volume=hu)
+    write_ct_phantom(tmp_path / "jll", 6, 64, volume=hu, transfer_syntax=JPEGLosslessSV1)
+    raw = load_series(one_series(tmp_path / "raw"), lazy=False)
+    jll = load_series(one_series(tmp_path / "jll"), lazy=False)
+    np.testing.assert_array_equal(raw, hu)
+    np.testing.assert_array_equal(jll, hu)
+
+
+def test_deflated_file() -> None:
+    s = one_series(DEFLATE)
+    ref = pydicom.dcmread(DEFLATE).pixel_array
+    data = load_series(s, lazy=False)
+    assert data.dtype == np.uint8
+    np.testing.assert_array_equal(data, ref)
+
+
+# --------------------------------------------------------------------------------------
+# lazy / eager, errors
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("phantom")
+    write_ct_phantom(folder, n_slices=12, size=64)
+    return folder
+
+
+def test_lazy_equals_eager(phantom: Path) -> None:
+    import dask.array as da
+
+    s = one_series(phantom)
+    eager = load_series(s, lazy=False)
+    lazy = load_series(s, lazy=True)
+    assert isinstance(lazy, da.Array)
+    assert lazy.shape == eager.shape == (12, 64, 64)
+    assert lazy.chunks[0] == (1,) * 12
+    np.testing.assert_array_equal(np.asarray(lazy[5]), eager[5])
+    np.testing.assert_array_equal(lazy.compute(), eager)
+    np.testing.assert_array_equal(eager, ct_phantom_volume(12, 64))
+
+
+def test_progress_reports_every_plane(phantom: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    load_series(one_series(phantom), lazy=False, jobs=2, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (12, 12)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_lazy_default_for_large_series(phantom: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dask.array as da
+
+    s = one_series(phantom)
+    assert isinstance(load_series(s), np.ndarray)
+    monkeypatch.setattr(pixels, "LAZY_PLANES", 10)
+    assert isinstance(load_series(s), da.Array)
+
+
+def test_corrupt_plane_skipped_with_warning(tmp_path: Path) -> None:
+    paths = write_ct_phantom(tmp_path, n_slices=5, size=32, shuffle_instance_numbers=False)
+    s = one_series(tmp_path)
+    bad = paths[2]
+    raw = bad.read_bytes()
+    bad.write_bytes(raw[: len(raw) - 500])  # pixel data cut short
+    data = load_series(s, lazy=False)
+    good = ct_phantom_volume(5, 32)
+    k_bad = [p.path for p in s.planes].index(str(bad))
+    for k in range(5):
+        if k != k_bad:
+            np.testing.assert_array_equal(data[k], good[k])
+    lowest = min(good[k].min() for k in range(5) if k != k_bad)
+    assert (data[k_bad] == lowest).all()
+    notes = [w for w in s.warnings if "skipped damaged image" in w]
+    assert len(notes) == 1 and str(bad) in notes[0]
+
+
+def test_all_planes_corrupt_raises(tmp_path: Path) -> None:
+    paths = write_ct_phantom(tmp_path, n_slices=2, size=32)
+    s = one_series(tmp_path)
+    for p in paths:
+        p.write_bytes(p.read_bytes()[:-300])
+    with pytest.raises(DicomLoadError, match="could be decoded"):
+        load_series(s, lazy=False)
+
+
+def test_missing_decoder_names_syntax_and_package(tmp_path: Path) -> None:
+    jxl = UID("1.2.840.10008.1.2.4.110")  # JPEG XL Lossless: no pydicom 3.0 decoder
+    paths = write_ct_phantom(tmp_path, n_slices=2, size=32, transfer_syntax=JPEGLosslessSV1)
+    for p in paths:
+        # pydicom 3.0 refuses to write a syntax it does not know: write MPEG2 (same UID
+        # length) and patch the bytes of the Transfer Syntax UID
+        ds = pydicom.dcmread(p)
+        ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.100")
+        ds.PixelData = encapsulate([b"\xff\x0a" + b"\x00" * 30])
+        ds.save_as(p, enforce_file_format=True)
+        raw = p.read_bytes()
+        assert raw.count(b"1.2.840.10008.1.2.4.100\x00") == 1
+        p.write_bytes(raw.replace(b"1.2.840.10008.1.2.4.100\x00", jxl.encode() + b"\x00"))
+    s = one_series(tmp_path)
+    with pytest.raises(DicomLoadError, match="JPEG XL") as info:
+        load_series(s, lazy=False)
+    assert str(s.planes[0].path) in str(info.value)
+    msg = pixels.missing_decoder_message("1.2.840.10008.1.2.4.91")
+    assert msg is None  # installed here
+    j2k = pixels._DECODER_PACKAGES["1.2.840.10008.1.2.4.91"]
+    assert j2k == ("JPEG 2000", "pylibjpeg-openjpeg or python-gdcm")
+
+
+# --------------------------------------------------------------------------------------
+# default display and metadata
+# --------------------------------------------------------------------------------------
+
+
+def test_default_display_stored_window_and_metadata(phantom: Path) -> None:
+    s = one_series(phantom)
+    data = load_series(s, lazy=False)
+    display, note = pixels.default_display(s, data)
+    assert (display.window.center, display.window.width) == (40.0, 400.0)
+    assert display.window.limits() == (-160.0, 239.0)
+    assert "W 400 / L 40" in note
+    meta = pixels.series_metadata(s, display, note)
+    assert json.loads(json.dumps(meta)) == meta
+    assert meta["display"] == meta["default"]
+    assert meta["display"]["window"]["center"] == 40.0
+    assert meta["files"] == [p.path for p in s.planes]
+    assert meta["padding"] == [[STORED_PADDING - 1024.0, STORED_PADDING - 1024.0]]
+    assert "12 images of 64 x 64" in meta["summary"] and "HU" in meta["summary"]
+
+
+def test_default_display_minmax_excludes_padding_lazy(phantom: Path) -> None:
+    s = one_series(phantom)
+    s.windows = []
+    display, note = pixels.default_display(s, load_series(s, lazy=True))
+    hu = ct_phantom_volume(12, 64)
+    assert "lazy" in note and "padding" in note
+    lo, hi = display.window.limits()
+    inside = hu[hu != STORED_PADDING - 1024]
+    assert inside.min() <= lo and hi <= inside.max()
+    assert lo > STORED_PADDING - 1024  # the -3024 padding does not stretch the window
