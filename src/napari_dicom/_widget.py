@@ -1,0 +1,863 @@
+"""Window / Level dock widget: a thin magicgui shell over ``core``.
+
+Every number the widget shows or sets comes from :mod:`napari_dicom.core.render`
+(``window_to_limits`` / ``limits_to_window``, ``Window``), :mod:`~napari_dicom.core.presets`,
+:mod:`~napari_dicom.core.stats` and :mod:`~napari_dicom.core.meta`; this module only wires
+controls to a layer.
+
+State model: the widget keeps the exact current :class:`Window` of the chosen layer. The
+spin boxes and sliders show it rounded; a user edit of one field combines the edited
+value with the exact other value, so reading limits back and forth never drifts. When the
+layer's contrast limits change from outside (napari's own controls, auto-contrast), the
+window is recomputed from the limits with ``limits_to_window`` under a guard flag, and
+nothing is written back to the layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.types import FileDialogMode
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    FloatSpinBox,
+    Image,
+    Label,
+    PushButton,
+)
+from napari.layers import Image as ImageLayer
+from napari.utils.notifications import show_info
+
+from ._colormaps import layer_display_kwargs
+from .core.meta import (
+    CURVE_SUFFIX_R,
+    GREY_R,
+    META_KEY,
+    dicom_meta,
+    file_voi_luts,
+    limits_match,
+    step_from_dict,
+    step_limits,
+)
+from .core.presets import CT_PRESETS, file_presets, is_ct_like
+from .core.render import (
+    VOI_FUNCTIONS,
+    Display,
+    Window,
+    WindowError,
+    normalize_function,
+)
+from .core.stats import LayerStats, histogram_image
+
+if TYPE_CHECKING:
+    import napari
+
+#: label of the "no preset" entry of the preset chooser
+CUSTOM = "(custom)"
+MINMAX = "min-max"
+RESET = "reset to file default"
+#: percentile pairs offered as quick choices
+QUICK_PERCENTILES = {
+    "1 / 99": (1.0, 99.0),
+    "0.1 / 99.9": (0.1, 99.9),
+    "0.01 / 99.99": (0.01, 99.99),
+}
+SCOPES = {"current slice": "slice", "whole series": "series"}
+FUNCTION_LABELS = {"LINEAR": "linear", "LINEAR_EXACT": "linear exact", "SIGMOID": "sigmoid"}
+#: mouse drag: a drag across this many screen pixels changes the width (or level) by the
+#: layer's whole value range
+DRAG_PIXELS = 512.0
+#: histogram picture size in screen pixels (width, height)
+HIST_SIZE = (256, 80)
+
+
+def _eligible(layer: Any) -> bool:
+    return isinstance(layer, ImageLayer) and not layer.rgb
+
+
+class WindowLevelWidget(Container):  # type: ignore[type-arg]
+    """Window / Level for the grayscale image layers of ``viewer``.
+
+    Controls: layer, window centre and width (spin box + slider), VOI LUT function,
+    invert, presets (stored windows, CT presets, min-max, file default), percentile
+    stretch, histogram with the window drawn on it, window/level by mouse drag, and
+    export of the layer as an 8-bit PNG stack exactly as shown.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self._layer: ImageLayer | None = None
+        self._window: Window | None = None
+        self._updating = False
+        self._stats: dict[int, LayerStats] = {}
+        self._functions: dict[int, str] = {}
+        self._drag_layer: ImageLayer | None = None
+        self._drag_saved_pan: bool | None = None
+
+        self._layer_combo = ComboBox(label="layer", choices=self._layer_choices, nullable=True)
+        self._reason = Label(label="", value="")
+        self._center = FloatSpinBox(label="level (centre)", min=-1e6, max=1e6, step=1.0)
+        self._center_slider = FloatSlider(label="", min=-1e6, max=1e6, readout=False)
+        self._width = FloatSpinBox(label="width", min=0.0, max=2e6, step=1.0)
+        self._width_slider = FloatSlider(label="", min=0.0, max=2e6, readout=False)
+        self._readout = Label(label="window", value="")
+        self._function = ComboBox(
+            label="VOI function",
+            choices=[(FUNCTION_LABELS[f], f) for f in VOI_FUNCTIONS],
+            value="LINEAR",
+        )
+        self._invert = CheckBox(text="invert (MONOCHROME1 look)")
+        self._preset = ComboBox(label="preset", choices=self._preset_choices, value=CUSTOM)
+        self._quick = ComboBox(label="percentiles", choices=list(QUICK_PERCENTILES), value="1 / 99")
+        self._lo_q = FloatSpinBox(label="low %", min=0.0, max=100.0, step=0.01, value=1.0)
+        self._hi_q = FloatSpinBox(label="high %", min=0.0, max=100.0, step=0.01, value=99.0)
+        self._ignore = CheckBox(text="ignore min/max values")
+        self._scope = ComboBox(label="scope", choices=list(SCOPES), value="whole series")
+        self._live = CheckBox(text="live (follow the slice)")
+        self._apply = PushButton(text="Apply percentile stretch")
+        self._hist = Image(label="histogram")
+        self._hist.min_width, self._hist.min_height = HIST_SIZE
+        self._hist_note = Label(label="", value="")
+        self._drag = CheckBox(text="drag on canvas: ↔ width, ↕ level", value=False)
+        self._export_path = FileEdit(
+            label="PNG file", mode=FileDialogMode.OPTIONAL_FILE, filter="*.png"
+        )
+        self._export = PushButton(text="Export PNG stack...")
+        self._status = Label(label="status", value="")
+
+        self._controls = [
+            self._center,
+            self._center_slider,
+            self._width,
+            self._width_slider,
+            self._function,
+            self._invert,
+            self._preset,
+            self._quick,
+            self._lo_q,
+            self._hi_q,
+            self._ignore,
+            self._scope,
+            self._live,
+            self._apply,
+            self._drag,
+            self._export_path,
+            self._export,
+        ]
+        self.extend(
+            [
+                self._layer_combo,
+                self._reason,
+                self._center,
+                self._center_slider,
+                self._width,
+                self._width_slider,
+                self._readout,
+                self._function,
+                self._invert,
+                self._preset,
+                self._quick,
+                self._lo_q,
+                self._hi_q,
+                self._ignore,
+                self._scope,
+                self._live,
+                self._apply,
+                self._hist,
+                self._hist_note,
+                self._drag,
+                self._export_path,
+                self._export,
+                self._status,
+            ]
+        )
+
+        self._layer_combo.changed.connect(self._on_layer_chosen)
+        self._center.changed.connect(self._on_center)
+        self._center_slider.changed.connect(self._on_center_slider)
+        self._width.changed.connect(self._on_width)
+        self._width_slider.changed.connect(self._on_width_slider)
+        self._function.changed.connect(self._on_function)
+        self._invert.changed.connect(self._on_invert)
+        self._preset.changed.connect(self._on_preset)
+        self._quick.changed.connect(self._on_quick)
+        self._apply.changed.connect(self._on_apply_percentile)
+        self._scope.changed.connect(self._on_scope)
+        self._drag.changed.connect(self._on_drag_toggle)
+        self._export.changed.connect(self._on_export)
+
+        viewer.layers.events.inserted.connect(self._on_layers_changed)
+        viewer.layers.events.removed.connect(self._on_layers_changed)
+        viewer.layers.events.moved.connect(self._on_layers_changed)
+        viewer.layers.selection.events.active.connect(self._on_active)
+        viewer.dims.events.current_step.connect(self._on_step)
+        for layer in viewer.layers:
+            layer.events.name.connect(self._on_layers_changed)
+
+        active = viewer.layers.selection.active
+        self._refresh_layers(prefer=active if _eligible(active) else None)
+
+    # ------------------------------------------------------------------ helpers
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        old = self._updating
+        self._updating = True
+        try:
+            yield
+        finally:
+            self._updating = old
+
+    def _say(self, text: str) -> None:
+        self._status.value = text
+
+    @property
+    def layer(self) -> ImageLayer | None:
+        """The layer the widget acts on (``None`` when there is none)."""
+        return self._layer
+
+    @property
+    def reason(self) -> str:
+        """Why the controls are disabled (empty while a layer is chosen)."""
+        return str(self._reason.value)
+
+    @property
+    def window(self) -> Window | None:
+        """The exact current window of the chosen layer."""
+        return self._window
+
+    def _layer_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in self.viewer.layers if _eligible(layer)]
+
+    def _meta(self) -> dict[str, Any]:
+        return dicom_meta(self._layer.metadata) if self._layer is not None else {}
+
+    def _stats_for(self, layer: ImageLayer) -> LayerStats:
+        key = id(layer)
+        st = self._stats.get(key)
+        if st is None or st.data is not _layer_array(layer):
+            padding = dicom_meta(layer.metadata).get("padding") or []
+            st = LayerStats(_layer_array(layer), padding)
+            self._stats[key] = st
+        return st
+
+    def _plane_index(self) -> list[int]:
+        """Index of the shown plane over the layer's leading axes (data coordinates)."""
+        layer = self._layer
+        if layer is None or layer.ndim <= 2:
+            return []
+        point = np.asarray(self.viewer.dims.point)[-layer.ndim :]
+        data_pt = np.asarray(layer.world_to_data(point))
+        return [math.floor(v + 0.5) for v in data_pt[:-2]]
+
+    # ------------------------------------------------------------------ layer list
+
+    def _refresh_layers(self, prefer: Any = None) -> None:
+        current = self._layer
+        with self._guard():
+            self._layer_combo.reset_choices()
+            layers = [lyr for _, lyr in self._layer_choices()]
+            if prefer is not None and prefer in layers:
+                target = prefer
+            elif current is not None and current in layers:
+                target = current
+            else:
+                active = self.viewer.layers.selection.active
+                target = active if active in layers else (layers[-1] if layers else None)
+            self._layer_combo.value = target
+        if target is not current:
+            self._set_layer(target)
+        elif target is None:
+            self._set_layer(None)
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if event is not None and getattr(event, "type", "") == "inserted":
+            event.value.events.name.connect(self._on_layers_changed)
+        if event is not None and getattr(event, "type", "") == "removed":
+            gone = event.value
+            with contextlib.suppress(TypeError, ValueError):
+                gone.events.name.disconnect(self._on_layers_changed)
+            self._stats.pop(id(gone), None)
+            self._functions.pop(id(gone), None)
+        self._refresh_layers()
+
+    def _on_active(self, event: Any = None) -> None:
+        active = self.viewer.layers.selection.active
+        if _eligible(active) and active is not self._layer:
+            self._refresh_layers(prefer=active)
+
+    def _on_layer_chosen(self, value: Any = None) -> None:
+        if self._updating:
+            return
+        self._set_layer(self._layer_combo.value)
+
+    def _set_layer(self, layer: ImageLayer | None) -> None:
+        old = self._layer
+        if old is not None:
+            with contextlib.suppress(TypeError, ValueError):
+                old.events.contrast_limits.disconnect(self._on_limits)
+                old.events.colormap.disconnect(self._on_colormap)
+                old.events.data.disconnect(self._on_data)
+            self._stop_drag()
+        self._layer = layer
+        self._window = None
+        enabled = layer is not None
+        for w in self._controls:
+            w.enabled = enabled
+        if layer is None:
+            n = len(self.viewer.layers)
+            self._reason.value = (
+                "No image layer: open a DICOM file or series (File > Open)."
+                if n == 0
+                else "No grayscale image layer (RGB layers and other layer types have no window)."
+            )
+            self._reason.visible = True
+            self._readout.value = ""
+            self._hist_note.value = ""
+            with self._guard():
+                self._drag.value = False
+                self._preset.reset_choices()
+            return
+        self._reason.value = ""
+        self._reason.visible = False
+        layer.events.contrast_limits.connect(self._on_limits)
+        layer.events.colormap.connect(self._on_colormap)
+        layer.events.data.connect(self._on_data)
+        with self._guard():
+            self._preset.reset_choices()
+            self._preset.value = CUSTOM
+            self._invert.value = _is_inverted(layer.colormap.name)
+            self._scope.value = "current slice" if _is_lazy(layer) else "whole series"
+        self._load_from_layer()
+        if self._drag.value:
+            self._start_drag()
+        self._say("")
+
+    def _on_data(self, event: Any = None) -> None:
+        if self._layer is not None:
+            self._stats.pop(id(self._layer), None)
+            self._update_histogram()
+
+    # ------------------------------------------------------------------ state from layer
+
+    def _default_function(self, layer: ImageLayer) -> str:
+        if id(layer) in self._functions:
+            return self._functions[id(layer)]
+        meta = dicom_meta(layer.metadata)
+        disp = meta.get("display") or {}
+        if disp.get("window"):
+            return normalize_function(disp["window"].get("function"))
+        if META_KEY in (layer.metadata or {}):
+            return normalize_function(meta.get("voi_function"))
+        # non-DICOM float data: width = hi - lo in data units reads best
+        return "LINEAR_EXACT" if _layer_dtype(layer).kind == "f" else "LINEAR"
+
+    def _load_from_layer(self) -> None:
+        layer = self._layer
+        if layer is None:
+            return
+        lo, hi = (float(v) for v in layer.contrast_limits)
+        meta = dicom_meta(layer.metadata)
+        step = step_from_dict(meta, meta.get("display"))
+        window: Window | None = None
+        if step is not None and limits_match(step_limits(step), (lo, hi)):
+            if step.voi_lut is None:
+                window = step.window
+            else:
+                self._say(
+                    f"shown through the file's VOI LUT {step.voi_lut.explanation!r}; "
+                    "editing level or width replaces it with a window"
+                )
+        fn = window.function if window is not None else self._default_function(layer)
+        if window is None:
+            window = _window_from_limits(lo, hi, fn)
+        self._window = window
+        self._functions[id(layer)] = window.function
+        with self._guard():
+            self._function.value = window.function
+        self._update_ranges()
+        self._show_window()
+        self._update_histogram()
+
+    def _update_ranges(self) -> None:
+        layer, w = self._layer, self._window
+        if layer is None or w is None:
+            return
+        r0, r1 = self._value_range(layer)
+        span = max(r1 - r0, 1.0)
+        lo_c = min(r0 - span / 2, w.center)
+        hi_c = max(r1 + span / 2, w.center)
+        hi_w = max(2 * span, w.width)
+        step = 1.0 if _layer_dtype(layer).kind in "iub" and span >= 50 else 10 ** math.floor(
+            math.log10(span) - 2
+        )
+        with self._guard():
+            for widget in (self._center, self._center_slider):
+                widget.min, widget.max = lo_c, hi_c
+            for widget in (self._width, self._width_slider):
+                widget.min, widget.max = 0.0, hi_w
+            self._center.step = step
+            self._width.step = step
+            self._center_slider.step = step
+            self._width_slider.step = step
+
+    def _value_range(self, layer: ImageLayer) -> tuple[float, float]:
+        """Values the fields should reach: napari's contrast-limit range, the data's
+        min/max (in-memory layers; lazy ones are not read for this) and, for HU data,
+        air to dense bone so every CT preset fits."""
+        r0, r1 = (float(v) for v in layer.contrast_limits_range)
+        if not _is_lazy(layer):
+            with contextlib.suppress(WindowError):
+                d0, d1 = self._stats_for(layer).minmax("series")
+                r0, r1 = min(r0, d0), max(r1, d1)
+        if is_ct_like(dicom_meta(layer.metadata)):
+            r0, r1 = min(r0, -1024.0), max(r1, 3071.0)
+        return r0, r1
+
+    def _show_window(self) -> None:
+        """Put the exact window into the fields (rounded by the widgets), readout, preset."""
+        w = self._window
+        if w is None:
+            return
+        with self._guard():
+            if not (self._center.min <= w.center <= self._center.max) or w.width > self._width.max:
+                self._update_ranges()
+            self._center.value = w.center
+            self._center_slider.value = w.center
+            self._width.value = w.width
+            self._width_slider.value = w.width
+            self._readout.value = w.label() + ("" if w.function == "LINEAR" else f" ({w.function})")
+            if self._preset.value not in (CUSTOM, None):
+                chosen = self._preset_windows().get(self._preset.value)
+                if chosen is None or (chosen.center, chosen.width) != (w.center, w.width):
+                    self._preset.value = CUSTOM
+
+    # ------------------------------------------------------------------ applying a window
+
+    def _apply_window(
+        self, window: Window | None, voi_lut: int | None = None, invert: bool | None = None
+    ) -> None:
+        """Show ``window`` (or the file's VOI LUT item ``voi_lut``) on the layer."""
+        layer = self._layer
+        if layer is None:
+            return
+        inv = self._invert.value if invert is None else invert
+        meta = dicom_meta(layer.metadata)
+        if voi_lut is not None:
+            lut = file_voi_luts(meta)[voi_lut]
+            lo, hi = lut.input_range()
+            display = Display(Window.from_limits(lo, max(hi, lo), "LINEAR"), voi_lut=lut)
+            entry: dict[str, Any] = {"window": None, "voi_lut": voi_lut}
+        elif window is not None:
+            display = Display(window)
+            entry = {"window": window.to_dict(), "voi_lut": None}
+        else:
+            return
+        kwargs = layer_display_kwargs(display, inv)
+        with self._guard():
+            layer.colormap = kwargs["colormap"]
+            layer.contrast_limits = kwargs["contrast_limits"]
+            self._invert.value = inv
+        self._store_display(entry, display)
+        if window is not None and voi_lut is None:
+            self._window = window
+            self._functions[id(layer)] = window.function
+            with self._guard():
+                self._function.value = window.function
+        else:
+            self._window = _window_from_limits(*step_limits(display), "LINEAR")
+        self._show_window()
+        self._update_histogram()
+        self._say("")
+
+    def _store_display(self, entry: dict[str, Any], display: Display) -> None:
+        """Record the VOI step in ``metadata["dicom"]["display"]`` so File > Save exports it.
+
+        DICOM layers always get the entry; other layers only need it for a step that
+        napari's linear limits cannot show alone (SIGMOID) or that names its function.
+        """
+        layer = self._layer
+        if layer is None:
+            return
+        md = layer.metadata
+        if META_KEY in md:
+            md[META_KEY]["display"] = entry
+        elif display.voi_lut is not None or display.window.function != "LINEAR":
+            md[META_KEY] = {"display": entry}
+
+    def _set_center_width(self, center: float, width: float) -> None:
+        fn = self._functions.get(id(self._layer), "LINEAR") if self._layer else "LINEAR"
+        try:
+            window = Window(center, width, normalize_function(fn), "")
+        except WindowError as err:
+            self._say(f"refused: {err}")
+            self._show_window()  # put the fields back to what the layer shows
+            return
+        self._apply_window(window)
+
+    # ------------------------------------------------------------------ control handlers
+
+    def _on_center(self, value: float) -> None:
+        if self._updating or self._window is None:
+            return
+        self._set_center_width(float(value), self._window.width)
+
+    def _on_center_slider(self, value: float) -> None:
+        if self._updating or self._window is None:
+            return
+        self._set_center_width(float(value), self._window.width)
+
+    def _on_width(self, value: float) -> None:
+        if self._updating or self._window is None:
+            return
+        self._set_center_width(self._window.center, float(value))
+
+    def _on_width_slider(self, value: float) -> None:
+        if self._updating or self._window is None:
+            return
+        self._set_center_width(self._window.center, float(value))
+
+    def _on_function(self, value: str) -> None:
+        if self._updating or self._layer is None or self._window is None:
+            return
+        fn = normalize_function(value)
+        w = self._window
+        try:
+            window = Window(w.center, w.width, fn, w.explanation)
+        except WindowError as err:
+            self._say(f"refused: {err}")
+            with self._guard():
+                self._function.value = w.function
+            return
+        self._apply_window(window)
+
+    def _on_invert(self, value: bool) -> None:
+        if self._updating or self._layer is None:
+            return
+        meta = self._meta()
+        disp = meta.get("display") or {}
+        if disp.get("voi_lut") is not None and limits_match(
+            tuple(self._layer.contrast_limits), _lut_limits(meta, disp["voi_lut"])
+        ):
+            self._apply_window(self._window, voi_lut=int(disp["voi_lut"]), invert=bool(value))
+        elif self._window is not None:
+            self._apply_window(self._window, invert=bool(value))
+
+    def _on_colormap(self, event: Any = None) -> None:
+        if self._updating or self._layer is None:
+            return
+        with self._guard():
+            self._invert.value = _is_inverted(self._layer.colormap.name)
+        self._update_histogram()
+
+    def _on_limits(self, event: Any = None) -> None:
+        """The layer's contrast limits changed outside the widget: follow them."""
+        if self._updating or self._layer is None:
+            return
+        layer = self._layer
+        lo, hi = (float(v) for v in layer.contrast_limits)
+        fn = self._functions.get(id(layer), "LINEAR")
+        window = _window_from_limits(lo, hi, fn)
+        if window.function != fn:
+            self._say(
+                f"limits {lo:g}..{hi:g} are shown as a LINEAR window ({fn} needs a width > 0)"
+            )
+        self._window = window
+        self._functions[id(layer)] = window.function
+        with self._guard():
+            self._function.value = window.function
+        display = Display(window)
+        if META_KEY in layer.metadata or window.function != "LINEAR":
+            self._store_display({"window": window.to_dict(), "voi_lut": None}, display)
+        if window.function == "SIGMOID":
+            with self._guard():
+                layer.colormap = layer_display_kwargs(display, self._invert.value)["colormap"]
+        self._show_window()
+        self._update_histogram()
+
+    # presets ---------------------------------------------------------------------------
+
+    def _preset_windows(self) -> dict[str, Window]:
+        """Label -> window for the stored-window and CT entries of the preset chooser."""
+        out: dict[str, Window] = {}
+        meta = self._meta()
+        for label, w in file_presets(meta):
+            out[label] = w
+        if is_ct_like(meta):
+            for w in CT_PRESETS.values():
+                out[f"CT {w.explanation}: {w.label()}"] = w
+        return out
+
+    def _preset_choices(self, _widget: Any = None) -> list[str]:
+        if self._layer is None:
+            return [CUSTOM]
+        meta = self._meta()
+        choices = [CUSTOM, *self._preset_windows()]
+        for i, lut in enumerate(file_voi_luts(meta), start=1):
+            choices.append(_lut_label(i, lut.explanation))
+        choices.append(MINMAX)
+        if meta.get("default"):
+            choices.append(RESET)
+        return choices
+
+    def _on_preset(self, value: str) -> None:
+        if self._updating or self._layer is None or value in (None, CUSTOM):
+            return
+        meta = self._meta()
+        windows = self._preset_windows()
+        try:
+            if value in windows:
+                w = windows[value]
+                self._apply_window(w)
+            elif value == MINMAX:
+                self._apply_minmax()
+            elif value == RESET:
+                self._apply_file_default()
+            else:
+                luts = file_voi_luts(meta)
+                for i, lut in enumerate(luts, start=1):
+                    if value == _lut_label(i, lut.explanation):
+                        self._apply_window(self._window, voi_lut=i - 1)
+                        break
+        except WindowError as err:
+            self._say(f"refused: {err}")
+            return
+        with self._guard():
+            self._preset.value = value
+
+    def _apply_minmax(self) -> None:
+        layer = self._layer
+        assert layer is not None
+        st = self._stats_for(layer)
+        scope = SCOPES[self._scope.value]
+        lo, hi = st.minmax(scope, self._plane_index())
+        fn = self._functions.get(id(layer), "LINEAR")
+        window = _window_from_limits(lo, hi, fn)
+        self._apply_window(replace_explanation(window, MINMAX))
+
+    def _apply_file_default(self) -> None:
+        layer = self._layer
+        assert layer is not None
+        meta = self._meta()
+        default = meta.get("default") or {}
+        invert = bool(meta.get("invert", False))
+        if default.get("voi_lut") is not None:
+            self._apply_window(self._window, voi_lut=int(default["voi_lut"]), invert=invert)
+            return
+        if default.get("window"):
+            self._apply_window(Window.from_dict(default["window"]), invert=invert)
+            return
+        with self._guard():
+            self._invert.value = invert
+        self._apply_minmax()
+
+    # percentiles -------------------------------------------------------------------------
+
+    def _on_quick(self, value: str) -> None:
+        lo, hi = QUICK_PERCENTILES[value]
+        with self._guard():
+            self._lo_q.value, self._hi_q.value = lo, hi
+
+    def _on_apply_percentile(self, _value: Any = None) -> None:
+        layer = self._layer
+        if layer is None:
+            return
+        lo_q, hi_q = float(self._lo_q.value), float(self._hi_q.value)
+        scope = SCOPES[self._scope.value]
+        try:
+            st = self._stats_for(layer)
+            lo, hi = st.percentile_limits(
+                lo_q, hi_q, bool(self._ignore.value), scope, self._plane_index()
+            )
+            fn = self._functions.get(id(layer), "LINEAR")
+            window = _window_from_limits(lo, hi, fn)
+        except WindowError as err:
+            self._say(f"refused: {err}")
+            return
+        self._apply_window(replace_explanation(window, f"P{lo_q:g}-P{hi_q:g}"))
+        method = "exact" if scope == "slice" else st.method
+        self._say(f"percentiles {lo_q:g} / {hi_q:g} of the {self._scope.value} ({method})")
+
+    def _on_scope(self, value: Any = None) -> None:
+        self._update_histogram()
+
+    def _on_step(self, event: Any = None) -> None:
+        if self._layer is None or SCOPES[self._scope.value] != "slice":
+            return
+        if self._live.value:
+            self._on_apply_percentile()
+        else:
+            self._update_histogram()
+
+    # histogram ---------------------------------------------------------------------------
+
+    def _update_histogram(self) -> None:
+        layer = self._layer
+        if layer is None:
+            return
+        scope = SCOPES[self._scope.value]
+        try:
+            st = self._stats_for(layer)
+            edges, counts = st.histogram(256, scope, self._plane_index())
+        except WindowError as err:
+            self._hist_note.value = f"no histogram: {err}"
+            return
+        img = histogram_image(
+            edges,
+            counts,
+            tuple(float(v) for v in layer.contrast_limits),  # type: ignore[arg-type]
+            width=HIST_SIZE[0],
+            height=HIST_SIZE[1],
+            invert=_is_inverted(layer.colormap.name),
+        )
+        self._hist.set_data(img)
+        self._hist_note.value = f"{scope}: {edges[0]:g} .. {edges[-1]:g} (log counts)"
+
+    # mouse drag --------------------------------------------------------------------------
+
+    def _on_drag_toggle(self, value: bool) -> None:
+        if value:
+            self._start_drag()
+        else:
+            self._stop_drag()
+
+    def _start_drag(self) -> None:
+        layer = self._layer
+        if layer is None or self._drag_layer is layer:
+            return
+        self._stop_drag()
+        layer.mouse_drag_callbacks.append(self.drag_window)
+        self._drag_saved_pan = layer.mouse_pan
+        layer.mouse_pan = False  # napari 0.9: the camera follows the active layer's flag
+        self._drag_layer = layer
+        self.viewer.layers.selection.active = layer
+        self._say("drag on the canvas: left/right = width, up/down = level")
+
+    def _stop_drag(self) -> None:
+        layer = self._drag_layer
+        if layer is None:
+            return
+        if self.drag_window in layer.mouse_drag_callbacks:
+            layer.mouse_drag_callbacks.remove(self.drag_window)
+        if self._drag_saved_pan is not None:
+            layer.mouse_pan = self._drag_saved_pan
+        self._drag_layer = None
+        self._drag_saved_pan = None
+
+    def drag_window(self, layer: Any, event: Any) -> Iterator[None]:
+        """Mouse drag callback: right/left widens/narrows, up/down raises/lowers the level.
+
+        Scaled so a drag of :data:`DRAG_PIXELS` screen pixels spans the layer's value range.
+        """
+        if self._window is None or layer is not self._layer:
+            return
+        start = np.asarray(event.pos, dtype=float)[:2]
+        w0 = self._window
+        r0, r1 = self._value_range(layer)
+        per_px = max(r1 - r0, 1.0) / DRAG_PIXELS
+        yield
+        while event.type == "mouse_move":
+            dx, dy = np.asarray(event.pos, dtype=float)[:2] - start
+            min_w = 1.0 if w0.function == "LINEAR" else per_px
+            width = max(w0.width + dx * per_px, min_w)
+            center = w0.center - dy * per_px  # screen y grows downwards: up raises the level
+            self._set_center_width(center, width)
+            yield
+
+    # export ------------------------------------------------------------------------------
+
+    def _on_export(self, _value: Any = None) -> None:
+        layer = self._layer
+        if layer is None:
+            return
+        path = self._export_path.value
+        if path is None or str(path) in ("", "."):
+            self._say("refused: choose a PNG file name first")
+            return
+        path = Path(str(path))
+        if path.suffix.lower() != ".png":
+            path = path.with_suffix(".png")
+        from napari.utils import progress
+
+        from ._writer import export_layer
+
+        try:
+            with progress(total=0, desc=f"Exporting {layer.name}") as pbar:
+                written = export_layer(layer, str(path), progress=_progress_callback(pbar))
+        except (OSError, ValueError) as err:
+            self._say(f"export failed: {err}")
+            return
+        first = written[0] if written else str(path)
+        msg = f"wrote {len(written)} PNG file(s): {first}" + (" ..." if len(written) > 1 else "")
+        self._say(msg)
+        show_info(msg)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def replace_explanation(window: Window, explanation: str) -> Window:
+    return Window(window.center, window.width, window.function, explanation)
+
+
+def _window_from_limits(lo: float, hi: float, function: str) -> Window:
+    """The window shown by limits ``(lo, hi)`` with ``function``; LINEAR when the function
+    cannot show them (zero width)."""
+    try:
+        return Window.from_limits(lo, hi, function)
+    except WindowError:
+        return Window.from_limits(lo, hi, "LINEAR")
+
+
+def _is_inverted(name: str) -> bool:
+    n = (name or "").lower()
+    return n in GREY_R or n.endswith(CURVE_SUFFIX_R.lower())
+
+
+def _lut_label(i: int, explanation: str) -> str:
+    return f"VOI LUT {i}{': ' + explanation if explanation else ''} (file)"
+
+
+def _lut_limits(meta: dict[str, Any], i: int) -> tuple[float, float]:
+    luts = file_voi_luts(meta)
+    lut = luts[int(i)]
+    lo, hi = lut.input_range()
+    return float(lo), float(max(hi, lo + 1))
+
+
+def _layer_array(layer: Any) -> Any:
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def _layer_dtype(layer: Any) -> np.dtype[Any]:
+    dt: np.dtype[Any] = np.dtype(_layer_array(layer).dtype)
+    return dt
+
+
+def _is_lazy(layer: Any) -> bool:
+    return not isinstance(_layer_array(layer), np.ndarray)
+
+
+def _progress_callback(pbar: Any) -> Any:
+    """Adapter from ``progress(done, total)`` calls to a napari progress bar."""
+
+    def update(done: int, total: int | None = None, *_: Any) -> None:
+        if total is not None and pbar.total != total:
+            pbar.total = total
+        pbar.n = int(done)
+        pbar.refresh()
+
+    return update
+
+
+__all__: Sequence[str] = ["WindowLevelWidget"]
