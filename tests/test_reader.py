@@ -95,7 +95,7 @@ def test_ct_small_hu_under_known_pixel(make_napari_viewer) -> None:
     assert layer.data[0, 0] == int(ds.pixel_array[0, 0]) - 1024
     # the value napari reports under the cursor at data coordinate (64, 64)
     world = layer.data_to_world((64, 64))
-    assert layer.get_value(world) == hu[64, 64]
+    assert layer.get_value(world, world=True) == hu[64, 64]
 
 
 def test_mixed_folder_layers_in_series_order(make_napari_viewer, tmp_path: Path) -> None:

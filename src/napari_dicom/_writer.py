@@ -27,15 +27,10 @@ from napari.utils.colormaps import Colormap, ensure_colormap
 
 from .core.export import Progress, export_stack
 from .core.meta import (
-    CURVE_SUFFIX,
-    CURVE_SUFFIX_R,
     GREY,
     GREY_R,
     dicom_meta,
     display_for_layer,
-    limits_match,
-    step_from_dict,
-    step_limits,
 )
 from .core.render import Display
 
@@ -65,22 +60,13 @@ def layer_display(
     gamma: float,
     colormap: Any,
 ) -> Display:
-    """The :class:`~napari_dicom.core.render.Display` that reproduces a grey layer."""
+    """The :class:`~napari_dicom.core.render.Display` that reproduces what the layer shows
+    (the rule lives in :func:`napari_dicom.core.meta.display_for_layer`)."""
     cmap = _as_colormap(colormap)
     name = str(cmap.name)
     limits = (float(contrast_limits[0]), float(contrast_limits[1]))
-    gamma = float(gamma)
-    if name.lower() in GREY or name.lower() in GREY_R:
-        return display_for_layer(metadata, limits, gamma, name.lower())
-    curve_inverted = name.endswith(CURVE_SUFFIX_R)
-    if curve_inverted or name.endswith(CURVE_SUFFIX):
-        meta = dicom_meta(metadata)
-        step = step_from_dict(meta, meta.get("display"))
-        if step is not None and limits_match(step_limits(step), limits):
-            # the exact VOI step rather than the colormap's 256-point sampling of it
-            grey = "gray_r" if curve_inverted else "gray"
-            return display_for_layer(metadata, limits, gamma, grey)
-    return display_for_layer(metadata, limits, gamma, name, colormap_palette(cmap))
+    palette = None if name.lower() in GREY + GREY_R else colormap_palette(cmap)
+    return display_for_layer(metadata, limits, float(gamma), name, palette)
 
 
 def _export(

@@ -245,11 +245,14 @@ def test_enhanced_ct_functional_groups_follow_the_standard(tmp_path: Path) -> No
     voi = shared.FrameVOILUTSequence[0]
     slope, intercept = float(pvt.RescaleSlope), float(pvt.RescaleIntercept)
     c, w = _first(voi.WindowCenter), _first(voi.WindowWidth)
-    stored = ds.pixel_array[0]
-    hu = stored.astype(np.int64) * int(slope) + int(intercept)
     assert (slope, intercept, c, w) == (1.0, -1024.0, 49.0, 102.0)
 
     (series,) = scan_mod.scan([path]).series
+    # planes are sorted along the slice normal (0, 0, -1): the first plane is file frame 1
+    first = series.planes[0].frame
+    assert first == 1
+    stored = ds.pixel_array[first]
+    hu = stored.astype(np.int64) * int(slope) + int(intercept)
     data = np.asarray(load_series(series, lazy=False))
     display, _ = default_display(series, data)
     assert (display.window.center, display.window.width) == (c, w)

@@ -90,7 +90,8 @@ def step_limits(display: Display) -> tuple[float, float]:
 
 def limits_match(a: tuple[float, float], b: tuple[float, float]) -> bool:
     scale = max(1.0, abs(a[0]), abs(a[1]), abs(b[0]), abs(b[1]))
-    return all(math.isclose(x, y, rel_tol=0, abs_tol=1e-6 * scale) for x, y in zip(a, b, strict=True))
+    tol = 1e-6 * scale
+    return all(math.isclose(x, y, rel_tol=0, abs_tol=tol) for x, y in zip(a, b, strict=True))
 
 
 def display_for_layer(
@@ -102,22 +103,26 @@ def display_for_layer(
 ) -> Display:
     """The Display that reproduces what the layer shows.
 
-    * A non-LINEAR VOI step stored in ``metadata["dicom"]["display"]`` (SIGMOID,
-      LINEAR_EXACT or a VOI LUT) is used while the contrast limits still equal its limits.
-    * Otherwise the contrast limits are a LINEAR ramp (napari's own mapping).
-    * ``colormap`` ``gray``/``gray_r`` give grey (``gray_r`` inverted); any other colormap
-      needs its ``palette`` (256 x 3 uint8, sampled by the caller from napari's colormap).
-      A curve colormap made by the reader/widget for a non-LINEAR step is grey too: pass
-      its name in ``GREY``/``GREY_R`` terms via :func:`curve_colormap_name`.
+    * ``gray`` / ``gray_r``: the LINEAR ramp of the contrast limits, ``gray_r`` inverted --
+      or, while the limits equal the limits of the non-LINEAR VOI step stored in
+      ``metadata["dicom"]["display"]`` (e.g. LINEAR_EXACT), that step.
+    * a curve colormap (name ending in :data:`CURVE_SUFFIX` / :data:`CURVE_SUFFIX_R`, made
+      for a SIGMOID window or a VOI LUT): the exact step while the limits still equal its
+      limits; after the user moved them, the curve over the new limits, as napari shows it
+      (from ``palette``).
+    * any other colormap: the LINEAR ramp through ``palette`` (256 x 3 uint8, sampled by
+      the caller from napari's colormap).
     """
     meta = dicom_meta(metadata)
     lo, hi = float(contrast_limits[0]), float(contrast_limits[1])
     raw = colormap or "gray"
     name = raw.lower()
-    invert = name in GREY_R or raw.endswith(CURVE_SUFFIX_R)
-    grey = invert or name in GREY or raw.endswith(CURVE_SUFFIX)
+    curve_inverted = raw.endswith(CURVE_SUFFIX_R)
+    curve = curve_inverted or raw.endswith(CURVE_SUFFIX)
+    invert = name in GREY_R or curve_inverted
+    grey = name in GREY or name in GREY_R
     step = step_from_dict(meta, meta.get("display"))
-    if step is not None and grey and limits_match(step_limits(step), (lo, hi)):
+    if step is not None and (grey or curve) and limits_match(step_limits(step), (lo, hi)):
         return Display(step.window, step.voi_lut, invert, gamma)
     if grey:
         return Display.from_limits(lo, hi, invert=invert, gamma=gamma)
