@@ -61,7 +61,7 @@ def normalize_function(function: str | None) -> VOIFunction:
         raise WindowError(
             f"unknown VOI LUT Function {function!r}: expected one of {', '.join(VOI_FUNCTIONS)}"
         )
-    return name  # type: ignore[return-value]
+    return name
 
 
 def check_window(center: float, width: float, function: str = "LINEAR") -> None:
@@ -266,8 +266,9 @@ def invert_output(y: npt.ArrayLike, ymin: float = 0.0, ymax: float = 255.0) -> n
 
 def to_uint8(y: npt.ArrayLike) -> npt.NDArray[np.uint8]:
     """Quantise display values in [0, 255] to uint8 by rounding to nearest (half up)."""
-    a = np.asarray(y, dtype=np.float64 if np.asarray(y).dtype == np.float64 else np.float32)
-    return np.clip(np.floor(a + 0.5), 0, 255).astype(np.uint8)
+    a: npt.NDArray[np.float64] = np.asarray(y, dtype=np.float64)
+    out: npt.NDArray[np.uint8] = np.clip(np.floor(a + 0.5), 0, 255).astype(np.uint8)
+    return out
 
 
 def needs_inversion(photometric: str | None, presentation_lut_shape: str | None) -> bool:
@@ -353,7 +354,8 @@ class LUT:
             idx = np.clip(np.floor(a) - self.first, 0, self.entries - 1).astype(np.intp)
         else:
             idx = np.clip(a.astype(np.int64) - self.first, 0, self.entries - 1)
-        return self.data[idx]
+        out: npt.NDArray[np.int64] = self.data[idx]
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -365,7 +367,9 @@ class LUT:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LUT:
-        return cls(int(d["first"]), np.asarray(d["data"]), int(d["bits"]), str(d.get("explanation", "")))
+        return cls(
+            int(d["first"]), np.asarray(d["data"]), int(d["bits"]), str(d.get("explanation", ""))
+        )
 
 
 def voi_lut_output(
@@ -416,9 +420,9 @@ def apply_rescale(
     if dt.kind in "iu":
         out = stored.astype(dt)
         if slope != 1:
-            out *= dt.type(slope)
+            out *= int(slope)
         if intercept != 0:
-            out += dt.type(intercept)
+            out += int(intercept)
         return out
     out = stored.astype(np.float32)
     if slope != 1:
@@ -768,7 +772,9 @@ def render_uint8(arr: npt.ArrayLike, display: Display) -> npt.NDArray[np.uint8]:
     return out
 
 
-def _slices_out(out: npt.NDArray[np.uint8], shape: tuple[int, ...]) -> Iterable[npt.NDArray[np.uint8]]:
+def _slices_out(
+    out: npt.NDArray[np.uint8], shape: tuple[int, ...]
+) -> Iterable[npt.NDArray[np.uint8]]:
     if len(shape) <= 2:
         yield out
         return
@@ -777,7 +783,9 @@ def _slices_out(out: npt.NDArray[np.uint8], shape: tuple[int, ...]) -> Iterable[
         yield flat[i]
 
 
-def display_curve(display: Display, n: int = 256) -> tuple[tuple[float, float], npt.NDArray[np.float64]]:
+def display_curve(
+    display: Display, n: int = 256
+) -> tuple[tuple[float, float], npt.NDArray[np.float64]]:
     """How napari can show a non-LINEAR VOI step exactly: contrast limits and a grey curve.
 
     Returns ``((lo, hi), values)`` where ``values`` (``n`` numbers in ``[0, 1]``) is the
@@ -795,5 +803,5 @@ def display_curve(display: Display, n: int = 256) -> tuple[tuple[float, float], 
         w = display.window
         lo, hi = w.limits()
         xs = np.linspace(lo, hi, n)
-        ys = voi_window(xs, w.center, w.width, w.function) / 255.0
+        ys = np.asarray(voi_window(xs, w.center, w.width, w.function), np.float64) / 255.0
     return (lo, hi), np.clip(ys, 0.0, 1.0)
