@@ -597,6 +597,7 @@ def _load_lazy(series: Series) -> dask.array.Array:
             raise
         except DicomLoadError as exc:
             with lock:
+                series.damaged[k] = str(exc)
                 series.warnings.append(_fail_note(series, series.planes[k].path, exc))
             plane = np.full(pshape, fill, dt)
         return plane.reshape((1,) * len(lead) + pshape)
@@ -723,6 +724,7 @@ def _load_eager(
         fill = out[ok].min() if not series.rgb else 0
         for k, why in sorted(failed.items()):
             out[k] = fill
+            series.damaged[k] = str(why)
             series.warnings.append(
                 f"skipped damaged image {series.planes[k].path} ({why}); "
                 f"its plane is filled with the lowest value {fill}"

@@ -446,7 +446,8 @@ def minmax_window(lo: float, hi: float, explanation: str = "min-max") -> Window:
     return Window((lo + hi + 1) / 2, hi - lo + 1, "LINEAR", explanation)
 
 
-def _check_percentiles(lo_q: float, hi_q: float) -> None:
+def check_percentiles(lo_q: float, hi_q: float) -> None:
+    """Refuse percentiles outside 0..100 or not increasing (:class:`WindowError`)."""
     if not (0 <= lo_q <= 100 and 0 <= hi_q <= 100):
         raise WindowError(f"percentiles must lie in 0..100 (got {lo_q:g}, {hi_q:g})")
     if lo_q >= hi_q:
@@ -615,7 +616,7 @@ def percentile_limits(
     Integer data (or an :class:`IntHistogram`) gives exactly ``np.percentile``; float data
     uses ``np.percentile`` on the finite values. NaNs are ignored.
     """
-    _check_percentiles(lo_q, hi_q)
+    check_percentiles(lo_q, hi_q)
     exclude = list(exclude)
     if isinstance(arr, IntHistogram) or np.asarray(arr).dtype.kind in "iub":
         h = arr if isinstance(arr, IntHistogram) else IntHistogram.of(np.asarray(arr), exclude)

@@ -84,6 +84,9 @@ class Series:
     header: dict[str, Any] = field(default_factory=dict)
     #: plain-word warnings found while scanning (irregular spacing, tilt, skipped files)
     warnings: list[str] = field(default_factory=list)
+    #: planes that failed to decode while loading: plane index -> reason (the loader fills
+    #: them with the lowest value and adds a warning; the CLI leaves them out)
+    damaged: dict[int, str] = field(default_factory=dict)
 
     @property
     def rgb(self) -> bool:

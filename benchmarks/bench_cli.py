@@ -1,0 +1,173 @@
+"""Benchmark: ``napari-dicom export`` against the seeds' loop and DCMTK's dcmj2pnm.
+
+Input: two 300-slice 512 x 512 CT series (one uncompressed, one JPEG Lossless SV1), the
+synthetic phantom written once into a cache folder (``benchmarks/bench_scan.py``'s
+``ensure_bench_series`` when present, else :func:`napari_dicom.core.phantom.write_ct_phantom`).
+
+Measured in the same run, each whole:
+
+1. ``napari-dicom export SRC -o OUT -q`` as a subprocess (start-up and imports included);
+2. the seeds' loop in this process: for each file ``pydicom.dcmread`` -> ``pixel_array``
+   -> ``apply_modality_lut`` -> first stored window (numpy) -> ``Image.save(png)`` with
+   Pillow's default settings, one file after the other;
+3. ``dcmj2pnm +on +Wi 1 FILE OUT.png``, one process per file, as a shell loop would run
+   it. It is slow to start per file: by default a subset is timed and extrapolated to
+   all files (``--dcmtk-all`` times every file); the output says which.
+
+Prints images/s and ratios. Goal: >= 5x the seeds' loop, faster than dcmj2pnm per file.
+
+    python benchmarks/bench_cli.py [--slices 300] [--size 512] [--jobs N] [--dcmtk-all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CACHE = Path(os.environ.get("NAPARI_DICOM_BENCH_DIR", Path(tempfile.gettempdir())
+                            / "napari-dicom-bench"))
+
+
+def ensure_series(kind: str, slices: int, size: int) -> Path:
+    """The cached benchmark series of ``kind`` ("native" or "ljpeg"); written if missing."""
+    if (slices, size) == (300, 512):
+        try:
+            sys.path.insert(0, str(Path(__file__).parent))
+            from bench_scan import ensure_bench_series  # type: ignore[import-not-found]
+
+            return Path(ensure_bench_series({"native": "raw", "ljpeg": "jpegll"}[kind]))
+        except ImportError:
+            pass
+        finally:
+            sys.path.pop(0)
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1
+
+    from napari_dicom.core.phantom import write_ct_phantom
+
+    folder = CACHE / f"cli_{kind}_{slices}x{size}"
+    done = folder / ".complete"
+    if not done.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        ts = ExplicitVRLittleEndian if kind == "native" else JPEGLosslessSV1
+        t0 = time.perf_counter()
+        write_ct_phantom(folder, n_slices=slices, size=size, spacing=(1.0, 0.7, 0.7),
+                         transfer_syntax=ts, series_number=1 if kind == "native" else 2,
+                         series_description=f"Bench {kind}", extension=".dcm")
+        done.write_text("ok\n")
+        print(f"  wrote {slices} slices ({kind}) in {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr)
+    return folder
+
+
+def dicom_files(folders: list[Path]) -> list[Path]:
+    return sorted(p for f in folders for p in f.rglob("*.dcm"))
+
+
+def run_cli(folders: list[Path], out: Path, jobs: int | None) -> float:
+    cmd = [sys.executable, "-m", "napari_dicom", "export", *map(str, folders), "-o", str(out),
+           "-q"]
+    if jobs:
+        cmd += ["--jobs", str(jobs)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"napari-dicom export failed ({proc.returncode}):\n{proc.stderr}")
+    print("  " + proc.stdout.strip().replace("\n", "\n  "))
+    return dt
+
+
+def seeds_loop(files: list[Path], out: Path) -> float:
+    """What the seed scripts did: pydicom + window + Pillow defaults, one file at a time."""
+    import pydicom
+    from PIL import Image
+    from pydicom.pixels import apply_modality_lut
+
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for i, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        hu = apply_modality_lut(ds.pixel_array, ds)
+        wc = ds.WindowCenter
+        ww = ds.WindowWidth
+        c = float(wc[0] if isinstance(wc, pydicom.multival.MultiValue) else wc)
+        w = float(ww[0] if isinstance(ww, pydicom.multival.MultiValue) else ww)
+        lo, hi = c - w / 2, c + w / 2
+        img = (np.clip((hu - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+        Image.fromarray(img).save(out / f"{i:05d}.png")
+    return time.perf_counter() - t0
+
+
+def dcmtk_loop(files: list[Path], out: Path, sample: int | None) -> tuple[float, int]:
+    """dcmj2pnm once per file; returns (seconds for the files timed, files timed)."""
+    exe = shutil.which("dcmj2pnm")
+    if exe is None:
+        return float("nan"), 0
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = files
+    if sample is not None and sample < len(files):
+        idx = np.linspace(0, len(files) - 1, sample).round().astype(int)
+        chosen = [files[i] for i in sorted(set(idx.tolist()))]
+    t0 = time.perf_counter()
+    for i, f in enumerate(chosen):
+        subprocess.run([exe, "+on", "+Wi", "1", str(f), str(out / f"{i:05d}.png")],
+                       check=True, capture_output=True)
+    return time.perf_counter() - t0, len(chosen)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--slices", type=int, default=300)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--jobs", type=int, default=None, help="--jobs for napari-dicom")
+    ap.add_argument("--dcmtk-sample", type=int, default=100,
+                    help="files timed for dcmj2pnm (extrapolated); default 100")
+    ap.add_argument("--dcmtk-all", action="store_true", help="time dcmj2pnm on every file")
+    args = ap.parse_args()
+
+    folders = [ensure_series(k, args.slices, args.size) for k in ("native", "ljpeg")]
+    files = dicom_files(folders)
+    n = len(files)
+    print(f"input: {n} files ({args.slices} x {args.size}x{args.size}, native + JPEG "
+          f"Lossless) in {', '.join(map(str, folders))}; {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory(prefix="bench_cli_") as tmp:
+        tmpdir = Path(tmp)
+        print("napari-dicom export (subprocess, whole run):")
+        t_cli = run_cli(folders, tmpdir / "cli", args.jobs)
+        pngs = len(list((tmpdir / "cli").rglob("*.png")))
+        assert pngs == n, f"expected {n} PNGs, got {pngs}"
+        print(f"  {t_cli:7.2f} s  {n / t_cli:8.1f} images/s")
+
+        print("seeds' loop (pydicom + window + Pillow defaults, one process):")
+        t_seed = seeds_loop(files, tmpdir / "seed")
+        print(f"  {t_seed:7.2f} s  {n / t_seed:8.1f} images/s")
+
+        sample = None if args.dcmtk_all else args.dcmtk_sample
+        t_dc, k = dcmtk_loop(files, tmpdir / "dcmtk", sample)
+        if k:
+            per_file = t_dc / k
+            how = "all files" if k == n else f"{k} of {n} files timed, extrapolated"
+            print(f"dcmj2pnm +on +Wi 1, one process per file ({how}):")
+            print(f"  {per_file * n:7.2f} s  {1 / per_file:8.1f} images/s "
+                  f"({per_file * 1000:.1f} ms per file)")
+        else:
+            per_file = float("nan")
+            print("dcmj2pnm: not installed (apt-get install dcmtk), skipped")
+
+    print("ratios (higher = napari-dicom faster):")
+    print(f"  vs seeds' loop : {t_seed / t_cli:6.1f}x   (goal >= 5x)")
+    if k:
+        print(f"  vs dcmj2pnm    : {per_file * n / t_cli:6.1f}x   (goal > 1x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,535 @@
+"""The ``napari-dicom`` command: ``export``, ``info`` and ``view``.
+
+``main(argv)`` is a plain function returning an exit code (0 everything converted, 1 some
+input skipped or failed, 2 usage error), so it is tested as ``main([...])``. It holds no
+state between calls. napari is imported only by ``view``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+from . import __version__
+from .core.render import VOI_FUNCTIONS, WindowError
+
+PROG = "napari-dicom"
+
+EXPORT_EPILOG = """\
+window choice (one of; default --window file):
+  --window file        the file's first stored window (or VOI LUT); without one, the
+                       min-max of the data leaving out Pixel Padding
+  --window C,W         centre,width in modality units (HU for CT), e.g. 40,400;
+                       write a negative centre as --window=-600,1500
+  --preset NAME        a CT preset (see below)
+  --minmax             min-max of the data, padding left out
+  --percentile LO HI   the LO and HI percentiles of the data (padding left out);
+                       --ignore-extremes first leaves out the minimum and maximum values
+
+output layout (names made portable, unique on collision, always inside OUT):
+  OUT/manifest.csv                                   one row per series
+  OUT/<PatientID>/<StudyDate>_<StudyDescription>/<SeriesNumber>_<SeriesDescription>/
+      <PNG stack>, manifest.csv                      one row per image
+
+exit status: 0 all converted, 1 some files or series skipped (listed), 2 usage error
+
+examples:
+  napari-dicom export /data/CT -o png
+  napari-dicom export scan1/ scan2/DICOMDIR -o png --preset lung
+  napari-dicom export study/ -o png --window=-600,1500 --voi-function sigmoid
+  napari-dicom export cr.dcm -o png --percentile 1 99 --ignore-extremes --invert auto
+  napari-dicom export big/ -o png --jobs 4 --skip-existing     # resume a run
+"""
+
+INFO_EPILOG = """\
+examples:
+  napari-dicom info /data/CT
+  napari-dicom info study/DICOMDIR --json > series.json
+"""
+
+VIEW_EPILOG = """\
+examples:
+  napari-dicom view /data/CT/series1
+  napari-dicom view                 # the bundled phantom CT series
+"""
+
+
+class UsageError(Exception):
+    """A mistake in the command line found after parsing (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so ``main`` can return 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--jobs needs a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--jobs needs at least 1, got {n}")
+    return n
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, 78)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .core.presets import preset_names
+
+    parser = _Parser(
+        prog=PROG,
+        description=_wrap("Convert, inspect and view DICOM with the correct picture: "
+                          "Modality LUT (HU), VOI window, MONOCHROME1 polarity, as DICOM "
+                          "PS3.3 C.11 defines them."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  napari-dicom info /data/CT\n  napari-dicom export /data/CT -o png"
+        "\n  napari-dicom view /data/CT\n\n"
+        "Run 'napari-dicom COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    # export ---------------------------------------------------------------------------
+    ex = sub.add_parser(
+        "export",
+        help="write every series as an 8-bit PNG stack, as displayed",
+        description=_wrap("Write every DICOM series found in SRC as 8-bit PNGs exactly as "
+                          "the napari-dicom viewer shows them (same function as the napari "
+                          "writer). Files that cannot be read are reported and skipped."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXPORT_EPILOG + "\npresets: " + ", ".join(preset_names()),
+    )
+    ex.add_argument("src", nargs="+", metavar="SRC",
+                    help="DICOM files, folders (searched recursively) or DICOMDIR files")
+    ex.add_argument("-o", "--output", required=True, metavar="OUT", type=Path,
+                    help="output folder (created)")
+    win = ex.add_argument_group("window")
+    choice = win.add_mutually_exclusive_group()
+    choice.add_argument("--window", metavar="file|C,W", default=None,
+                        help="'file' (default): first stored window, else min-max without "
+                        "padding; or centre,width, e.g. 40,400")
+    choice.add_argument("--preset", metavar="NAME",
+                        help="CT window preset: " + ", ".join(preset_names()))
+    choice.add_argument("--minmax", action="store_true",
+                        help="min-max window of the data, Pixel Padding left out")
+    choice.add_argument("--percentile", nargs=2, type=float, metavar=("LO", "HI"),
+                        help="window from the LO and HI percentiles of the data (e.g. 1 99)")
+    win.add_argument("--ignore-extremes", action="store_true",
+                     help="with --percentile: leave out the minimum and maximum values first "
+                     "(black margins, burned-in labels)")
+    win.add_argument("--voi-function", type=str.lower,
+                     choices=[f.lower() for f in VOI_FUNCTIONS],
+                     help="VOI LUT Function of the window (PS3.3 C.11.2.1.2/3); default the "
+                     "file's (LINEAR when absent)")
+    win.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                     help="polarity: auto follows MONOCHROME1 / Presentation LUT Shape "
+                     "(default), yes/no force it")
+    ex.add_argument("--frames", choices=("all", "first"), default="all",
+                    help="multi-frame files: all frames (default) or the first frame only")
+    ex.add_argument("--clahe", action="store_true",
+                    help="contrast-limited adaptive histogram equalisation of the 8-bit "
+                    "result (needs opencv-python-headless: the 'clahe' extra)")
+    ex.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
+                    help="parallel decode/encode workers (default: all cores)")
+    ex.add_argument("--skip-existing", action="store_true",
+                    help="resume: PNGs already present are not rewritten")
+    ex.add_argument("-q", "--quiet", action="store_true",
+                    help="no progress bar (it is off anyway when stderr is not a terminal)")
+
+    # info -----------------------------------------------------------------------------
+    info = sub.add_parser(
+        "info",
+        help="list the series found, without decoding pixels",
+        description=_wrap("List the DICOM series in SRC (headers only, no pixel decoding): "
+                          "patient, study, series, modality, images, size, spacing, stored "
+                          "windows, transfer syntax."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=INFO_EPILOG,
+    )
+    info.add_argument("src", nargs="+", metavar="SRC",
+                      help="DICOM files, folders (recursive) or DICOMDIR files")
+    info.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+
+    # view -----------------------------------------------------------------------------
+    view = sub.add_parser(
+        "view",
+        help="open napari with the files and the Window / Level widget",
+        description=_wrap("Open napari with SRC read by napari-dicom and the Window / Level "
+                          "widget docked; without SRC, the bundled phantom CT series."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=VIEW_EPILOG,
+    )
+    view.add_argument("src", nargs="*", metavar="SRC",
+                      help="DICOM files, folders or DICOMDIR files (default: sample series)")
+    view.add_argument("--screenshot", type=Path, metavar="PATH",
+                      help="for testing: save a screenshot of the window to PATH and exit "
+                      "instead of starting the event loop")
+    return parser
+
+
+# --------------------------------------------------------------------------------------
+# Progress on stderr
+# --------------------------------------------------------------------------------------
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "--:--"
+    s = int(seconds + 0.5)
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class ProgressBar:
+    """One ``\\r``-updated status line: series, images, rate, time left.
+
+    Disabled (prints nothing) unless ``enabled``; thread-safe, at most 10 updates a second.
+    """
+
+    def __init__(self, stream: IO[str], enabled: bool, n_series: int = 0) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.n_series = n_series
+        self.series_index = 0
+        self.start = time.perf_counter()
+        self._last = 0.0
+        self._lock = threading.Lock()
+        self._shown = False
+
+    def series(self, index: int, n_series: int) -> None:
+        self.series_index, self.n_series = index, n_series
+
+    def __call__(self, done: int, total: int, label: str = "") -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        with self._lock:
+            if done < total and now - self._last < 0.1:
+                return
+            self._last = now
+            elapsed = now - self.start
+            rate = done / elapsed if elapsed > 0 else 0.0
+            left = (total - done) / rate if rate > 0 else math.inf
+            pct = 100.0 * done / total if total else 100.0
+            width = shutil.get_terminal_size((100, 20)).columns
+            bar_w = 20
+            fill = int(bar_w * done / total) if total else bar_w
+            text = (
+                f"[{'#' * fill}{'.' * (bar_w - fill)}] {pct:5.1f}% "
+                f"series {self.series_index}/{self.n_series}  images {done}/{total}  "
+                f"{rate:6.1f} img/s  left {_fmt_time(left)}  {label}"
+            )
+            self.stream.write("\r" + text[: max(width - 1, 20)].ljust(max(width - 1, 20)))
+            self.stream.flush()
+            self._shown = True
+
+    def close(self) -> None:
+        if self.enabled and self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# --------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------
+
+
+def _check_sources(sources: Sequence[str]) -> list[Path]:
+    missing = [s for s in sources if not Path(s).exists()]
+    if missing:
+        raise UsageError(
+            f"{PROG}: error: no such file or folder: {', '.join(missing)}"
+        )
+    return [Path(s) for s in sources]
+
+
+def _window_request(args: argparse.Namespace) -> Any:
+    from .core.batch import WindowRequest, parse_window, preset_window
+
+    fn = args.voi_function.upper() if args.voi_function else None
+    if args.ignore_extremes and args.percentile is None:
+        raise UsageError(f"{PROG} export: error: --ignore-extremes goes with --percentile LO HI")
+    try:
+        if args.preset is not None:
+            return WindowRequest("preset", preset_window(args.preset, fn), function=fn,
+                                 invert=args.invert)
+        if args.minmax:
+            return WindowRequest("minmax", function=fn, invert=args.invert)
+        if args.percentile is not None:
+            lo, hi = args.percentile
+            from .core.render import check_percentiles
+
+            check_percentiles(lo, hi)
+            return WindowRequest("percentile", percentiles=(lo, hi),
+                                 ignore_extremes=args.ignore_extremes, function=fn,
+                                 invert=args.invert)
+        if args.window is None or args.window.strip().lower() == "file":
+            return WindowRequest("file", function=fn, invert=args.invert)
+        return WindowRequest("explicit", parse_window(args.window, fn), function=fn,
+                             invert=args.invert)
+    except WindowError as exc:
+        raise UsageError(f"{PROG} export: error: {exc}") from None
+
+
+def _reason(item: Any) -> str:
+    """A skipped file's reason without the file name the scanner may put in front."""
+    reason = str(item.reason).strip()
+    name = Path(str(item.path)).name
+    if reason.startswith(name + ":"):
+        reason = reason[len(name) + 1 :].strip()
+    return reason
+
+
+def _reason_kind(reason: str) -> str:
+    """The reason up to its details, to count skipped files by kind."""
+    kind = re.split(r"[(:;,]", reason, maxsplit=1)[0].strip()
+    if len(kind) > 80:
+        kind = kind[:80].rsplit(" ", 1)[0] + " ..."
+    return kind or "unreadable"
+
+
+def _summary_skipped(scanned: Any, damaged: Sequence[str], out: IO[str]) -> None:
+    skipped = [_reason(s) for s in scanned.skipped] + list(damaged)
+    if skipped:
+        kinds = Counter(_reason_kind(r) for r in skipped)
+        print(f"files skipped: {len(skipped)} ("
+              + "; ".join(f"{n} x {k}" for k, n in kinds.most_common()) + ")", file=out)
+
+
+def _scan_warnings(scanned: Any) -> list[str]:
+    """Scan warnings, less those that only repeat a skipped file's reason."""
+    reasons = [_reason(s) for s in scanned.skipped]
+    return [str(w) for w in getattr(scanned, "warnings", []) or []
+            if not any(r and r in str(w) for r in reasons)]
+
+
+def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
+    from .core.batch import ExportOptions, MissingDependencyError, export_all, require_cv2
+
+    sources = _check_sources(args.src)
+    request = _window_request(args)
+    if args.clahe:
+        try:
+            require_cv2()
+        except MissingDependencyError as exc:
+            raise UsageError(f"{PROG} export: error: {exc}") from None
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{PROG} export: error: output {out} exists and is not a folder")
+    jobs = args.jobs or os.cpu_count() or 1
+    options = ExportOptions(request, args.frames, args.clahe, jobs, args.skip_existing)
+    show = not args.quiet and stderr.isatty()
+    bar = ProgressBar(stderr, show)
+    # the loader logs damaged images; this command reports them itself (below)
+    quiet_log = logging.NullHandler()
+    logger = logging.getLogger("napari_dicom")
+    logger.addHandler(quiet_log)
+    try:
+        batch = export_all(sources, out, options, progress=bar, series_progress=bar.series)
+    finally:
+        logger.removeHandler(quiet_log)
+        bar.close()
+    scanned = batch.scan
+    for s in scanned.skipped:
+        print(f"skipped: {s.path}: {_reason(s)}", file=stderr)
+    for r in batch.results:
+        for i, reason in sorted(r.damaged.items()):
+            print(f"skipped: {r.series.planes[i].path}: {reason}", file=stderr)
+        if r.status == "failed":
+            src = r.series.planes[0].path if r.series.planes else r.series.uid
+            print(f"failed: series {r.series.name} ({src}): {r.message}", file=stderr)
+    for w in _scan_warnings(scanned):
+        print(f"warning: {w}", file=stderr)
+    ok = [r for r in batch.results if r.ok]
+    elapsed = time.perf_counter() - bar.start
+    rate = batch.written / elapsed if elapsed > 0 else 0.0
+    partial = [r for r in batch.results if r.status == "partial"]
+    failed = len(batch.failed) - len(partial)
+    line = f"series: {len(ok) + len(partial)} exported, {failed} failed"
+    if partial:
+        line += f" ({len(partial)} with damaged images left out)"
+    print(line, file=stdout)
+    kept = batch.images - batch.written
+    line = f"images: {batch.written} written"
+    if kept:
+        line += f", {kept} already present (--skip-existing)"
+    print(f"{line} in {elapsed:.1f} s ({rate:.1f} images/s)", file=stdout)
+    _summary_skipped(scanned, [m for r in batch.results for m in r.damaged.values()], stdout)
+    non_dicom = int(getattr(scanned, "non_dicom", 0) or 0)
+    non_image = getattr(scanned, "non_image", 0)
+    n_non_image = non_image if isinstance(non_image, int) else len(non_image)
+    if non_dicom or n_non_image:
+        print(f"ignored: {non_dicom} non-DICOM files, {n_non_image} DICOM files without an "
+              "image", file=stdout)
+    print(f"output: {batch.out}  (run manifest: {batch.manifest})", file=stdout)
+    if not batch.results:
+        print(f"{PROG} export: no DICOM images found in {', '.join(map(str, sources))}",
+              file=stderr)
+        return 1
+    return 0 if batch.complete else 1
+
+
+def _series_info(s: Any) -> dict[str, Any]:
+    spacing = [round(float(v), 6) for v in s.scale]
+    return {
+        "patient_id": s.patient_id,
+        "study_instance_uid": s.study_uid,
+        "study_date": s.study_date,
+        "study_description": s.study_description,
+        "series_instance_uid": s.uid,
+        "series_number": s.number,
+        "series_description": s.description,
+        "modality": s.modality,
+        "images": len(s.planes),
+        "shape": list(s.shape),
+        "rows": s.rows,
+        "columns": s.columns,
+        "axes": list(s.axis_labels),
+        "spacing": spacing,
+        "units": list(s.units),
+        "photometric": s.photometric,
+        "invert": s.invert,
+        "bits_stored": s.bits_stored,
+        "value_unit": s.value_unit,
+        "windows": [w.to_dict() for w in s.windows],
+        "voi_luts": [lut.explanation or f"LUT {i + 1}" for i, lut in enumerate(s.voi_luts)],
+        "transfer_syntax": s.transfer_syntax,
+        "transfer_syntax_name": _ts_name(s.transfer_syntax),
+        "files": len({p.path for p in s.planes}),
+        "warnings": list(s.warnings),
+    }
+
+
+def _ts_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    if not uid:
+        return ""
+    name = UID(uid).name
+    return "" if name == uid else name
+
+
+def cmd_info(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
+    from .core.scan import scan
+
+    sources = _check_sources(args.src)
+    scanned = scan(sources)
+    series = [_series_info(s) for s in scanned.series]
+    skipped = [{"path": str(s.path), "reason": s.reason} for s in scanned.skipped]
+    if args.json:
+        doc = {
+            "series": series,
+            "skipped": skipped,
+            "non_dicom": int(getattr(scanned, "non_dicom", 0) or 0),
+            "warnings": list(getattr(scanned, "warnings", []) or []),
+        }
+        json.dump(doc, stdout, indent=2, default=str)
+        stdout.write("\n")
+    else:
+        for i, d in enumerate(series, start=1):
+            number = "" if d["series_number"] is None else d["series_number"]
+            print(f"[{i}] {number} {d['series_description']}".rstrip(), file=stdout)
+            print(f"    patient   {d['patient_id']}", file=stdout)
+            print(f"    study     {d['study_date']} {d['study_description']}".rstrip(),
+                  file=stdout)
+            print(f"    modality  {d['modality']}  ({d['photometric']}"
+                  f"{', shown inverted' if d['invert'] else ''})", file=stdout)
+            print(f"    images    {d['images']} in {d['files']} file(s), "
+                  f"size {d['columns']} x {d['rows']}, shape {tuple(d['shape'])}", file=stdout)
+            sp = " x ".join(f"{v:g}" for v in d["spacing"])
+            print(f"    spacing   {sp} {d['units'][0] if d['units'] else ''} "
+                  f"({', '.join(d['axes'])})", file=stdout)
+            wins = "; ".join(
+                f"C {w['center']:g} W {w['width']:g}"
+                + (f" {w['function']}" if w["function"] != "LINEAR" else "")
+                + (f" ({w['explanation']})" if w["explanation"] else "")
+                for w in d["windows"]
+            )
+            if d["voi_luts"]:
+                wins = "; ".join(filter(None, [wins, *(f"VOI LUT {n}" for n in d["voi_luts"])]))
+            print(f"    windows   {wins or 'none stored'}", file=stdout)
+            ts = d["transfer_syntax"]
+            print(f"    transfer  {d['transfer_syntax_name'] or ts} ({ts})", file=stdout)
+            for w in d["warnings"]:
+                print(f"    warning   {w}", file=stdout)
+        print(f"{len(series)} series", file=stdout)
+        for item in scanned.skipped:
+            print(f"skipped: {item.path}: {_reason(item)}", file=stderr)
+    if not series:
+        print(f"{PROG} info: no DICOM images found", file=stderr)
+        return 1
+    return 1 if skipped else 0
+
+
+def cmd_view(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
+    sources = _check_sources(args.src) if args.src else None
+    import napari
+
+    if sources is None:
+        from ._sample_data import sample_series_folder
+
+        sources = [sample_series_folder()]
+    viewer = napari.Viewer(title=f"napari-dicom {__version__}")
+    for src in sources:
+        viewer.open(str(src), plugin="napari-dicom")
+    dock, _widget = viewer.window.add_plugin_dock_widget("napari-dicom", "Window / Level")
+    if args.screenshot is not None:
+        shot = Path(args.screenshot)
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            from napari.qt import get_qapp
+
+            viewer.window.resize(1400, 900)
+            get_qapp().processEvents()  # lay the dock widget out before the grab
+            viewer.screenshot(str(shot), canvas_only=False)
+            layers = ", ".join(layer.name for layer in viewer.layers)
+            print(f"screenshot: {shot}", file=stdout)
+            print(f"layers: {layers}", file=stdout)
+            print(f"docked: {dock.name}", file=stdout)
+        finally:
+            viewer.close()
+        return 0
+    napari.run()
+    return 0
+
+
+COMMANDS = {"export": cmd_export, "info": cmd_info, "view": cmd_view}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (0 ok, 1 inputs skipped, 2 usage)."""
+    stdout, stderr = sys.stdout, sys.stderr
+    parser = build_parser()
+    try:
+        try:
+            args = parser.parse_args(list(argv) if argv is not None else None)
+        except SystemExit as exc:  # --help, --version
+            return exc.code if isinstance(exc.code, int) else 0
+        return COMMANDS[args.command](args, stdout, stderr)
+    except UsageError as exc:
+        print(str(exc), file=stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=stderr)
+        return 130

@@ -1,0 +1,558 @@
+"""Batch export of DICOM series to PNG stacks: the Qt-free engine behind ``napari-dicom export``.
+
+Files -> :func:`~napari_dicom.core.scan.scan` -> one folder per series
+(:class:`~napari_dicom.core.naming.OutputNamer`) -> :func:`~napari_dicom.core.pixels.load_series`
+-> a :class:`~napari_dicom.core.render.Display` chosen by a :class:`WindowRequest`
+-> :func:`~napari_dicom.core.export.export_stack` (the function the napari writer uses, so
+the PNGs are the same bytes) -> a run manifest.
+
+Nothing here parses arguments or prints: :mod:`napari_dicom.cli` does that. A series that
+cannot be loaded or exported is recorded with its reason and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from .naming import OutputNamer, UnsafePathError
+from .presets import get_preset
+from .render import (
+    Display,
+    Window,
+    WindowError,
+    normalize_function,
+)
+from .series import Series
+
+__all__ = [
+    "CLAHE_MISSING",
+    "BatchResult",
+    "ExportOptions",
+    "MissingDependencyError",
+    "SeriesResult",
+    "WindowRequest",
+    "choose_display",
+    "clahe_uint8",
+    "export_all",
+    "export_one",
+    "parse_window",
+    "preset_window",
+    "require_cv2",
+]
+
+WindowMode = Literal["file", "explicit", "preset", "minmax", "percentile"]
+InvertMode = Literal["auto", "yes", "no"]
+FramesMode = Literal["all", "first"]
+
+CLAHE_MISSING = (
+    "--clahe needs opencv-python-headless: pip install 'napari-dicom[clahe]'"
+)
+
+#: columns of the run manifest ``OUT/manifest.csv``, one row per series
+RUN_MANIFEST_COLUMNS = (
+    "source",
+    "output",
+    "images",
+    "written",
+    "window_center",
+    "window_width",
+    "voi_function",
+    "window",
+    "invert",
+    "status",
+    "message",
+    "patient_id",
+    "study_date",
+    "study_description",
+    "series_number",
+    "series_description",
+    "modality",
+    "series_instance_uid",
+)
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency a requested feature needs is not installed."""
+
+
+# --------------------------------------------------------------------------------------
+# Window choice
+# --------------------------------------------------------------------------------------
+
+
+def parse_window(text: str, function: str | None = None) -> Window:
+    """A window from ``"C,W"`` (centre, width in modality units, e.g. ``"40,400"``).
+
+    Raises
+    ------
+    WindowError
+        When the text is not two numbers, or the standard refuses the width
+        (LINEAR needs ``W >= 1``, PS3.3 C.11.2.1.2.1).
+    """
+    parts = [p.strip() for p in str(text).replace(";", ",").split(",")]
+    if len(parts) != 2:
+        raise WindowError(f"a window is written CENTER,WIDTH (e.g. 40,400); got {text!r}")
+    try:
+        center, width = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise WindowError(
+            f"a window is written CENTER,WIDTH with two numbers (e.g. 40,400); got {text!r}"
+        ) from None
+    return Window(center, width, normalize_function(function), "command line")
+
+
+@dataclass(frozen=True)
+class WindowRequest:
+    """How the user asked the window to be chosen (one of the ``--window`` family).
+
+    * ``file``: the file's default display (first stored window or VOI LUT), else a
+      min-max window over the data without padding
+      (:func:`~napari_dicom.core.pixels.default_display`);
+    * ``explicit`` / ``preset``: ``window`` as given;
+    * ``minmax``: min-max of the data without Pixel Padding (C.11.2.1.2.1 note 4);
+    * ``percentile``: the ``percentiles`` of the data without padding, optionally
+      leaving out the extreme values first.
+
+    ``function`` (LINEAR, LINEAR_EXACT, SIGMOID) replaces the VOI LUT Function of the
+    chosen window; ``invert`` ``auto`` follows the file (MONOCHROME1, Presentation LUT
+    Shape, C.7.6.3.1.2 / C.11.6).
+    """
+
+    mode: WindowMode = "file"
+    window: Window | None = None
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    ignore_extremes: bool = False
+    function: str | None = None
+    invert: InvertMode = "auto"
+
+    def describe(self) -> str:
+        if self.mode in ("explicit", "preset") and self.window is not None:
+            return f"{self.mode} {self.window.label()}"
+        if self.mode == "percentile":
+            lo, hi = self.percentiles
+            extra = " ignoring extremes" if self.ignore_extremes else ""
+            return f"percentile {lo:g}-{hi:g}{extra}"
+        return self.mode
+
+
+def preset_window(name: str, function: str | None = None) -> Window:
+    """A CT preset (:mod:`~napari_dicom.core.presets`), its function replaced if asked."""
+    w = get_preset(name)
+    return replace(w, function=normalize_function(function)) if function else w
+
+
+def choose_display(
+    series: Series, data: Any, request: WindowRequest
+) -> tuple[Display, str]:
+    """The Display for ``data`` (modality values of ``series``, numpy or dask) as
+    ``request`` asks, and a plain-words note of where the window came from.
+
+    Data-driven windows use :class:`~napari_dicom.core.stats.LayerStats` over the whole
+    series (exact on integer data, Pixel Padding left out, lazy data read slab by slab).
+
+    Raises
+    ------
+    WindowError
+        When the data allow no such window (e.g. only padding values).
+    """
+    from .pixels import default_display
+    from .stats import LayerStats
+
+    fn = normalize_function(request.function) if request.function else None
+    if request.mode == "file":
+        display, note = default_display(series, data)
+        if fn is not None and display.voi_lut is None and fn != display.window.function:
+            display = display.with_window(replace(display.window, function=fn))
+            note += f", as {fn}"
+    elif request.mode in ("explicit", "preset"):
+        if request.window is None:
+            raise WindowError(f"window mode {request.mode!r} needs a window")
+        w = request.window if fn is None else replace(request.window, function=fn)
+        display = Display(w)
+        note = f"{request.mode} window {w.label()}" + (
+            f" ({w.explanation})" if w.explanation else "")
+    elif series.rgb:
+        display, note = default_display(series, data)
+        note += f" (--{request.mode} does not apply to colour images)"
+    elif request.mode == "minmax":
+        lo, hi = LayerStats(data, series.padding).minmax("series")
+        display = Display(Window.from_limits(lo, hi, fn or "LINEAR", "min-max"))
+        note = "min-max of the data" + (" excluding padding" if series.padding else "")
+    elif request.mode == "percentile":
+        lo_q, hi_q = request.percentiles
+        lo, hi = LayerStats(data, series.padding).percentile_limits(
+            lo_q, hi_q, request.ignore_extremes, "series"
+        )
+        label = f"percentile {lo_q:g}-{hi_q:g}"
+        display = Display(Window.from_limits(lo, hi, fn or "LINEAR", label))
+        note = label + (" ignoring extremes" if request.ignore_extremes else "") + (
+            " excluding padding" if series.padding else "")
+    else:  # pragma: no cover - argparse restricts the choices
+        raise WindowError(f"unknown window mode {request.mode!r}")
+    invert = series.invert if request.invert == "auto" else request.invert == "yes"
+    if series.rgb:
+        invert = False
+    return replace(display, invert=invert), note
+
+
+# --------------------------------------------------------------------------------------
+# CLAHE (optional, OpenCV)
+# --------------------------------------------------------------------------------------
+
+
+def require_cv2() -> Any:
+    """Import OpenCV or raise :class:`MissingDependencyError` saying how to install it."""
+    try:
+        import cv2
+    except ImportError as exc:
+        raise MissingDependencyError(CLAHE_MISSING) from exc
+    return cv2
+
+
+def clahe_uint8(
+    img: npt.NDArray[np.uint8], clip_limit: float = 2.0, tiles: int = 8
+) -> npt.NDArray[np.uint8]:
+    """Contrast Limited Adaptive Histogram Equalisation of 8-bit images, slice by slice.
+
+    ``(..., H, W)`` grey: each 2-D slice through ``cv2.createCLAHE``; ``(..., H, W, 3)``
+    colour: the L channel of CIE L*a*b*. Same shape and dtype as the input.
+    """
+    cv2 = require_cv2()
+    clahe = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(tiles, tiles))
+    a = np.ascontiguousarray(img, dtype=np.uint8)
+    out = np.empty_like(a)
+    rgb = a.ndim >= 3 and a.shape[-1] == 3
+    lead = a.shape[:-3] if rgb else a.shape[:-2]
+    for idx in np.ndindex(*lead):
+        if rgb:
+            lab = cv2.cvtColor(a[idx], cv2.COLOR_RGB2LAB)
+            lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
+            out[idx] = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+        else:
+            out[idx] = clahe.apply(a[idx])
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# The batch
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    window: WindowRequest = field(default_factory=WindowRequest)
+    frames: FramesMode = "all"
+    clahe: bool = False
+    jobs: int | None = None
+    skip_existing: bool = False
+
+
+@dataclass
+class SeriesResult:
+    """What happened to one series."""
+
+    series: Series
+    folder: Path | None
+    images: int = 0
+    written: int = 0
+    display: Display | None = None
+    #: ok | ok (resumed) | skipped-existing | partial (damaged planes left out) | failed
+    status: str = "ok"
+    message: str = ""
+    note: str = ""
+    damaged: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status not in ("failed", "partial")
+
+
+@dataclass
+class BatchResult:
+    out: Path
+    results: list[SeriesResult]
+    scan: Any  # core.scan.ScanResult
+    manifest: Path | None = None
+
+    @property
+    def images(self) -> int:
+        return sum(r.images for r in self.results)
+
+    @property
+    def written(self) -> int:
+        return sum(r.written for r in self.results)
+
+    @property
+    def failed(self) -> list[SeriesResult]:
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def skipped_files(self) -> list[Any]:
+        return list(self.scan.skipped)
+
+    @property
+    def complete(self) -> bool:
+        """Every input converted: no file skipped, no damaged plane, no series failed."""
+        return not self.failed and not self.skipped_files and bool(self.results)
+
+
+#: progress callback of the batch: (images done, images in total, label)
+BatchProgress = Callable[[int, int, str], None]
+
+
+def selected_planes(series: Series, frames: FramesMode) -> list[int]:
+    """Indices of the planes to export: all, or the first frame of each multi-frame file."""
+    if frames == "all":
+        return list(range(len(series.planes)))
+    return [i for i, p in enumerate(series.planes) if p.frame in (None, 0)]
+
+
+def series_source(series: Series) -> str:
+    """A readable source for the manifest: the file, or the folder holding all files."""
+    paths = sorted({p.path for p in series.planes})
+    if not paths:
+        return ""
+    if len(paths) == 1:
+        return paths[0]
+    return os.path.commonpath(paths)
+
+
+#: series up to this many bytes of values are decoded at once (damaged planes are then
+#: left out of the export); larger ones are read plane by plane while exporting
+EAGER_BYTES = 1 << 30
+
+_META_PER_PLANE = ("files", "frames", "sop_instance_uids", "positions", "locations")
+
+
+
+
+def load_for_export(
+    series: Series, frames: FramesMode, jobs: int | None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Any, list[int], dict[int, str]]:
+    """Modality values of the planes to export, flattened to ``(planes, H, W[, 3])``.
+
+    Returns the array (numpy, or dask for a series above :data:`EAGER_BYTES`), the plane
+    indices it holds and the damaged planes found while decoding (index -> note); damaged
+    planes are left out of an eagerly loaded array.
+    """
+    from .pixels import load_series, value_dtype
+
+    keep = selected_planes(series, frames)
+    nbytes = int(np.prod(series.shape, dtype=np.int64)) * value_dtype(series).itemsize
+    subset = len(keep) < len(series.planes)
+    eager = nbytes <= EAGER_BYTES and not subset
+    series.damaged.clear()
+    data = load_series(series, lazy=not eager, jobs=jobs, progress=progress if eager else None)
+    pshape = tuple(series.shape[-3:] if series.rgb else series.shape[-2:])
+    flat = data.reshape((len(series.planes), *pshape))
+    if subset:  # a few planes (first frames): decode them now, in parallel
+        part = flat[keep]
+        flat = part if isinstance(part, np.ndarray) else np.asarray(
+            cast(Any, part).compute(num_workers=jobs)
+        )
+        eager = True
+    damaged = dict(series.damaged)
+    if damaged and eager:
+        good = [i for i in range(len(keep)) if keep[i] not in damaged]
+        flat = flat[good]
+        keep = [keep[i] for i in good]
+    return flat, keep, damaged
+
+
+def _subset_meta(meta: dict[str, Any], keep: Sequence[int], n: int) -> dict[str, Any]:
+    if len(keep) == n:
+        return meta
+    out = dict(meta)
+    for key in _META_PER_PLANE:
+        v = meta.get(key)
+        if isinstance(v, list) and len(v) == n:
+            out[key] = [v[i] for i in keep]
+    return out
+
+
+def export_one(
+    series: Series,
+    folder: Path,
+    options: ExportOptions,
+    progress: Callable[[int, int], None] | None = None,
+    decode_progress: Callable[[int, int], None] | None = None,
+) -> SeriesResult:
+    """Load, window and write one series into ``folder``; failures become a result.
+
+    The folder always holds a stack (``<folder name>_0001.png`` ...) and its
+    ``manifest.csv``, also for a single image.
+    """
+    from .export import export_stack
+    from .pixels import DicomLoadError, series_metadata
+
+    result = SeriesResult(series, folder)
+    existing = {p.name for p in folder.glob("*.png")} if options.skip_existing else set()
+    try:
+        data, keep, damaged = load_for_export(
+            series, options.frames, options.jobs, decode_progress
+        )
+        result.damaged = damaged
+        if not keep:
+            raise DicomLoadError(f"series {series.name!r}: no plane could be decoded")
+        display, note = choose_display(series, data, options.window)
+        result.display, result.note = display, note
+        meta = _subset_meta(
+            series_metadata(series, display, note), keep, len(series.planes)
+        )
+        if options.clahe and series.rgb:
+            arr = np.asarray(data)
+            if arr.dtype != np.uint8:
+                raise ValueError(f"--clahe needs 8-bit colour, this series holds {arr.dtype}")
+            data = clahe_uint8(arr)
+        elif options.clahe:
+            from .render import render_uint8
+
+            shown = display
+            data = clahe_uint8(render_uint8(np.asarray(data), display))
+            # the 8-bit result goes through an identity window: LINEAR c 128 w 256 maps
+            # x in 0..255 to x exactly (C.11.2.1.2.1), so export_stack writes it as is
+            display = Display(Window.from_limits(0, 255, "LINEAR", "CLAHE"))
+            meta["clahe"] = f"CLAHE after {shown.describe()}"
+        paths = export_stack(
+            data,
+            display,
+            folder,
+            meta=meta,
+            jobs=options.jobs,
+            progress=progress,
+            skip_existing=options.skip_existing,
+            series_uid=series.uid,
+            rgb=series.rgb,
+        )
+    except (DicomLoadError, WindowError, OSError, ValueError) as exc:
+        result.status = "failed"
+        result.message = str(exc)
+        return result
+    if damaged:
+        result.status = "partial"
+        result.message = "; ".join(
+            f"{series.planes[i].path}: {reason}" for i, reason in sorted(damaged.items())
+        ) + (" (left out)" if keep else "")
+    pngs = [p for p in paths if p.suffix == ".png"]
+    result.images = len(pngs)
+    result.written = sum(1 for p in pngs if p.name not in existing)
+    if result.written < result.images and result.status == "ok":
+        result.status = "ok (resumed)" if result.written else "skipped-existing"
+    return result
+
+
+def _ticker(
+    progress: BatchProgress | None, base: int, total: int, label: str
+) -> Callable[[int, int], None] | None:
+    """A ``(done, n)`` callback for one stage of one series, offset into the batch total."""
+    if progress is None:
+        return None
+    report = progress
+
+    def tick(done: int, _n: int) -> None:
+        report(base + done, total, label)
+
+    return tick
+
+
+def export_all(
+    sources: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    options: ExportOptions,
+    *,
+    progress: BatchProgress | None = None,
+    series_progress: Callable[[int, int], None] | None = None,
+    scan_progress: Callable[..., Any] | None = None,
+) -> BatchResult:
+    """Scan ``sources``, export every series under ``out``, write ``out/manifest.csv``.
+
+    ``progress(images_done, images_total, label)`` is called as planes are decoded and
+    written (an image counts once decoded and once written: ``images_total`` is twice the
+    number of images); ``series_progress(index, n_series)`` when a series starts (1-based).
+    """
+    from .scan import scan
+
+    scanned = scan([Path(s) for s in sources], progress=scan_progress)
+    namer = OutputNamer(out)
+    results: list[SeriesResult] = []
+    counts = [len(selected_planes(s, options.frames)) for s in scanned.series]
+    total = 2 * sum(counts)
+    done = 0
+    seen: dict[str, int] = {}
+    for index, (series, n_images) in enumerate(zip(scanned.series, counts, strict=True), 1):
+        if series_progress is not None:
+            series_progress(index, len(scanned.series))
+        n = seen.get(series.uid, 0)
+        seen[series.uid] = n + 1
+        key = series.uid if n == 0 else f"{series.uid}#{n + 1}"
+        try:
+            folder = namer.folder_for(series, key=key)
+        except UnsafePathError as exc:
+            results.append(SeriesResult(series, None, status="failed", message=str(exc)))
+            continue
+        decode_tick = _ticker(progress, done, total, f"{folder.name}: decoding")
+        write_tick = _ticker(progress, done + n_images, total, f"{folder.name}: writing")
+        results.append(export_one(series, folder, options, write_tick, decode_tick))
+        done += 2 * n_images
+        if progress is not None:
+            progress(done, total, folder.name)
+    batch = BatchResult(namer.root, results, scanned)
+    batch.manifest = write_run_manifest(namer.root, results)
+    return batch
+
+
+def _row(r: SeriesResult, root: Path) -> dict[str, str]:
+    s = r.series
+    d = r.display
+    w = d.window if d is not None and d.voi_lut is None else None
+    if d is not None and d.voi_lut is not None:
+        window = f"VOI LUT {d.voi_lut.explanation}".strip()
+    elif w is not None:
+        window = f"{w.label()} {w.explanation}".strip()
+    else:
+        window = ""
+    return {
+        "source": series_source(s),
+        "output": str(r.folder.relative_to(root)) if r.folder is not None else "",
+        "images": str(r.images),
+        "written": str(r.written),
+        "window_center": "" if w is None else f"{w.center:g}",
+        "window_width": "" if w is None else f"{w.width:g}",
+        "voi_function": "" if w is None else w.function,
+        "window": window,
+        "invert": "" if d is None else ("yes" if d.invert else "no"),
+        "status": r.status,
+        "message": r.message,
+        "patient_id": s.patient_id,
+        "study_date": s.study_date,
+        "study_description": s.study_description,
+        "series_number": "" if s.number is None else str(s.number),
+        "series_description": s.description,
+        "modality": s.modality,
+        "series_instance_uid": s.uid,
+    }
+
+
+def write_run_manifest(root: Path, results: Sequence[SeriesResult]) -> Path:
+    """``root/manifest.csv``: one row per series (written atomically)."""
+    from .export import write_atomic
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RUN_MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in results:
+        writer.writerow(_row(r, root))
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "manifest.csv"
+    write_atomic(path, buf.getvalue().encode("utf-8"))
+    return path
