@@ -60,6 +60,8 @@ def test_widget_loads_the_file_default_window(setup: tuple[Any, Any, Any]) -> No
     assert "SOFT TISSUE (file)" in choices and "LUNG (file)" in choices
     assert LUNG in choices and BONE in choices and MINMAX in choices and RESET in choices
     assert widget.reason == "" and widget._reason.native.isHidden()
+    # the stored window is named in the preset chooser, not shown as "(custom)"
+    assert widget._preset.value == "SOFT TISSUE (file)"
 
 
 def test_centre_and_width_fields_set_the_limits(setup: tuple[Any, Any, Any]) -> None:
@@ -93,6 +95,9 @@ def test_external_limits_are_followed_without_drift(setup: tuple[Any, Any, Any])
     layer.contrast_limits = (-1000, 1000)
     assert widget._readout.value == "W 2001 / L 0.5"
     assert widget._preset.value == CUSTOM
+    # limits that happen to be a preset's are named as that preset
+    layer.contrast_limits = window_to_limits(-600, 1500)
+    assert widget._preset.value == "LUNG (file)"
 
 
 def test_lung_and_bone_presets(setup: tuple[Any, Any, Any]) -> None:

@@ -437,10 +437,18 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
             self._width.value = w.width
             self._width_slider.value = w.width
             self._readout.value = w.label() + ("" if w.function == "LINEAR" else f" ({w.function})")
-            if self._preset.value not in (CUSTOM, None):
-                chosen = self._preset_windows().get(self._preset.value)
-                if chosen is None or (chosen.center, chosen.width) != (w.center, w.width):
-                    self._preset.value = CUSTOM
+            # name the window when it is a preset (stored windows come first), e.g. the
+            # file's "SOFT TISSUE (file)" right after opening; otherwise "(custom)"
+            windows = self._preset_windows()
+
+            def same(p: Window) -> bool:
+                return (p.center, p.width, p.function) == (w.center, w.width, w.function)
+
+            chosen = windows.get(self._preset.value)
+            if chosen is None or not same(chosen):
+                self._preset.value = next(
+                    (label for label, p in windows.items() if same(p)), CUSTOM
+                )
 
     # ------------------------------------------------------------------ applying a window
 
