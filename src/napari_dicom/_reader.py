@@ -20,6 +20,7 @@ from .core.pixels import (
     load_series,
     series_metadata,
 )
+from .core.scan import ScanResult
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +35,21 @@ _PROBE_LIMIT = 5000
 _PROGRESS_FROM = 50
 
 
-def _is_dicom(path: Path) -> bool:
-    from .core.scan import is_dicom_file
+def _folder_has_image(folder: Path, limit: int = _PROBE_LIMIT) -> bool:
+    """Whether a walk of ``folder`` finds a DICOM image (stops at the first one); a folder
+    of reports or structure sets only, or with no DICOM at all, is not claimed.
 
-    try:
-        return bool(is_dicom_file(path))
-    except OSError:
-        return False
-
-
-def _folder_has_dicom(folder: Path, limit: int = _PROBE_LIMIT) -> bool:
-    """Whether a walk of ``folder`` finds a DICOM file (stops at the first one).
-
-    Files named like DICOM (``*.dcm``, ``DICOMDIR``...) are tried first in each folder.
+    Files named like DICOM (``*.dcm``...) are tried first in each folder.
     """
+    from .core.scan import is_dicom_image
+
     seen = 0
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        named = [f for f in files if f.lower().endswith(_SUFFIXES) or f.upper() == "DICOMDIR"]
-        others = [f for f in files if f not in set(named) and not f.startswith(".")]
-        for name in named + sorted(others):
-            if _is_dicom(Path(root) / name):
+        named = [f for f in files if f.lower().endswith(_SUFFIXES)]
+        others = sorted(set(files) - set(named))
+        for name in named + [f for f in others if not f.startswith(".")]:
+            if is_dicom_image(Path(root) / name):
                 return True
             seen += 1
             if seen >= limit:
@@ -63,12 +58,17 @@ def _folder_has_dicom(folder: Path, limit: int = _PROBE_LIMIT) -> bool:
 
 
 def _claims(path: str | os.PathLike[str]) -> bool:
+    from .core.scan import is_dicom_file
+
     p = Path(path)
     try:
         if p.is_dir():
-            return _folder_has_dicom(p)
+            return _folder_has_image(p)
+        if p.name.upper() == "DICOMDIR":
+            return _folder_has_image(p.parent)
         if p.is_file():
-            return _is_dicom(p)
+            # a single non-image object (say an SR) is claimed, to say what it is
+            return is_dicom_file(p)
     except OSError:
         return False
     return False
@@ -111,40 +111,24 @@ def _close(state: dict[str, Any]) -> None:
         state["bar"].close()
 
 
-def _count(v: Any) -> int:
-    if isinstance(v, int):
-        return v
-    try:
-        return len(v)
-    except TypeError:
-        return 0
-
-
-def _notify_scan(result: Any) -> None:
+def _notify_scan(result: ScanResult) -> None:
+    """Tell the user, in plain words, what the scan found and left out."""
     from napari.utils.notifications import show_info, show_warning
 
-    for w in getattr(result, "warnings", []) or []:
-        show_warning(str(w))
-    skipped = list(getattr(result, "skipped", []) or [])
-    if skipped:
-        names = ", ".join(_item_text(s) for s in skipped[:3])
-        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-        show_warning(f"{len(skipped)} DICOM file(s) could not be read: {names}{more}")
-    non_image = list(getattr(result, "non_image", []) or [])
-    if non_image:
+    for w in result.warnings:
+        show_warning(w)
+    if result.skipped:
+        names = "; ".join(s.reason for s in result.skipped[:3])
+        more = f" (and {len(result.skipped) - 3} more)" if len(result.skipped) > 3 else ""
+        show_warning(f"{len(result.skipped)} DICOM file(s) skipped: {names}{more}")
+    if result.non_image:
+        kinds = sorted({s.reason for s in result.non_image})
         show_info(
-            f"{len(non_image)} DICOM object(s) without an image (reports, structure sets, "
-            "presentation states...) were not opened"
+            f"{len(result.non_image)} DICOM object(s) without an image not opened: "
+            + ", ".join(kinds[:4]) + (" ..." if len(kinds) > 4 else "")
         )
-    n_other = _count(getattr(result, "non_dicom", 0))
-    if n_other:
-        log.info("napari-dicom: %d file(s) that are not DICOM were ignored", n_other)
-
-
-def _item_text(item: Any) -> str:
-    if isinstance(item, tuple) and len(item) == 2:
-        return f"{Path(str(item[0])).name} ({item[1]})"
-    return str(item)
+    if result.non_dicom:
+        log.info("napari-dicom: %d file(s) that are not DICOM were ignored", result.non_dicom)
 
 
 def read_dicom(path: PathLike) -> list[LayerData]:
@@ -174,7 +158,10 @@ def read_dicom(path: PathLike) -> list[LayerData]:
     _notify_scan(result)
     where = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
     if not result.series:
-        raise DicomLoadError(f"no DICOM image could be read from {where}: {result.summary()}")
+        why = [s.reason for s in [*result.skipped, *result.non_image][:3]]
+        raise DicomLoadError(
+            f"no DICOM image could be read from {where}: {'; '.join(why) or result.summary()}"
+        )
 
     layers: list[LayerData] = []
     failures: list[str] = []

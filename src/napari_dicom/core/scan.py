@@ -134,6 +134,20 @@ def is_dicom_file(path: str | os.PathLike[str]) -> bool:
                                for t in ds.keys())
 
 
+def is_dicom_image(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a DICOM file holding an image: :func:`is_dicom_file` and a header
+    with Rows (0028,0010) -- not a report, structure set, presentation state or DICOMDIR.
+    Header only; never raises."""
+    if not is_dicom_file(path):
+        return False
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=["Rows"])
+    except (InvalidDicomError, OSError, EOFError, ValueError, struct.error, KeyError,
+            TypeError, IndexError, AttributeError, NotImplementedError):
+        return False
+    return "Rows" in ds
+
+
 def _plausible_raw_start(head: bytes) -> bool:
     """First bytes of a preamble-less data set: (0002|0008,xxxx) with a VR or a length."""
     if len(head) < 8:
