@@ -349,3 +349,18 @@ def test_palette_indexes_the_rendered_level() -> None:
     got = render_uint8(x, Display(Window(40, 400), palette=pal))
     assert got.shape == (1, 3, 3)
     assert got[0].tolist() == [[0, 255, 7], [128, 127, 7], [255, 0, 7]]
+
+
+def test_apply_rescale_never_changes_the_callers_array() -> None:
+    """C.11.1.1.2 rescale into int16 without touching the decoded stored values; the
+    identity rescale hands the stored array back (no copy of a volume for nothing)."""
+    from napari_dicom.core.render import apply_rescale
+
+    stored = np.array([[0, 1024, 4095]], np.int16)
+    hu = apply_rescale(stored, 1.0, -1024.0, np.int16)
+    assert hu.tolist() == [[-1024, 0, 3071]] and hu.dtype == np.int16
+    assert stored.tolist() == [[0, 1024, 4095]]
+    assert apply_rescale(stored, 1.0, 0.0, np.int16) is stored
+    mr = apply_rescale(stored, 3.774114, 0.000061)
+    assert mr.dtype == np.float32
+    np.testing.assert_allclose(mr, stored * 3.774114 + 0.000061, rtol=1e-6)

@@ -52,6 +52,7 @@ from .render import (
     Display,
     Window,
     WindowError,
+    apply_rescale,
     data_range,
     minmax_window,
     normalize_function,
@@ -254,22 +255,7 @@ def _modality_values(
     """
     if plane.modality_lut is not None:
         return plane.modality_lut.apply(stored).astype(dtype)
-    slope, intercept = float(plane.slope), float(plane.intercept)
-    if dtype.kind in "iu":
-        out = stored.astype(dtype, copy=False)
-        if slope != 1:
-            out = out * dtype.type(slope)
-        if intercept != 0:
-            if out is stored:
-                out = out.copy()
-            out += dtype.type(intercept)
-        return out
-    out = stored.astype(np.float32)
-    if slope != 1:
-        out *= np.float32(slope)
-    if intercept != 0:
-        out += np.float32(intercept)
-    return out
+    return apply_rescale(stored, float(plane.slope), float(plane.intercept), dtype)
 
 
 def _palette_to_rgb8(arr: npt.NDArray[Any], ds: Dataset) -> npt.NDArray[np.uint8]:

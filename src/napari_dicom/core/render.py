@@ -407,7 +407,8 @@ def apply_rescale(
 ) -> npt.NDArray[Any]:
     """``U = RescaleSlope * SV + RescaleIntercept`` (C.11.1.1.2), never in float64.
 
-    ``dtype`` defaults to :func:`rescale_dtype` over the dtype's full stored range.
+    ``dtype`` defaults to :func:`rescale_dtype` over the dtype's full stored range. With
+    slope 1 and intercept 0 and an unchanged integer dtype, ``stored`` itself is returned.
     """
     if dtype is None:
         info = np.iinfo(stored.dtype) if stored.dtype.kind in "iu" else None
@@ -418,7 +419,11 @@ def apply_rescale(
         )
     dt = np.dtype(dtype)
     if dt.kind in "iu":
-        out = stored.astype(dt)
+        out = stored.astype(dt, copy=False)
+        if slope == 1 and intercept == 0:
+            return out
+        if out is stored:  # never change the caller's array
+            out = out.copy()
         if slope != 1:
             out *= int(slope)
         if intercept != 0:
