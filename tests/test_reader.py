@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
 from napari_dicom._reader import napari_get_reader, read_dicom
-from napari_dicom.core.phantom import ct_phantom_volume, write_ct_phantom
+from napari_dicom.core.phantom import ct_phantom_volume, write_ct_phantom, write_text_sr
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
 MR_SMALL = get_testdata_file("MR_small.dcm")
@@ -139,30 +139,10 @@ def test_nothing_readable_raises_clear_error(tmp_path: Path) -> None:
 
 
 
-def _write_sr(path: Path) -> None:
-    """A minimal Basic Text SR document: DICOM, but no image."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "SR"
-    ds.PatientID = "P1"
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.save_as(path, enforce_file_format=True)
-
-
 def test_folder_without_images_is_not_claimed(tmp_path: Path) -> None:
     """A folder of reports only is not offered to napari as an image folder; one with an
     image next to the report is, and the report is listed, not opened."""
-    _write_sr(tmp_path / "report.dcm")
+    write_text_sr(tmp_path / "report.dcm")
     (tmp_path / "README.txt").write_text("CD contents")
     assert napari_get_reader(str(tmp_path)) is None
     shutil.copy(MR_SMALL, tmp_path / "IM0001")  # an extensionless image beside it
@@ -173,7 +153,7 @@ def test_single_non_image_file_gets_a_clear_message(tmp_path: Path) -> None:
     from napari_dicom.core.pixels import DicomLoadError
 
     sr = tmp_path / "report.dcm"
-    _write_sr(sr)
+    write_text_sr(sr)
     assert napari_get_reader(str(sr)) is read_dicom
     with pytest.raises(DicomLoadError, match=r"report\.dcm: Basic Text SR Storage \(no pixel"):
         read_dicom(str(sr))

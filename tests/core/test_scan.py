@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from napari_dicom.core.phantom import write_ct_phantom
+from napari_dicom.core.phantom import write_ct_phantom, write_text_sr
 from napari_dicom.core.scan import header_dict, is_dicom_file, scan
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
@@ -48,22 +48,6 @@ def _only(result):
 # ---------------------------------------------------------------------------------------
 
 
-def _sr_document(path: Path) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "SR"
-    ds.SeriesInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.ValueType = "CONTAINER"
-    ds.save_as(path, enforce_file_format=True)
-
-
 def _dicomdir_like(path: Path) -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
@@ -90,7 +74,7 @@ def mixed_folder(tmp_path: Path) -> Path:
     from PIL import Image
 
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "thumb.png")
-    _sr_document(root / "report.dcm")
+    write_text_sr(root / "report.dcm")
     _dicomdir_like(root / "DICOMDIR")
     data = a[4].read_bytes()
     (root / "broken.dcm").write_bytes(data[: len(data) - 500])

@@ -331,3 +331,24 @@ def read_hu(path: str | os.PathLike[str]) -> npt.NDArray[np.int32]:
     ds = pydicom.dcmread(path)
     arr = ds.pixel_array.astype(np.int32)
     return arr * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
+
+
+def write_text_sr(path: str | os.PathLike[str], patient_id: str = "PHANTOM") -> Path:
+    """Write a minimal Basic Text SR document: a DICOM object without an image, such as
+    those found beside the images on a CD (reports, structure sets, key objects)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.88.11")  # Basic Text SR
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "SR"
+    ds.PatientID = patient_id
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.ValueType = "CONTAINER"
+    out = Path(path)
+    ds.save_as(out, enforce_file_format=True)
+    return out
