@@ -18,6 +18,7 @@ from pydicom.uid import (
     UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     JPEGLosslessSV1,
     generate_uid,
 )
@@ -390,3 +391,21 @@ def test_default_display_minmax_excludes_padding_lazy(phantom: Path) -> None:
     inside = hu[hu != STORED_PADDING - 1024]
     assert inside.min() <= lo and hi <= inside.max()
     assert lo > STORED_PADDING - 1024  # the -3024 padding does not stretch the window
+
+
+def test_file_without_file_meta_opens_like_pydicom_reads_it() -> None:
+    """OT-PAL-8-face.dcm (pydicom-data) has no File Meta Information, so no Transfer Syntax
+    UID: pydicom's file-based reader refuses it. The encoding pydicom detects (implicit VR
+    little endian) decides; its 16-bit palette gives the same 8-bit RGB as pydicom's
+    ``apply_color_lut`` keeps in its high byte."""
+    path = get_testdata_file("OT-PAL-8-face.dcm")
+    (series,) = scan([path]).series
+    assert series.transfer_syntax == "" and series.rgb
+    data = load_series(series, lazy=False)
+    ds = pydicom.dcmread(path, force=True)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ref = apply_color_lut(ds.pixel_array, ds)
+    assert data.shape == (480, 640, 3) and data.dtype == np.uint8
+    np.testing.assert_array_equal(data, (ref >> 8).astype(np.uint8))
+    assert int(data.max()) == 255

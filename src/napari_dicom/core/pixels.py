@@ -45,7 +45,12 @@ from pydicom.pixels import (  # type: ignore[attr-defined]
     iter_pixels,
     pixel_array,
 )
-from pydicom.uid import UID
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from .render import (
     LUT,
@@ -402,9 +407,10 @@ def _decode(
             log.info("%s: imagecodecs could not decode (%s); trying pydicom", path, exc)
     ds_out = Dataset() if series.photometric.startswith("PALETTE") else None
     try:
-        if _deflated(series):
-            ds_out = dcmread(path)
-            arr = pixel_array(ds_out, index=frame)
+        whole = _read_whole(series, path)
+        if whole is not None:
+            ds_out = whole
+            arr = pixel_array(whole, index=frame)
         else:
             arr = pixel_array(path, index=frame, ds_out=ds_out)
     except NotImplementedError as exc:  # no decoder for the syntax at all
@@ -419,6 +425,25 @@ def _deflated(series: Series) -> bool:
     """Deflated Explicit VR Little Endian (PS3.5 A.5): pydicom's file-based pixel reader
     does not inflate the data set, so such files are read whole with ``dcmread``."""
     return bool(series.transfer_syntax) and UID(series.transfer_syntax).is_deflated
+
+
+def _read_whole(series: Series, path: str) -> Dataset | None:
+    """The whole data set, for files pydicom's file-based pixel reader cannot take:
+    Deflated Explicit VR Little Endian (not inflated by it), and data sets without File
+    Meta Information (no Transfer Syntax UID: the encoding pydicom detected decides it,
+    PS3.5 A.1/A.2/A.3). ``None`` for every other file."""
+    if _deflated(series):
+        return dcmread(path)
+    if series.transfer_syntax:
+        return None
+    ds = dcmread(path, force=True)
+    if not ds.file_meta.get("TransferSyntaxUID"):
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit
+            else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+    return ds
 
 
 def _file_syntax(path: str) -> str:
@@ -660,8 +685,9 @@ def _load_eager(
                 ds_out = Dataset() if series.photometric.startswith("PALETTE") else None
                 try:
                     src: str | Dataset = path
-                    if _deflated(series):
-                        src = ds_out = dcmread(path)
+                    whole = _read_whole(series, path)
+                    if whole is not None:
+                        src = ds_out = whole
                     it = iter_pixels(src, indices=frames, ds_out=ds_out)
                     for k, arr in zip(ks, it, strict=True):
                         put(k, arr, ds_out)
