@@ -1000,8 +1000,10 @@ def _make_series_quiet(
             else:
                 z_scale, src = 1.0, "a default of 1"
             if nz > 1:
+                spacing = (f"spacing {_fmt(z_scale)} mm from {src}" if src != "a default of 1"
+                           else "no slice spacing in the header: 1 slice per pixel step")
                 warns.append(f"{ser_desc or name}: no Image Position (Patient); slices ordered by "
-                             f"Instance Number and frame, spacing {_fmt(z_scale)} mm from {src}")
+                             f"Instance Number and frame, {spacing}")
             z_unit, z_label, z_tr = ("mm" if src != "a default of 1" else "pixel"), "z", 0.0
             translate_yx = (0.0, 0.0)
         axis = (z_label, "y", "x")
