@@ -381,3 +381,16 @@ def test_copy_of_real_file_in_folder(tmp_path: Path):
     shutil.copy(CT_SMALL, tmp_path / "ct")
     s = _only(scan([tmp_path]))
     assert s.value_unit == "HU" and s.padding == [(-3024.0, -3024.0)]
+
+
+def test_a_study_copied_twice_is_read_once(tmp_path: Path) -> None:
+    """The same images twice (a CD copied into two folders): one 3-D series, not a 4-D
+    stack with a made-up echo axis, and one warning that says so."""
+    write_ct_phantom(tmp_path / "CD", n_slices=5, size=32)
+    shutil.copytree(tmp_path / "CD", tmp_path / "CD copy")
+    result = scan([tmp_path])
+    (series,) = result.series
+    assert series.shape == (5, 32, 32)
+    assert len({p.sop_instance_uid for p in series.planes}) == 5
+    (warning,) = [w for w in result.warnings if "same SOP Instance UID" in w]
+    assert warning.startswith("5 file(s) repeat images already read")

@@ -249,7 +249,9 @@ def write_ct_phantom(
             continue
         inst = int(numbers[k])
         pos = o + k * dz * normal + k * dz * tan_tilt * col_cos
-        sop_uid = _default_uid(series_uid, inst)
+        # unique per image: series, instance, and where and how big it is (a localizer
+        # written into the same series is another image)
+        sop_uid = _default_uid(series_uid, inst, size, tuple(np.round(pos, 4)), row_cos, col_cos)
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
         meta.MediaStorageSOPInstanceUID = sop_uid

@@ -1124,11 +1124,39 @@ def scan(
             records.append(r)
         if progress is not None and ((i + 1) % step == 0 or i + 1 == total):
             progress(i + 1, total)
+    records = _without_duplicates(records, result)
     result.series = _assemble(records, result.warnings)
     result.series.sort(key=lambda s: s.sort_key())
     for s in result.skipped:
         result.warnings.append(f"skipped {s.reason}")
     return result
+
+
+def _without_duplicates(records: list[_Record], result: ScanResult) -> list[_Record]:
+    """Keep one file per SOP Instance UID (PS3.3 C.12.1.1.1: the UID names the image).
+
+    A study copied twice into the folder (``CD/`` and ``CD copy/``) must not become a
+    second echo or time axis: the first file (in path order) is kept, the others are
+    counted in one warning that names an example pair.
+    """
+    seen: dict[str, str] = {}
+    kept: list[_Record] = []
+    dups: list[tuple[str, str]] = []
+    for r in records:
+        uid = r.frames[0].sop_uid if r.frames else ""
+        if uid and uid in seen:
+            dups.append((r.path, seen[uid]))
+            continue
+        if uid:
+            seen[uid] = r.path
+        kept.append(r)
+    if dups:
+        path, first = dups[0]
+        result.warnings.append(
+            f"{len(dups)} file(s) repeat images already read (same SOP Instance UID) and were "
+            f"left out, e.g. {path} = {first}"
+        )
+    return kept
 
 
 def _assemble(records: Iterable[_Record], warns_out: list[str]) -> list[Series]:
