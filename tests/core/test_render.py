@@ -364,3 +364,24 @@ def test_apply_rescale_never_changes_the_callers_array() -> None:
     mr = apply_rescale(stored, 3.774114, 0.000061)
     assert mr.dtype == np.float32
     np.testing.assert_allclose(mr, stored * 3.774114 + 0.000061, rtol=1e-6)
+
+
+def test_data_range_leaves_out_padding_without_copying_the_volume() -> None:
+    """Min-max without Pixel Padding (the reader's default window when no window is
+    stored) is worked slice by slice: its temporaries are a slice, not the volume."""
+    import tracemalloc
+
+    from napari_dicom.core.render import data_range
+
+    rng = np.random.default_rng(0)
+    vol = rng.integers(-1000, 2000, (64, 256, 256)).astype(np.int16)
+    vol[:, :20] = -3024  # padding outside the reconstruction circle
+    tracemalloc.start()
+    try:
+        lo, hi = data_range(vol, [(-3024, -3024)])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    kept = vol[vol != -3024]
+    assert (lo, hi) == (float(kept.min()), float(kept.max()))
+    assert peak < 0.1 * vol.nbytes

@@ -596,15 +596,22 @@ def _finite_values(a: npt.NDArray[Any], exclude: Iterable[tuple[float, float]]) 
 def data_range(
     arr: npt.NDArray[Any], exclude: Iterable[tuple[float, float]] = ()
 ) -> tuple[float, float]:
-    """Minimum and maximum of the finite values outside the ``exclude`` ranges."""
+    """Minimum and maximum of the finite values outside the ``exclude`` ranges.
+
+    Worked one 2-D slice at a time: temporaries stay slice-sized whatever the volume.
+    """
     a = np.asarray(arr)
     exclude = list(exclude)
     if not exclude and a.dtype.kind in "iu":
         return float(a.min()), float(a.max())
-    v = _finite_values(a, exclude)
-    if v.size == 0:
+    lo, hi = math.inf, -math.inf
+    for sl in _slices(a):
+        v = _finite_values(sl, exclude)
+        if v.size:
+            lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+    if lo > hi:
         raise WindowError("no finite values left to take a minimum and maximum of")
-    return float(v.min()), float(v.max())
+    return lo, hi
 
 
 def percentile_limits(
