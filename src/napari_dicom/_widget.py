@@ -135,11 +135,14 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         self._export = PushButton(text="Export PNG stack...")
         self._status = Label(label="status", value="")
 
-        self._controls = [
+        layout = [
+            self._layer_combo,
+            self._reason,
             self._center,
             self._center_slider,
             self._width,
             self._width_slider,
+            self._readout,
             self._function,
             self._invert,
             self._preset,
@@ -150,37 +153,19 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
             self._scope,
             self._live,
             self._apply,
+            self._hist,
+            self._hist_note,
             self._drag,
             self._export_path,
             self._export,
+            self._status,
         ]
-        self.extend(
-            [
-                self._layer_combo,
-                self._reason,
-                self._center,
-                self._center_slider,
-                self._width,
-                self._width_slider,
-                self._readout,
-                self._function,
-                self._invert,
-                self._preset,
-                self._quick,
-                self._lo_q,
-                self._hi_q,
-                self._ignore,
-                self._scope,
-                self._live,
-                self._apply,
-                self._hist,
-                self._hist_note,
-                self._drag,
-                self._export_path,
-                self._export,
-                self._status,
-            ]
-        )
+        self.extend(layout)
+        # what is disabled while no image layer is chosen: everything but the chooser and
+        # the read-only labels
+        read_only = (self._layer_combo, self._reason, self._readout, self._hist,
+                     self._hist_note, self._status)
+        self._controls = [w for w in layout if all(w is not r for r in read_only)]
 
         self._layer_combo.changed.connect(self._on_layer_chosen)
         self._center.changed.connect(self._on_center)
