@@ -394,3 +394,24 @@ def test_a_study_copied_twice_is_read_once(tmp_path: Path) -> None:
     assert len({p.sop_instance_uid for p in series.planes}) == 5
     (warning,) = [w for w in result.warnings if "same SOP Instance UID" in w]
     assert warning.startswith("5 file(s) repeat images already read")
+
+
+def test_stack_without_positions_or_spacing_says_so(tmp_path: Path) -> None:
+    """Slices with no Image Position, Slice Thickness or Spacing Between Slices: ordered by
+    Instance Number, the slice axis counted in pixel steps, and a warning in plain words
+    (not a made-up spacing in mm)."""
+    paths = write_ct_phantom(tmp_path, n_slices=3, size=16)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        for kw in ("ImagePositionPatient", "SliceThickness", "SpacingBetweenSlices"):
+            if kw in ds:
+                delattr(ds, kw)
+        ds.save_as(p, enforce_file_format=True)
+    (series,) = scan([tmp_path]).series
+    assert series.shape == (3, 16, 16)
+    assert series.units[0] == "pixel" and series.scale[0] == 1.0
+    numbers = [pydicom.dcmread(p.path, stop_before_pixels=True).InstanceNumber
+               for p in series.planes]
+    assert numbers == sorted(numbers)
+    (w,) = [w for w in series.warnings if "no Image Position" in w]
+    assert w.endswith("no slice spacing in the header: 1 slice per pixel step")
