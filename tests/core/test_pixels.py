@@ -245,9 +245,9 @@ def test_compressed_twin_equals_uncompressed(name: str) -> None:
 def test_jpeg_lossless_fast_path_equals_pydicom() -> None:
     s = one_series(JPEG_LL)
     ref = pydicom.dcmread(JPEG_LL).pixel_array
-    assert pixels._use_fast(s)  # imagecodecs is installed in the dev environment
+    assert pixels._use_fast(s) == "jpeg"  # imagecodecs is installed in the dev environment
     np.testing.assert_array_equal(load_series(s, lazy=False), ref)
-    np.testing.assert_array_equal(load_plane(s, 0, fast=False), ref)
+    np.testing.assert_array_equal(load_plane(s, 0, fast=None), ref)
 
 
 def test_jpeg_lossless_series_equals_uncompressed(tmp_path: Path) -> None:
@@ -409,3 +409,84 @@ def test_file_without_file_meta_opens_like_pydicom_reads_it() -> None:
     assert data.shape == (480, 640, 3) and data.dtype == np.uint8
     np.testing.assert_array_equal(data, (ref >> 8).astype(np.uint8))
     assert int(data.max()) == 255
+
+
+# --------------------------------------------------------------------------------------
+# PlaneStack (the batch export's plane-by-plane source) and the JPEG frame offsets
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, JPEGLosslessSV1])
+def test_plane_stack_equals_eager_load(tmp_path: Path, ts: str) -> None:
+    hu = ct_phantom_volume(7, 48)
+    write_ct_phantom(tmp_path, 7, 48, volume=hu, transfer_syntax=ts)
+    s = one_series(tmp_path)
+    eager = load_series(s, lazy=False)
+    stack = pixels.PlaneStack(s)
+    assert stack.shape == eager.shape == (7, 48, 48) and len(stack) == 7
+    assert stack.dtype == np.int32  # what the header allows ...
+    assert stack[0:3].dtype == eager.dtype == np.int16  # ... narrowed as the eager load does
+    np.testing.assert_array_equal(stack[2:5], eager[2:5])
+    np.testing.assert_array_equal(stack[6], eager[6])
+    np.testing.assert_array_equal(np.asarray(stack), hu)
+    picked = pixels.PlaneStack(s, [5, 1])
+    assert picked.shape == (2, 48, 48)
+    np.testing.assert_array_equal(picked[0:2], eager[[5, 1]])
+
+
+def test_plane_stack_names_the_damaged_file(tmp_path: Path) -> None:
+    paths = write_ct_phantom(tmp_path, n_slices=4, size=32, shuffle_instance_numbers=False)
+    s = one_series(tmp_path)  # scanned while intact, damaged afterwards
+    bad = paths[2]
+    bad.write_bytes(bad.read_bytes()[:-500])
+    k_bad = [p.path for p in s.planes].index(str(bad))
+    stack = pixels.PlaneStack(s)
+    good = [k for k in range(4) if k != k_bad]
+    np.testing.assert_array_equal(stack[good[0]], ct_phantom_volume(4, 32)[good[0]])
+    with pytest.raises(DicomLoadError, match="cannot decode") as info:
+        stack[0:4]
+    assert str(bad) in str(info.value)
+
+
+def _multiframe_jpeg_ll(path: Path, frames: np.ndarray, with_offsets: bool) -> None:
+    """A legacy multi-frame CT, JPEG Lossless SV1, one fragment per frame."""
+    from napari_dicom.core.phantom import encode_jpeg_lossless
+
+    src = write_ct_phantom(path.parent / "one", 1, frames.shape[-1])[0]
+    ds = pydicom.dcmread(src)
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.NumberOfFrames = len(frames)
+    ds.PixelData = encapsulate([encode_jpeg_lossless(f, 16) for f in frames],
+                               has_bot=with_offsets)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize("with_offsets", [True, False])
+def test_jpeg_frames_read_at_the_scanned_offset(tmp_path: Path, with_offsets: bool) -> None:
+    stored = (ct_phantom_volume(5, 32).astype(np.int32) + 1024).astype(np.int16)
+    path = tmp_path / "multi.dcm"
+    _multiframe_jpeg_ll(path, stored, with_offsets)
+    s = one_series(path)
+    raw = path.read_bytes()
+    ref = pixel_array(str(path))
+    assert ref.shape == (5, 32, 32)
+    for p in s.planes:
+        assert p.file_frames == 5 and p.fragments_at is not None
+        # the scan points at the Basic Offset Table item (FFFE,E000), empty or not
+        assert raw[p.fragments_at : p.fragments_at + 4] == b"\xfe\xff\x00\xe0"
+        np.testing.assert_array_equal(pixels._fast_decode(str(path), p.frame, s, p),
+                                      ref[p.frame])
+    assert pixels._use_fast(s) == "jpeg"
+    np.testing.assert_array_equal(load_series(s, lazy=False), ref - 1024)
+
+
+def test_single_frame_jpeg_offset_matches_pydicom(tmp_path: Path) -> None:
+    paths = write_ct_phantom(tmp_path, 3, 32, transfer_syntax=JPEGLosslessSV1)
+    s = one_series(tmp_path)
+    for p in s.planes:
+        assert p.file_frames == 1 and p.fragments_at is not None
+        np.testing.assert_array_equal(pixels._fast_decode(p.path, None, s, p),
+                                      pydicom.dcmread(p.path).pixel_array)
+    assert {p.path for p in s.planes} == {str(q) for q in paths}

@@ -415,3 +415,52 @@ def test_stack_without_positions_or_spacing_says_so(tmp_path: Path) -> None:
     assert numbers == sorted(numbers)
     (w,) = [w for w in series.warnings if "no Image Position" in w]
     assert w.endswith("no slice spacing in the header: 1 slice per pixel step")
+
+
+_SCAN_BOTH_WAYS = r"""
+import json, sys, threading
+from napari_dicom.core import scan as sc
+
+def digest(r):
+    series = [{
+        "uid": s.uid, "shape": list(s.shape), "windows": [w.label() for w in s.windows],
+        "voi_luts": len(s.voi_luts), "warnings": s.warnings, "scale": list(s.scale),
+        "planes": [[p.path, p.frame, p.sop_instance_uid, p.location, p.slope, p.intercept,
+                    [w.label() for w in p.windows], p.fragments_at, p.file_frames]
+                   for p in s.planes]} for s in r.series]
+    return {"series": series, "skipped": [[s.path, s.reason] for s in r.skipped],
+            "non_image": [[s.path, s.reason] for s in r.non_image],
+            "non_dicom": r.non_dicom, "warnings": r.warnings}
+
+assert threading.active_count() == 1 and sc._can_fork()
+steps = []
+one = sc.scan([sys.argv[1]], processes=1)
+two = sc.scan([sys.argv[1]], processes=2, progress=lambda d, t: steps.append((d, t)))
+assert steps[-1][0] == steps[-1][1] and steps == sorted(steps), steps
+print(json.dumps({"same": digest(one) == digest(two), "files": steps[-1][1],
+                  "series": len(two.series), "skipped": len(two.skipped)}))
+"""
+
+
+def test_scan_in_forked_processes_equals_one_process(tmp_path: Path) -> None:
+    """The command line reads headers in forked processes (pure-Python parsing holds the
+    GIL); the result must be the same. Run in a fresh interpreter: a fork needs a process
+    without other threads, which a pytest-qt session is not."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "tree"
+    _ct(root / "a", n_slices=120, size=16, series_number=1)
+    _ct(root / "b", n_slices=110, size=16, series_number=2, seed=1,
+        transfer_syntax="1.2.840.10008.1.2.4.70")
+    for name in (CT_SMALL, VLUT, EMRI, SIEMENS):
+        shutil.copy(name, root / Path(name).name)
+    (root / "notes.txt").write_text("not DICOM\n")
+    cut = root / "cut.dcm"
+    raw = Path(CT_SMALL).read_bytes()
+    cut.write_bytes(raw[: len(raw) - 1000])
+    proc = subprocess.run([sys.executable, "-c", _SCAN_BOTH_WAYS, str(root)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out == {"same": True, "files": 236, "series": 6, "skipped": 1}

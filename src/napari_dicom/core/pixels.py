@@ -73,8 +73,10 @@ __all__ = [
     "LAZY_BYTES",
     "LAZY_PLANES",
     "DicomLoadError",
+    "PlaneStack",
     "default_display",
     "describe_series",
+    "display_needs_data",
     "display_step",
     "load_plane",
     "load_series",
@@ -297,19 +299,39 @@ def _imagecodecs() -> Any:
     return imagecodecs if hasattr(imagecodecs, "jpeg8_decode") else None
 
 
-def _fast_decode(path: str, frame: int | None, series: Series) -> npt.NDArray[Any]:
-    """JPEG Lossless grey frame through imagecodecs' libjpeg-turbo (about 5x faster than
-    pylibjpeg-libjpeg here, and it releases the GIL so threads scale).
+def _jpeg_frame(path: str, frame: int | None, plane: Plane | None) -> bytes:
+    """The encoded bytes of one frame of an encapsulated file.
+
+    Read from the offset the header scan recorded (``plane.fragments_at``), without
+    parsing the data set again; without it, the file is read with pydicom.
+    """
+    from pydicom.encaps import get_frame
+
+    if plane is not None and plane.fragments_at is not None:
+        with open(path, "rb") as f:
+            f.seek(plane.fragments_at)
+            if frame is None and plane.file_frames == 1:
+                buf: Any = f.read()  # one read, fragments parsed from memory
+            else:
+                buf = f
+            return get_frame(buf, frame or 0, number_of_frames=plane.file_frames)
+    ds = dcmread(path)
+    nf = int(ds.get("NumberOfFrames", 1) or 1)
+    return get_frame(ds.PixelData, frame or 0, number_of_frames=nf)
+
+
+def _fast_decode(
+    path: str, frame: int | None, series: Series, plane: Plane | None = None,
+    decoder: str = "jpeg8_decode",
+) -> npt.NDArray[Any]:
+    """JPEG Lossless grey frame through imagecodecs: by default libjpeg-turbo (about 5x
+    faster than pylibjpeg-libjpeg here, and it releases the GIL so threads scale).
 
     The decoder returns the bit pattern; Pixel Representation 1 is sign-extended from
     Bits Stored (PS3.5 8.2.1), as pydicom does.
     """
-    from pydicom.encaps import get_frame
-
-    ds = dcmread(path)
-    nf = int(ds.get("NumberOfFrames", 1) or 1)
-    data = get_frame(ds.PixelData, frame or 0, number_of_frames=nf)
-    arr = np.asarray(_imagecodecs().jpeg8_decode(data))
+    data = _jpeg_frame(path, frame, plane)
+    arr = np.asarray(getattr(_imagecodecs(), decoder)(data))
     if int(series.pixel_representation) == 1:
         arr = arr.view(f"i{arr.dtype.itemsize}")
     return _stored_bits(arr, series)
@@ -373,36 +395,57 @@ def _fast_kind(series: Series) -> str | None:
     return None
 
 
-def _use_fast(series: Series) -> bool:
-    """Whether a fast decode applies (native tail read, or imagecodecs for JPEG Lossless),
-    checked on the first plane against pydicom's own decode (any difference: pydicom)."""
-    if _fast_kind(series) is None:
-        return False
+def _use_fast(series: Series) -> str | None:
+    """The fast decode that applies ("native": tail read; "jpeg": imagecodecs for JPEG
+    Lossless), checked on the series' first plane; ``None`` when none applies or the
+    check fails (pydicom then decodes the series).
+
+    The check for "jpeg" asks a second, independent decoder first: imagecodecs' SOF3
+    decoder (dcm2niix's lossless JPEG code). When both agree, the plane is right; only
+    otherwise is pydicom's decode (pylibjpeg-libjpeg: ~5x slower, and it holds the GIL,
+    which for a folder of single-image series would cost more than the fast path saves)
+    asked to arbitrate. The native tail read is checked against pydicom's native read.
+    """
+    kind = _fast_kind(series)
+    if kind is None:
+        return None
     p = series.planes[0]
     try:
-        fast, _ = _decode(p.path, p.frame, series, fast=True)
+        fast, _ = _decode(p.path, p.frame, series, fast=kind, plane=p)
+    except (*_DECODE_ERRORS, DicomLoadError):
+        return None
+    if kind == "jpeg":
+        try:
+            other = _fast_decode(p.path, p.frame, series, p, decoder="jpegsof3_decode")
+            if other.shape == fast.shape and np.array_equal(other, fast):
+                return kind
+        except (*_DECODE_ERRORS, AttributeError):  # AttributeError: a build without SOF3
+            pass
+    try:
         ref, _ = _decode(p.path, p.frame, series)
     except (*_DECODE_ERRORS, DicomLoadError):
-        return False
-    ok = fast.shape == ref.shape and np.array_equal(fast, ref)
-    if not ok:
-        log.info("%s: imagecodecs JPEG Lossless decode differs from pydicom's; using pydicom",
-                 p.path)
-    return ok
+        return None
+    if fast.shape == ref.shape and np.array_equal(fast, ref):
+        return kind
+    log.info("%s: the fast %s decode differs from pydicom's; using pydicom", p.path, kind)
+    return None
 
 
 def _decode(
-    path: str, frame: int | None, series: Series, fast: bool = False
+    path: str, frame: int | None, series: Series, fast: str | None = None,
+    plane: Plane | None = None,
 ) -> tuple[npt.NDArray[Any], Dataset | None]:
     """Decode one frame (or the only one) of ``path``: stored grey values, or RGB.
 
-    YBR_* is converted to RGB by pydicom (``as_rgb=True``, its default).
+    YBR_* is converted to RGB by pydicom (``as_rgb=True``, its default). ``fast`` is
+    the fast path :func:`_use_fast` chose for the series; ``plane`` (the plane being
+    decoded) lets the JPEG fast path read the frame without a parse.
     """
     if fast:
         try:
-            if _fast_kind(series) == "native":
+            if fast == "native":
                 return _native_tail(path, series), None
-            return _fast_decode(path, frame, series), None
+            return _fast_decode(path, frame, series, plane), None
         except _DECODE_ERRORS as exc:  # imagecodecs' errors are RuntimeError subclasses
             log.info("%s: imagecodecs could not decode (%s); trying pydicom", path, exc)
     ds_out = Dataset() if series.photometric.startswith("PALETTE") else None
@@ -473,7 +516,7 @@ def _check_shape(arr: npt.NDArray[Any], series: Series, path: str) -> None:
 
 
 def load_plane(
-    series: Series, i: int, dtype: npt.DTypeLike | None = None, *, fast: bool = False
+    series: Series, i: int, dtype: npt.DTypeLike | None = None, *, fast: str | None = None
 ) -> npt.NDArray[Any]:
     """Decode plane ``i`` of the series and apply its Modality LUT.
 
@@ -486,7 +529,7 @@ def load_plane(
     dtype
         Output dtype; default :func:`value_dtype` of the series.
     fast
-        Decode JPEG Lossless with imagecodecs (see :func:`_use_fast`).
+        The series' fast decode path, from :func:`_use_fast` (``None``: pydicom).
 
     Raises
     ------
@@ -496,7 +539,7 @@ def load_plane(
     plane = series.planes[i]
     dt = np.dtype(dtype) if dtype is not None else value_dtype(series)
     try:
-        arr, ds = _decode(plane.path, plane.frame, series, fast)
+        arr, ds = _decode(plane.path, plane.frame, series, fast, plane)
         vals = _to_values(arr, plane, series, dt, ds)
         _check_shape(vals, series, plane.path)
         return vals
@@ -678,7 +721,8 @@ def _load_eager(
         try:
             if len(ks) == 1 or fast:
                 for k in ks:
-                    arr, ds = _decode(path, series.planes[k].frame, series, fast)
+                    arr, ds = _decode(path, series.planes[k].frame, series, fast,
+                                      series.planes[k])
                     put(k, arr, ds)
             else:
                 frames = [series.planes[k].frame or 0 for k in ks]
@@ -745,6 +789,74 @@ def _load_eager(
     return out.reshape(series.shape)
 
 
+class PlaneStack:
+    """Modality values of some planes of a series, decoded when indexed: ``(n, H, W)``
+    grey or ``(n, H, W, 3)`` colour, for a consumer that walks the planes once in runs
+    (the batch export: decode, render and write each run on one thread, no whole-series
+    array, no dask).
+
+    ``stack[i]`` and ``stack[a:b]`` return numpy arrays of the same values
+    :func:`load_series` gives (grey that needs ``int32`` by its header is returned as
+    ``int16`` for runs whose values fit, as the eager load does). A plane that cannot be
+    decoded raises :class:`DicomLoadError` naming its file: a stack holds no fill values.
+    """
+
+    def __init__(self, series: Series, planes: Sequence[int] | None = None) -> None:
+        _check_series(series)
+        self.series = series
+        self.planes = list(range(len(series.planes))) if planes is None else list(planes)
+        self.dtype = value_dtype(series)
+        self.shape = (len(self.planes), *_plane_shape(series))
+        self.ndim = len(self.shape)
+        self._fast = _use_fast(series)
+        # as in the eager load: try int16 when the header range needs int32
+        self._narrow = (np.dtype(np.int16) if self.dtype == np.int32 and not series.rgb
+                        else None)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> npt.NDArray[Any]:
+        if isinstance(key, tuple) and len(key) == 1:
+            key = key[0]
+        if isinstance(key, int | np.integer):
+            plane: npt.NDArray[Any] = self._read([self.planes[key]])[0]
+            return plane
+        if isinstance(key, slice):
+            return self._read(self.planes[key])
+        raise TypeError(f"PlaneStack takes an index or a slice of planes, not {key!r}")
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> npt.NDArray[Any]:
+        arr = self._read(self.planes)
+        return arr if dtype is None else arr.astype(dtype)
+
+    def _read(self, ks: Sequence[int]) -> npt.NDArray[Any]:
+        series = self.series
+        out = np.empty((len(ks), *self.shape[1:]), self._narrow or self.dtype)
+        for j, k in enumerate(ks):
+            plane = series.planes[k]
+            try:
+                arr, ds = _decode(plane.path, plane.frame, series, self._fast, plane)
+                if series.rgb:
+                    vals = _colour(arr, series, ds)
+                else:
+                    _check_shape(arr, series, plane.path)
+                    if out.dtype != self.dtype:
+                        lo, hi = _plane_range(arr, plane)
+                        info = np.iinfo(out.dtype)
+                        if lo < info.min or hi > info.max:
+                            out = out.astype(self.dtype)
+                    vals = _modality_values(arr, plane, out.dtype)
+                _check_shape(vals, series, plane.path)
+            except DicomLoadError:
+                raise
+            except _DECODE_ERRORS as exc:
+                raise DicomLoadError(
+                    f"{plane.path}: cannot decode the pixel data ({exc})") from exc
+            out[j] = vals
+        return out
+
+
 def _plane_range(stored: npt.NDArray[Any], plane: Plane) -> tuple[float, float]:
     """Range of the plane's modality values, from its stored min and max."""
     if stored.size == 0:
@@ -793,6 +905,12 @@ def _first_window(series: Series) -> Window | None:
     if w.function == "LINEAR" and fn != "LINEAR":
         w = dataclasses.replace(w, function=fn)
     return w
+
+
+def display_needs_data(series: Series) -> bool:
+    """Whether :func:`default_display` reads the pixel values: only a grey series with
+    neither a stored window nor a VOI LUT (it gets a min-max window)."""
+    return not series.rgb and _first_window(series) is None and not series.voi_luts
 
 
 def default_display(series: Series, data: Any) -> tuple[Display, str]:

@@ -773,7 +773,10 @@ def render_uint8(arr: npt.ArrayLike, display: Display) -> npt.NDArray[np.uint8]:
             if display.palette is not None:
                 table_rgb = display.palette[table]
             for src, dst in zip(_slices(a), _slices_out(out, a.shape), strict=True):
-                idx = src.astype(np.intp) - lo if lo else src
+                idx = src
+                if lo:
+                    idx = src.astype(np.intp)
+                    idx -= lo  # in place: one index temporary per slice, not two
                 if display.palette is not None:
                     dst[...] = table_rgb[idx]
                 else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+import sys
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -322,6 +323,8 @@ class _Frame:
     trigger: float | None = None
     acquisition: int | None = None
     location: float | None = None
+    fragments_at: int | None = None
+    file_frames: int = 1
 
 
 @dataclass
@@ -427,25 +430,26 @@ def _modality_lut(ds: Dataset, where: str, warns: list[str]) -> LUT | None:
         return None
 
 
-def _pixel_check(path: str, fp: Any, ds: Dataset, size: int) -> str | None:
-    """Problem with the pixel data element (truncation, absurd size), or ``None``.
+def _pixel_check(path: str, fp: Any, ds: Dataset, size: int) -> tuple[str | None, int | None]:
+    """Problem with the pixel data element (truncation, absurd size), or ``None``; and
+    the file offset of the first item (Basic Offset Table) of encapsulated Pixel Data.
 
     Uses the file position after ``stop_before_pixels`` (the Pixel Data element's tag).
-    Returns ``"no pixel data"`` when the data set has no image.
+    The problem is ``"no pixel data"`` when the data set has no image.
     """
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
     if ts == "1.2.840.10008.1.2.1.99":  # deflated: file offsets mean nothing here
-        return None if _TAG["Rows"] in ds else "no pixel data"
+        return (None if _TAG["Rows"] in ds else "no pixel data"), None
     pos = fp.tell()
     head = fp.read(12)
     little = ts != "1.2.840.10008.1.2.2"
     if len(head) < 8:
-        return "no pixel data"
+        return "no pixel data", None
     order = "<" if little else ">"
     group, elem = struct.unpack(order + "HH", head[:4])
     tag = (group << 16) | elem
     if tag not in _PIXEL_TAGS:
-        return "no pixel data"
+        return "no pixel data", None
     implicit = ts == "1.2.840.10008.1.2" or (
         head[4:6] not in _VALID_VRS and ts not in _NATIVE_TS
     )
@@ -466,17 +470,17 @@ def _pixel_check(path: str, fp: Any, ds: Dataset, size: int) -> str | None:
             f"frame{'s' if nf != 1 else ''} x {bits} bits")
     if expected > MAX_PIXEL_BYTES:
         return (f"{_name(path)}: header says {expected} bytes of pixel data ({desc}), "
-                f"more than the {MAX_PIXEL_BYTES} bytes this reader accepts")
+                f"more than the {MAX_PIXEL_BYTES} bytes this reader accepts"), None
     if length == 0xFFFFFFFF:  # encapsulated: the codec checks the fragments
-        return None
+        return None, (pos + hdr if tag == 0x7FE00010 and little else None)
     if ts and ts not in _NATIVE_TS:
-        return None
+        return None, None
     available = max(0, size - pos - hdr)
     held = min(length, available)
     if held < expected:
         return (f"{_name(path)}: header says {expected} bytes of pixel data ({desc}), "
-                f"the file holds {held}")
-    return None
+                f"the file holds {held}"), None
+    return None, None
 
 
 def _read_record(path: str, cache: _WindowCache) -> _Record | Skipped | tuple[str, str] | None:
@@ -524,7 +528,7 @@ def _read_record_quiet(
                 return ("non-image", f"{_name(path)}: Media Storage Directory Storage "
                                      "(DICOMDIR); its folder is scanned instead")
             size = os.fstat(fp.fileno()).st_size
-            problem = _pixel_check(path, fp, ds, size)
+            problem, fragments_at = _pixel_check(path, fp, ds, size)
     except (InvalidDicomError, EOFError, ValueError, struct.error, KeyError, TypeError,
             IndexError, AttributeError, NotImplementedError) as exc:
         return Skipped(path, f"{_name(path)}: cannot read the DICOM header ({exc})")
@@ -537,7 +541,7 @@ def _read_record_quiet(
     if problem:
         return Skipped(path, problem)
     try:
-        return _build_record(path, ds, sop_class, cache)
+        return _build_record(path, ds, sop_class, cache, fragments_at)
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, WindowError) as exc:
         return Skipped(path, f"{_name(path)}: unusable image header ({exc})")
 
@@ -554,7 +558,10 @@ def _spacing(vals: list[float] | None) -> tuple[float, ...] | None:
     return v if v is not None and min(v) > 0 else None
 
 
-def _build_record(path: str, ds: Dataset, sop_class: str, cache: _WindowCache) -> _Record:
+def _build_record(
+    path: str, ds: Dataset, sop_class: str, cache: _WindowCache,
+    fragments_at: int | None = None,
+) -> _Record:
     t = _TAG
     rows = _uint(ds, t["Rows"]) or 0
     cols = _uint(ds, t["Columns"]) or 0
@@ -583,6 +590,7 @@ def _build_record(path: str, ds: Dataset, sop_class: str, cache: _WindowCache) -
         modality_lut=mlut, windows=windows, echo=_float(ds, t["EchoTime"]),
         temporal=_float(ds, t["TemporalPositionIdentifier"]),
         trigger=_float(ds, t["TriggerTime"]), acquisition=_uint(ds, t["AcquisitionNumber"]),
+        fragments_at=fragments_at, file_frames=n_frames,
     )
     frame_time = _float(ds, t["FrameTime"])
     thickness = _float(ds, t["SliceThickness"])
@@ -1019,7 +1027,8 @@ def _make_series_quiet(
     planes = [
         Plane(path=f.path, frame=f.frame, sop_instance_uid=f.sop_uid, instance_number=f.instance,
               position=f.position, location=f.location, slope=f.slope, intercept=f.intercept,
-              modality_lut=f.modality_lut, windows=f.windows)
+              modality_lut=f.modality_lut, windows=f.windows, fragments_at=f.fragments_at,
+              file_frames=f.file_frames)
         for f in flat
     ]
     shape: tuple[int, ...] = ((len(stacks), nz) if len(stacks) > 1 else
@@ -1087,6 +1096,7 @@ def scan(
     paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
     *,
     progress: Callable[[int, int], None] | None = None,
+    processes: int = 1,
 ) -> ScanResult:
     """Read the headers of all DICOM files under ``paths`` and group them into series.
 
@@ -1097,6 +1107,12 @@ def scan(
         folder).
     progress
         Called as ``progress(done, total)`` while reading headers.
+    processes
+        Header reading is pure Python (it holds the GIL), so more than one process is
+        needed to use more than one core. Above 1, a large scan is split over that many
+        forked processes, on Linux, when the caller runs no other Python thread (the
+        command line does this; inside napari the scan stays in-process). The result is
+        the same either way.
 
     Returns
     -------
@@ -1108,12 +1124,8 @@ def scan(
         paths = [paths]
     files, missing = iter_files(paths)
     result = ScanResult(skipped=list(missing))
-    cache = _WindowCache()
     records: list[_Record] = []
-    total = len(files)
-    step = max(1, total // 100)
-    for i, f in enumerate(files):
-        r = _read_record(f, cache)
+    for f, r in zip(files, _read_records(files, progress, processes), strict=True):
         if r is None:
             result.non_dicom += 1
         elif isinstance(r, Skipped):
@@ -1122,14 +1134,74 @@ def scan(
             result.non_image.append(Skipped(f, r[1]))
         else:
             records.append(r)
-        if progress is not None and ((i + 1) % step == 0 or i + 1 == total):
-            progress(i + 1, total)
     records = _without_duplicates(records, result)
     result.series = _assemble(records, result.warnings)
     result.series.sort(key=lambda s: s.sort_key())
     for s in result.skipped:
         result.warnings.append(f"skipped {s.reason}")
     return result
+
+
+_ReadResult = _Record | Skipped | tuple[str, str] | None
+
+#: fewest files per forked reader worth the fork (a fork and the results' pickling cost
+#: about as much as reading ~30 headers)
+MIN_FILES_PER_PROCESS = 100
+
+
+def _read_records(
+    files: list[str], progress: Callable[[int, int], None] | None, processes: int,
+) -> list[_ReadResult]:
+    """One :func:`_read_record` result per file, in order; see :func:`scan`."""
+    total = len(files)
+    n_proc = min(processes, total // MIN_FILES_PER_PROCESS)
+    if n_proc > 1 and _can_fork():
+        return _read_records_forked(files, progress, n_proc)
+    cache = _WindowCache()
+    step = max(1, total // 100)
+    out: list[_ReadResult] = []
+    for i, f in enumerate(files):
+        out.append(_read_record(f, cache))
+        if progress is not None and ((i + 1) % step == 0 or i + 1 == total):
+            progress(i + 1, total)
+    return out
+
+
+def _can_fork() -> bool:
+    """Forking is safe here: Linux (macOS frameworks are not fork-safe), and no other
+    Python thread that could hold a lock the child needs."""
+    import threading
+
+    return sys.platform.startswith("linux") and threading.active_count() == 1
+
+
+def _read_chunk(paths: list[str]) -> list[_ReadResult]:
+    cache = _WindowCache()
+    return [_read_record(p, cache) for p in paths]
+
+
+def _read_records_forked(
+    files: list[str], progress: Callable[[int, int], None] | None, n_proc: int,
+) -> list[_ReadResult]:
+    import multiprocessing
+
+    size = max(16, math.ceil(len(files) / (4 * n_proc)))
+    chunks = [files[i : i + size] for i in range(0, len(files), size)]
+    out: list[_ReadResult] = []
+    with warnings.catch_warnings():
+        # Python >= 3.12 warns about forking a process with threads: numpy's BLAS
+        # threads are idle, and the children only parse headers (no BLAS, no locks)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pool = multiprocessing.get_context("fork").Pool(n_proc)
+    try:
+        for part in pool.imap(_read_chunk, chunks):
+            out.extend(part)
+            if progress is not None:
+                progress(len(out), len(files))
+    finally:
+        pool.terminate()
+        pool.join()
+    return out
 
 
 def _without_duplicates(records: list[_Record], result: ScanResult) -> list[_Record]:

@@ -34,6 +34,11 @@ class Plane:
     modality_lut: LUT | None = None
     #: windows of this plane (per-frame Frame VOI LUT for Enhanced, else the file's)
     windows: tuple[Window, ...] = ()
+    #: file offset of the first item (Basic Offset Table) of encapsulated little-endian
+    #: Pixel Data, found by the header scan; lets a frame be read without parsing the file
+    fragments_at: int | None = None
+    #: Number of Frames of the file holding this plane
+    file_frames: int = 1
 
 
 @dataclass
