@@ -14,9 +14,21 @@ Measured in the same run, each whole:
    it. It is slow to start per file: by default a subset is timed and extrapolated to
    all files (``--dcmtk-all`` times every file); the output says which.
 
+The package is byte-compiled first (``compileall``), as pip does when it installs a
+wheel: an editable checkout is not, and with ``PYTHONDONTWRITEBYTECODE`` set (as on the
+machines here) every run would compile it again, ~40 ms that no installed copy pays.
+
+Steps 1 and 2 run ``--repeat`` times (default 3, each into a fresh folder) and the
+medians are compared: on a shared 2-core machine single runs vary by +-10 %.
+
 Prints images/s and ratios. Goal: >= 5x the seeds' loop, faster than dcmj2pnm per file.
 
-    python benchmarks/bench_cli.py [--slices 300] [--size 512] [--jobs N] [--dcmtk-all]
+``--single-images N`` adds a second case: N single-image series (1024 x 1024, half
+uncompressed, half JPEG Lossless), as in a folder of radiographs, where the parallelism
+has to come from running series side by side; timed with all jobs and with ``--jobs 1``.
+
+    python benchmarks/bench_cli.py [--slices 300] [--size 512] [--jobs N] [--repeat 3]
+                                   [--dcmtk-all] [--single-images 120]
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,11 +80,29 @@ def ensure_series(kind: str, slices: int, size: int) -> Path:
     return folder
 
 
+def ensure_single_images(n: int, size: int = 1024) -> Path:
+    """``n`` single-image series (alternately uncompressed and JPEG Lossless), cached."""
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1
+
+    from napari_dicom.core.phantom import write_ct_phantom
+
+    folder = CACHE / f"single_{n}x{size}"
+    done = folder / ".complete"
+    if not done.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        for i in range(n):
+            write_ct_phantom(folder / f"p{i:04d}", n_slices=1, size=size, seed=i,
+                             series_number=i + 1, patient_id=f"P{i:04d}", extension=".dcm",
+                             transfer_syntax=JPEGLosslessSV1 if i % 2 else ExplicitVRLittleEndian)
+        done.write_text("ok\n")
+    return folder
+
+
 def dicom_files(folders: list[Path]) -> list[Path]:
     return sorted(p for f in folders for p in f.rglob("*.dcm"))
 
 
-def run_cli(folders: list[Path], out: Path, jobs: int | None) -> float:
+def run_cli(folders: list[Path], out: Path, jobs: int | None, show: bool = True) -> float:
     cmd = [sys.executable, "-m", "napari_dicom", "export", *map(str, folders), "-o", str(out),
            "-q"]
     if jobs:
@@ -81,8 +112,14 @@ def run_cli(folders: list[Path], out: Path, jobs: int | None) -> float:
     dt = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"napari-dicom export failed ({proc.returncode}):\n{proc.stderr}")
-    print("  " + proc.stdout.strip().replace("\n", "\n  "))
+    if show:
+        print("  " + proc.stdout.strip().replace("\n", "\n  "))
     return dt
+
+
+def median_of(times: list[float]) -> float:
+    print("  runs: " + ", ".join(f"{t:.2f}" for t in times) + " s")
+    return statistics.median(times)
 
 
 def seeds_loop(files: list[Path], out: Path) -> float:
@@ -132,8 +169,17 @@ def main() -> None:
     ap.add_argument("--dcmtk-sample", type=int, default=100,
                     help="files timed for dcmj2pnm (extrapolated); default 100")
     ap.add_argument("--dcmtk-all", action="store_true", help="time dcmj2pnm on every file")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of the CLI and the seeds' "
+                    "loop; medians are compared (default 3)")
+    ap.add_argument("--single-images", type=int, default=0, metavar="N",
+                    help="also time N single-image series (1024 x 1024)")
     args = ap.parse_args()
 
+    import compileall
+
+    import napari_dicom
+
+    compileall.compile_dir(Path(napari_dicom.__file__).parent, quiet=1)
     folders = [ensure_series(k, args.slices, args.size) for k in ("native", "ljpeg")]
     files = dicom_files(folders)
     n = len(files)
@@ -142,14 +188,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_cli_") as tmp:
         tmpdir = Path(tmp)
         print("napari-dicom export (subprocess, whole run):")
-        t_cli = run_cli(folders, tmpdir / "cli", args.jobs)
-        pngs = len(list((tmpdir / "cli").rglob("*.png")))
+        runs = [run_cli(folders, tmpdir / f"cli{i}", args.jobs, show=i == 0)
+                for i in range(args.repeat)]
+        pngs = len(list((tmpdir / "cli0").rglob("*.png")))
         assert pngs == n, f"expected {n} PNGs, got {pngs}"
-        print(f"  {t_cli:7.2f} s  {n / t_cli:8.1f} images/s")
+        t_cli = median_of(runs)
+        print(f"  {t_cli:7.2f} s  {n / t_cli:8.1f} images/s  (median)")
 
         print("seeds' loop (pydicom + window + Pillow defaults, one process):")
-        t_seed = seeds_loop(files, tmpdir / "seed")
-        print(f"  {t_seed:7.2f} s  {n / t_seed:8.1f} images/s")
+        t_seed = median_of([seeds_loop(files, tmpdir / f"seed{i}") for i in range(args.repeat)])
+        print(f"  {t_seed:7.2f} s  {n / t_seed:8.1f} images/s  (median)")
 
         sample = None if args.dcmtk_all else args.dcmtk_sample
         t_dc, k = dcmtk_loop(files, tmpdir / "dcmtk", sample)
@@ -167,6 +215,22 @@ def main() -> None:
     print(f"  vs seeds' loop : {t_seed / t_cli:6.1f}x   (goal >= 5x)")
     if k:
         print(f"  vs dcmj2pnm    : {per_file * n / t_cli:6.1f}x   (goal > 1x)")
+    if args.single_images:
+        single_images(args.single_images, args.repeat)
+
+
+def single_images(n: int, repeat: int) -> None:
+    folder = ensure_single_images(n)
+    files = dicom_files([folder])
+    print(f"\n{n} single-image series (1024 x 1024) in {folder}:")
+    with tempfile.TemporaryDirectory(prefix="bench_cli_single_") as tmp:
+        tmpdir = Path(tmp)
+        for label, jobs in (("all jobs", None), ("--jobs 1", 1)):
+            t = median_of([run_cli([folder], tmpdir / f"{jobs}_{i}", jobs, show=False)
+                           for i in range(repeat)])
+            print(f"  napari-dicom export, {label}: {t:6.2f} s  {n / t:6.1f} images/s")
+        t_seed = seeds_loop(files, tmpdir / "seed")
+        print(f"  seeds' loop: {t_seed:6.2f} s  {n / t_seed:6.1f} images/s")
 
 
 if __name__ == "__main__":

@@ -378,6 +378,41 @@ def test_png_bytes_equal_napari_writer(axial: Path, tmp_path: Path) -> None:
         assert a.read_bytes() == b.read_bytes(), (a, b)
 
 
+def test_long_series_exported_over_threads_equals_napari_writer(tmp_path: Path) -> None:
+    """A series long enough to be exported over all threads, plane by plane as it is
+    decoded (JPEG Lossless fast path), gives the napari writer's bytes."""
+    from napari_dicom._reader import read_dicom
+    from napari_dicom._writer import write_png
+
+    src = tmp_path / "long"
+    write_ct_phantom(src, n_slices=20, size=48, extension=".dcm", seed=7,
+                     transfer_syntax=JPEGLosslessSV1)
+    ((data, attributes, _),) = read_dicom(str(src))
+    written = write_png(str(tmp_path / "napari.png"), data, attributes)
+    napari_pngs = sorted(p for p in map(Path, written) if p.suffix == ".png")
+    code, _, stderr = _run(["export", str(src), "-o", str(tmp_path / "cli"), "--jobs", "2"])
+    assert code == 0, stderr
+    cli_pngs = sorted((tmp_path / "cli").rglob("*.png"))
+    assert len(cli_pngs) == len(napari_pngs) == 20
+    for a, b in zip(cli_pngs, napari_pngs, strict=True):
+        assert a.read_bytes() == b.read_bytes(), (a, b)
+
+
+def test_jobs_do_not_change_the_output(tree: Path, tmp_path: Path) -> None:
+    """With several jobs, small series are exported side by side; every file (PNGs and
+    manifests, in the same order) is the same as with one job."""
+    outs = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        code, _, _ = _run(["export", str(tree), "-o", str(out), "--jobs", jobs, "-q"])
+        assert code == 1  # the truncated file
+        outs.append({p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()})
+    assert outs[0].keys() == outs[1].keys()
+    assert len([p for p in outs[0] if p.suffix == ".png"]) == 4 * N
+    for name in outs[0]:
+        assert outs[0][name] == outs[1][name], name
+
+
 def test_clahe(axial: Path, tmp_path: Path) -> None:
     pytest.importorskip("cv2")
     plain, hu, _ = _export_axial(axial, tmp_path / "plain")

@@ -16,6 +16,7 @@ import csv
 import io
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -397,6 +398,10 @@ def export_one(
 
     result = SeriesResult(series, folder)
     existing = {p.name for p in folder.glob("*.png")} if options.skip_existing else set()
+    if streamable(series, options):
+        streamed = _export_streaming(series, folder, options, result, decode_progress)
+        if streamed is not None:
+            return _finish(result, streamed, existing)
     try:
         data, keep, damaged = load_for_export(
             series, options.frames, options.jobs, decode_progress
@@ -443,12 +448,70 @@ def export_one(
         result.message = "; ".join(
             f"{series.planes[i].path}: {reason}" for i, reason in sorted(damaged.items())
         ) + (" (left out)" if keep else "")
+    return _finish(result, paths, existing)
+
+
+def _finish(result: SeriesResult, paths: Sequence[Path], existing: set[str]) -> SeriesResult:
+    """Count the images of a finished export; name a resumed or skipped one."""
     pngs = [p for p in paths if p.suffix == ".png"]
     result.images = len(pngs)
     result.written = sum(1 for p in pngs if p.name not in existing)
     if result.written < result.images and result.status == "ok":
         result.status = "ok (resumed)" if result.written else "skipped-existing"
     return result
+
+
+def streamable(series: Series, options: ExportOptions) -> bool:
+    """Whether the series can be exported plane by plane as it is decoded: the window
+    does not depend on the data (stored window or VOI LUT, ``--window C,W``, a preset;
+    colour), no CLAHE, and every plane is its own file (multi-frame files are decoded
+    per file run by the whole-series load)."""
+    from .pixels import display_needs_data
+
+    mode = options.window.mode
+    if options.clahe or not series.planes:
+        return False
+    if mode == "file":
+        fixed = not display_needs_data(series)
+    else:
+        fixed = mode in ("explicit", "preset") or series.rgb
+    return fixed and all(p.frame is None for p in series.planes)
+
+
+def _export_streaming(
+    series: Series, folder: Path, options: ExportOptions, result: SeriesResult,
+    progress: Callable[[int, int], None] | None,
+) -> list[Path] | None:
+    """Decode, render and write each run of planes on one thread (no whole-series
+    array: memory stays a few planes per thread, and decoding overlaps writing).
+
+    Returns the files written, or ``None`` when a plane cannot be decoded: nothing of
+    this attempt is left, and the caller's whole-series load reports the damaged planes
+    and exports the rest. ``progress(done, n)`` counts two steps per image (decoded and
+    written), as the two-stage path does.
+    """
+    from .export import export_stack
+    from .pixels import DicomLoadError, PlaneStack, series_metadata
+
+    keep = selected_planes(series, options.frames)
+    tick = None if progress is None else (lambda done, n: progress(2 * done, n))
+    try:
+        stack = PlaneStack(series, keep)
+        display, note = choose_display(series, stack, options.window)
+        meta = _subset_meta(series_metadata(series, display, note), keep,
+                            len(series.planes))
+        paths = export_stack(
+            stack, display, folder, meta=meta, jobs=options.jobs, progress=tick,
+            skip_existing=options.skip_existing, series_uid=series.uid, rgb=series.rgb,
+        )
+    except DicomLoadError:
+        return None
+    except (WindowError, OSError, ValueError) as exc:
+        result.status = "failed"
+        result.message = str(exc)
+        return []
+    result.display, result.note = display, note
+    return paths
 
 
 def _ticker(
@@ -465,6 +528,12 @@ def _ticker(
     return tick
 
 
+#: series with fewer images than this many per job are exported side by side, one thread
+#: each (a folder of single-image X-rays would otherwise use one core); larger series one
+#: after the other, each over all threads
+SMALL_SERIES_PER_JOB = 8
+
+
 def export_all(
     sources: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
@@ -478,34 +547,69 @@ def export_all(
 
     ``progress(images_done, images_total, label)`` is called as planes are decoded and
     written (an image counts once decoded and once written: ``images_total`` is twice the
-    number of images); ``series_progress(index, n_series)`` when a series starts (1-based).
+    number of images; a series exported plane by plane counts both at once);
+    ``series_progress(count, n_series)`` as series are taken up (small series, run side
+    by side, when they finish). All callbacks run on the calling thread. Results and the
+    run manifest keep the scan's series order.
     """
     from .scan import scan
 
-    scanned = scan([Path(s) for s in sources], progress=scan_progress)
+    jobs = options.jobs or os.cpu_count() or 1
+    scanned = scan([Path(s) for s in sources], progress=scan_progress, processes=jobs)
     namer = OutputNamer(out)
-    results: list[SeriesResult] = []
-    counts = [len(selected_planes(s, options.frames)) for s in scanned.series]
-    total = 2 * sum(counts)
-    done = 0
+    n_series = len(scanned.series)
+    slots: list[SeriesResult | None] = [None] * n_series
+    plan: list[tuple[int, Series, Path, int]] = []  # index, series, folder, images
     seen: dict[str, int] = {}
-    for index, (series, n_images) in enumerate(zip(scanned.series, counts, strict=True), 1):
-        if series_progress is not None:
-            series_progress(index, len(scanned.series))
+    for index, series in enumerate(scanned.series):
         n = seen.get(series.uid, 0)
         seen[series.uid] = n + 1
         key = series.uid if n == 0 else f"{series.uid}#{n + 1}"
-        try:
+        try:  # named in scan order, so the names never depend on timing
             folder = namer.folder_for(series, key=key)
         except UnsafePathError as exc:
-            results.append(SeriesResult(series, None, status="failed", message=str(exc)))
+            slots[index] = SeriesResult(series, None, status="failed", message=str(exc))
             continue
-        decode_tick = _ticker(progress, done, total, f"{folder.name}: decoding")
-        write_tick = _ticker(progress, done + n_images, total, f"{folder.name}: writing")
-        results.append(export_one(series, folder, options, write_tick, decode_tick))
+        plan.append((index, series, folder, len(selected_planes(series, options.frames))))
+    total = 2 * sum(p[3] for p in plan)
+    done = 0
+    taken = sum(r is not None for r in slots)
+
+    def step(n_images: int, label: str) -> None:
+        nonlocal done
         done += 2 * n_images
         if progress is not None:
-            progress(done, total, folder.name)
+            progress(done, total, label)
+
+    small = [p for p in plan if jobs > 1 and p[3] < SMALL_SERIES_PER_JOB * jobs]
+    if small:
+        single = replace(options, jobs=1)
+        with ThreadPoolExecutor(jobs, thread_name_prefix="napari-dicom-series") as pool:
+            futures = {pool.submit(export_one, series, folder, single): (index, folder, k)
+                       for index, series, folder, k in small}
+            try:
+                for fut in as_completed(futures):
+                    index, folder, k = futures[fut]
+                    slots[index] = fut.result()
+                    taken += 1
+                    if series_progress is not None:
+                        series_progress(taken, n_series)
+                    step(k, folder.name)
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
+    chosen = {p[0] for p in small}
+    for index, series, folder, n_images in plan:
+        if index in chosen:
+            continue
+        taken += 1
+        if series_progress is not None:
+            series_progress(taken, n_series)
+        decode_tick = _ticker(progress, done, total, f"{folder.name}: reading")
+        write_tick = _ticker(progress, done + n_images, total, f"{folder.name}: writing")
+        slots[index] = export_one(series, folder, options, write_tick, decode_tick)
+        step(n_images, folder.name)
+    results = [r for r in slots if r is not None]
     batch = BatchResult(namer.root, results, scanned)
     batch.manifest = write_run_manifest(namer.root, results)
     return batch
