@@ -1183,24 +1183,32 @@ def _read_chunk(paths: list[str]) -> list[_ReadResult]:
 def _read_records_forked(
     files: list[str], progress: Callable[[int, int], None] | None, n_proc: int,
 ) -> list[_ReadResult]:
+    """The reads split in chunks over ``n_proc`` forked processes; a process that dies
+    (killed, out of memory) does not hang the scan: its files are read in-process."""
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     size = max(16, math.ceil(len(files) / (4 * n_proc)))
     chunks = [files[i : i + size] for i in range(0, len(files), size)]
     out: list[_ReadResult] = []
-    with warnings.catch_warnings():
-        # Python >= 3.12 warns about forking a process with threads: numpy's BLAS
-        # threads are idle, and the children only parse headers (no BLAS, no locks)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pool = multiprocessing.get_context("fork").Pool(n_proc)
     try:
-        for part in pool.imap(_read_chunk, chunks):
-            out.extend(part)
-            if progress is not None:
-                progress(len(out), len(files))
-    finally:
-        pool.terminate()
-        pool.join()
+        with warnings.catch_warnings():
+            # Python >= 3.12 warns about forking a process with threads: numpy's BLAS
+            # threads are idle, and the children only parse headers (no BLAS, no locks)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pool = ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("fork"))
+            with pool:
+                for part in pool.map(_read_chunk, chunks):
+                    out.extend(part)
+                    if progress is not None:
+                        progress(len(out), len(files))
+    except BrokenProcessPool:
+        cache = _WindowCache()
+        for f in files[len(out) :]:
+            out.append(_read_record(f, cache))
+        if progress is not None:
+            progress(len(out), len(files))
     return out
 
 
