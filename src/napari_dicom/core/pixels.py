@@ -19,8 +19,10 @@ Decoding runs on threads. Measured (``benchmarks/bench_load.py``, 512 x 512 int1
 pydicom's pylibjpeg-libjpeg plugin holds the GIL (8-11 ms/frame, 2 threads ~1.0-1.3x),
 so grey JPEG Lossless goes through imagecodecs' libjpeg-turbo when it is installed
 (1.6 ms/frame, releases the GIL); single-frame native little-endian files are read from
-their tail without a data-set parse (GIL released during I/O). Both fast paths are
-checked against pydicom's decode on the series' first plane and fall back to pydicom.
+their tail without a data-set parse (GIL released during I/O); JPEG frames are read at
+the offset the header scan recorded. Both fast paths are checked on the series' first
+plane (JPEG: against a second, independent decoder, then pydicom if they differ; native:
+against pydicom) and fall back to pydicom (:func:`_use_fast`).
 """
 
 from __future__ import annotations
