@@ -26,6 +26,7 @@ from pydicom.uid import (
 from napari_dicom.core import pixels
 from napari_dicom.core.phantom import STORED_PADDING, ct_phantom_volume, write_ct_phantom
 from napari_dicom.core.pixels import DicomLoadError, load_plane, load_series, value_dtype
+from napari_dicom.core.render import Display, Window, render_uint8
 from napari_dicom.core.scan import scan
 from napari_dicom.core.series import Series
 
@@ -446,6 +447,61 @@ def test_plane_stack_names_the_damaged_file(tmp_path: Path) -> None:
     with pytest.raises(DicomLoadError, match="cannot decode") as info:
         stack[0:4]
     assert str(bad) in str(info.value)
+
+
+#: grey series whose modality values are integers: PlaneStack renders them by stored value
+#: (CT rescale, identity MR, Modality LUT Sequence, JPEG Lossless 16 and 8 bit, a VOI LUT,
+#: an enhanced multi-frame CT with per-frame rescale)
+BY_STORED = ["CT_small.dcm", "MR_small.dcm", "mlut_18.dcm", "JPEG-LL.dcm", "emri_small.dcm",
+             "eCT_Supplemental.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm", "vlut_04.dcm"]
+
+
+def _display_variants(base: Display) -> list[Display]:
+    """The stored display and what the widget can make of it: other VOI functions,
+    inversion, gamma, a colour palette."""
+    w = base.window
+    ramp = np.arange(256)
+    palette = np.stack([ramp, 255 - ramp, (ramp * 7) % 256], axis=1).astype(np.uint8)
+    return [
+        base,
+        Display(Window(w.center, w.width, "SIGMOID")),
+        Display(Window(w.center + 0.5, max(w.width / 3, 1.0), "LINEAR_EXACT"), invert=True),
+        Display(w, invert=True, gamma=0.6),
+        Display(w, gamma=1.7, palette=palette),
+    ]
+
+
+def _assert_renders_like_values(stack: pixels.PlaneStack, s: Series) -> None:
+    base, _ = pixels.default_display(s, np.asarray(stack))
+    n = len(stack)
+    for d in [*_display_variants(base), *([base] if base.voi_lut is None else [])]:
+        want = render_uint8(stack[0:n], d)
+        np.testing.assert_array_equal(stack.render_uint8(slice(0, n), d), want)
+        np.testing.assert_array_equal(stack.render_uint8(n - 1, d), want[n - 1])
+
+
+@pytest.mark.parametrize("name", BY_STORED)
+def test_plane_stack_renders_stored_values_like_the_values(name: str) -> None:
+    s = one_series(get_testdata_file(name))
+    stack = pixels.PlaneStack(s)
+    assert stack._by_stored  # the stored-value lookup is what this test checks
+    _assert_renders_like_values(stack, s)
+
+
+def test_plane_stack_renders_per_slice_rescale_and_float_slope(tmp_path: Path) -> None:
+    stored = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 61) % 4096
+    uid = generate_uid()
+    (tmp_path / "int").mkdir()
+    for k, icpt in enumerate([-1024, -1000, 0, 7]):  # four transforms, four tables
+        _write_slice(tmp_path / "int" / f"s{k}.dcm", stored, float(k), icpt, 1 + k % 2, uid, k)
+    s = one_series(tmp_path / "int")
+    stack = pixels.PlaneStack(s)
+    assert stack._by_stored and len({(p.slope, p.intercept) for p in s.planes}) == 4
+    _assert_renders_like_values(stack, s)
+    floaty = one_series(MR2_UNCI)  # float modality values: rendered from the values
+    stack = pixels.PlaneStack(floaty)
+    assert not stack._by_stored
+    _assert_renders_like_values(stack, floaty)
 
 
 def _multiframe_jpeg_ll(path: Path, frames: np.ndarray, with_offsets: bool) -> None:

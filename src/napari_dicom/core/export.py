@@ -265,9 +265,12 @@ def _plane_to_uint8(
         return _rgb_uint8(plane, bits)
     if display is None:
         raise ValueError("grey data needs a Display (window) to be exported")
-    if grey_palette(display):
-        return render_uint8(plane, display)[..., 0]
-    return render_uint8(plane, display)
+    return _grey_bytes(render_uint8(plane, display), display)
+
+
+def _grey_bytes(img: npt.NDArray[np.uint8], display: Display) -> npt.NDArray[np.uint8]:
+    """A grey palette's RGB rendering as one channel (a smaller PNG, the same picture)."""
+    return img[..., 0] if grey_palette(display) else img
 
 
 def _materialise(plane: Any) -> npt.NDArray[Any]:
@@ -551,6 +554,9 @@ def export_stack(
     uids = _per_plane(meta, "sop_instance_uids", n)
     locations = _per_plane(meta, "locations", n)
 
+    # a decoded-on-demand stack (pixels.PlaneStack: 3-D, grey) that renders itself
+    by_stack = (not is_rgb and len(leading) == 1
+                and callable(getattr(data, "render_uint8", None)))
     created: list[Path] = []
     written: list[Path] = []
     lock = threading.Lock()
@@ -573,10 +579,13 @@ def export_stack(
         if leading:
             prefix = np.unravel_index(i0, leading)[:-1]
             last0 = int(np.unravel_index(i0, leading)[-1])
-            block = _materialise(data[(*prefix, slice(last0, last0 + i1 - i0))])
+            key = (*prefix, slice(last0, last0 + i1 - i0))
+            if by_stack and display is not None:  # a PlaneStack renders itself: same bytes
+                imgs = _grey_bytes(data.render_uint8(key[-1], display), display)
+            else:
+                imgs = _plane_to_uint8(_materialise(data[key]), display, is_rgb, bits)
         else:
-            block = _materialise(data)[np.newaxis]
-        imgs = _plane_to_uint8(block, display, is_rgb, bits)
+            imgs = _plane_to_uint8(_materialise(data)[np.newaxis], display, is_rgb, bits)
         for i in todo:
             if stop.is_set():
                 break

@@ -746,6 +746,16 @@ def _num(v: float) -> str:
     return repr(int(v)) if float(v).is_integer() else repr(float(v))
 
 
+def lookup_table(values: npt.NDArray[Any], display: Display) -> npt.NDArray[np.uint8]:
+    """What :func:`render_uint8` gives each of the integer modality ``values``: ``(n,)``
+    grey bytes, or ``(n, 3)`` with a palette. Indexing the table by a value's position
+    renders it (the table path of :func:`render_uint8`, and
+    :meth:`~napari_dicom.core.pixels.PlaneStack.render_uint8`, which indexes it by the
+    stored value)."""
+    table = display.curve(np.asarray(values, np.int64))
+    return display.palette[table] if display.palette is not None else table
+
+
 def render_uint8(arr: npt.ArrayLike, display: Display) -> npt.NDArray[np.uint8]:
     """Render modality values to 8 bits: ``(..., H, W)`` grey, or ``(..., H, W, 3)`` with a
     palette.
@@ -769,18 +779,13 @@ def render_uint8(arr: npt.ArrayLike, display: Display) -> npt.NDArray[np.uint8]:
         else:
             lo, hi = int(a.min()), int(a.max())
         if hi - lo < MAX_LUT_RANGE:
-            table = display.curve(np.arange(lo, hi + 1, dtype=np.int64))
-            if display.palette is not None:
-                table_rgb = display.palette[table]
+            table = lookup_table(np.arange(lo, hi + 1, dtype=np.int64), display)
             for src, dst in zip(_slices(a), _slices_out(out, a.shape), strict=True):
                 idx = src
                 if lo:
                     idx = src.astype(np.intp)
                     idx -= lo  # in place: one index temporary per slice, not two
-                if display.palette is not None:
-                    dst[...] = table_rgb[idx]
-                else:
-                    np.take(table, idx, out=dst)
+                np.take(table, idx, axis=0, out=dst)
             return out
     for src, dst in zip(_slices(a), _slices_out(out, a.shape), strict=True):
         ind = display.curve(src if src.dtype.kind == "f" else src.astype(np.float64))
