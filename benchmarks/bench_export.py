@@ -5,7 +5,8 @@ Volume: a 300 x 512 x 512 int16 CT phantom in HU (``core.phantom``), window W 40
 * baseline (the seeds): per slice, float64 window arithmetic, clip, uint8, Pillow's
   default PNG compression, one slice at a time on one thread;
 * ours: ``export_stack`` (lookup-table rendering per batch of planes, minimal PNG writer
-  with libdeflate (imagecodecs) level 2, ``jobs`` threads, atomic writes, manifest).
+  with the Sub filter and libdeflate (imagecodecs) level 1, ``jobs`` threads, atomic
+  writes, manifest).
 
 Prints slices/s, MB written and peak traced memory (tracemalloc: numpy buffers included),
 and the ratios. Goal: >= 8x the baseline; peak memory < 1.5x the volume (the volume itself

@@ -45,7 +45,10 @@ def volume() -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("shape", "mode"), [((37, 53), "L"), ((20, 31, 3), "RGB"), ((9, 8, 4), "RGBA")], ids=str
+    ("shape", "mode"),
+    [((37, 53), "L"), ((20, 31, 3), "RGB"), ((9, 8, 4), "RGBA"), ((1, 1), "L"), ((6, 1), "L"),
+     ((1, 7, 3), "RGB")],
+    ids=str,
 )
 def test_encode_png_round_trips_through_pillow(shape: tuple[int, ...], mode: str,
                                                tmp_path: Path) -> None:
@@ -65,6 +68,20 @@ def test_encode_png_is_deterministic_and_has_no_time_chunk() -> None:
     assert a == b
     assert b"tIME" not in a
     assert a.startswith(b"\x89PNG\r\n\x1a\n") and a.endswith(b"IEND\xaeB`\x82")
+
+
+def test_encode_png_rows_use_the_sub_filter() -> None:
+    """Filter type 1 (Sub) on every row: the row's first pixel as is, then differences
+    from the pixel to the left modulo 256 (bytes of the same channel)."""
+    img = np.random.default_rng(1).integers(0, 256, (5, 6, 3)).astype(np.uint8)
+    data = encode_png(img)
+    start = data.index(b"IDAT") + 4
+    length = int.from_bytes(data[start - 8 : start - 4], "big")
+    raw = np.frombuffer(zlib.decompress(data[start : start + length]), np.uint8).reshape(5, 19)
+    assert (raw[:, 0] == 1).all()
+    row = img.reshape(5, 18)
+    np.testing.assert_array_equal(raw[:, 1:4], row[:, :3])
+    np.testing.assert_array_equal(raw[:, 4:], (row[:, 3:].astype(int) - row[:, :-3]) % 256)
 
 
 def test_encode_png_chunks_have_valid_crcs() -> None:
