@@ -60,6 +60,7 @@ from .render import (
     Window,
     WindowError,
     apply_rescale,
+    bit_patterns,
     data_range,
     lookup_table,
     minmax_window,
@@ -883,9 +884,7 @@ class PlaneStack:
         key = (stored, float(plane.slope), float(plane.intercept), id(plane.modality_lut))
         shown, table = self._tables.get(key, (None, None))
         if shown is not display or table is None:  # the cache holds the display it is for
-            size = stored.itemsize
-            patterns = np.arange(1 << (8 * size), dtype=f"u{size}").view(stored)
-            values = _modality_values(patterns, plane, np.dtype(np.int64))
+            values = _modality_values(bit_patterns(stored), plane, np.dtype(np.int64))
             table = lookup_table(values, display)
             self._tables[key] = (display, table)
         return table

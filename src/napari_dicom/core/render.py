@@ -746,6 +746,17 @@ def _num(v: float) -> str:
     return repr(int(v)) if float(v).is_integer() else repr(float(v))
 
 
+def bit_patterns(dtype: npt.DTypeLike) -> npt.NDArray[Any]:
+    """Every value of an 8- or 16-bit integer ``dtype``, in the order of its bit patterns
+    read as unsigned: ``table[x.view(uint16)]`` looks up ``x`` in a table built over
+    ``bit_patterns(x.dtype)`` (signed values follow two's complement: 0..32767, then
+    -32768..-1)."""
+    dt = np.dtype(dtype)
+    if dt.kind not in "iu" or dt.itemsize > 2:
+        raise ValueError(f"bit_patterns needs an 8- or 16-bit integer dtype, got {dt}")
+    return np.arange(1 << (8 * dt.itemsize), dtype=f"u{dt.itemsize}").view(dt)
+
+
 def lookup_table(values: npt.NDArray[Any], display: Display) -> npt.NDArray[np.uint8]:
     """What :func:`render_uint8` gives each of the integer modality ``values``: ``(n,)``
     grey bytes, or ``(n, 3)`` with a palette. Indexing the table by a value's position
@@ -760,10 +771,11 @@ def render_uint8(arr: npt.ArrayLike, display: Display) -> npt.NDArray[np.uint8]:
     """Render modality values to 8 bits: ``(..., H, W)`` grey, or ``(..., H, W, 3)`` with a
     palette.
 
-    Integer data with a value range up to :data:`MAX_LUT_RANGE` goes through a lookup
-    table built over that range (one ``np.take`` per slice); other data is worked one
-    2-D slice at a time in float32/float64 temporaries of slice size. The result is the
-    same either way.
+    Integer data goes through a lookup table (one ``np.take`` per slice): for 8/16-bit
+    data a table over every bit pattern, indexed by the data itself; for wider integers
+    with a value range up to :data:`MAX_LUT_RANGE`, a table over that range. Other data
+    is worked one 2-D slice at a time in float32/float64 temporaries of slice size. The
+    result is the same either way.
     """
     a = np.asarray(arr)
     if a.dtype == np.bool_:
@@ -772,12 +784,16 @@ def render_uint8(arr: npt.ArrayLike, display: Display) -> npt.NDArray[np.uint8]:
     out = np.empty(out_shape, np.uint8)
     if a.size == 0:
         return out
+    if a.dtype.kind in "iu" and a.dtype.itemsize <= 2:
+        # 8/16-bit values: the table in bit-pattern order (signed values read as
+        # unsigned, two's complement), indexed by the data as is: no index arithmetic
+        table = lookup_table(bit_patterns(a.dtype), display)
+        as_unsigned = a.view(f"u{a.dtype.itemsize}")
+        for src, dst in zip(_slices(as_unsigned), _slices_out(out, a.shape), strict=True):
+            np.take(table, src, axis=0, out=dst)
+        return out
     if a.dtype.kind in "iu":
-        if a.dtype.itemsize <= 2:
-            info = np.iinfo(a.dtype)
-            lo, hi = int(info.min), int(info.max)
-        else:
-            lo, hi = int(a.min()), int(a.max())
+        lo, hi = int(a.min()), int(a.max())
         if hi - lo < MAX_LUT_RANGE:
             table = lookup_table(np.arange(lo, hi + 1, dtype=np.int64), display)
             for src, dst in zip(_slices(a), _slices_out(out, a.shape), strict=True):
