@@ -536,23 +536,27 @@ def test_python_dash_m(tree: Path) -> None:
 
 
 
-def test_program_start_leaves_requests_out_and_importable(tree: Path) -> None:
-    """``export``/``info`` import pydicom as if ``requests`` were absent (its test-file
-    downloader then uses urllib): ~50 ms of start-up; ``import requests`` still works."""
+def test_program_start_leaves_download_extras_out_and_importable(tree: Path) -> None:
+    """``export``/``info`` import pydicom as if ``requests`` and ``tqdm`` were absent (its
+    test-file downloader then uses urllib, no progress bar): ~65 ms of start-up. Both
+    can still be imported afterwards."""
     pytest.importorskip("requests")  # installed with napari (pooch)
+    pytest.importorskip("tqdm")  # installed with napari
     code = (
         "import sys\n"
         f"sys.argv = ['napari-dicom', 'info', {str(tree / 'p2')!r}]\n"
         "from napari_dicom import cli\n"
         "try:\n    cli.run()\nexcept SystemExit as exc:\n    status = exc.code\n"
         "import pydicom.data.download as d\n"
-        "print(status, 'requests' in sys.modules, d.HAVE_REQUESTS)\n"
-        "import requests\nprint(requests.get.__name__)\n"
+        "print(status, 'requests' in sys.modules, 'tqdm' in sys.modules, d.HAVE_REQUESTS,"
+        " d.USE_PROGRESS_BAR)\n"
+        "import requests, tqdm\nprint(requests.get.__name__, tqdm.tqdm.__name__)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-2:] == ["0 False False", "get"]
+    assert proc.stdout.splitlines()[-2:] == ["0 False False False False", "get tqdm"]
+
 
 # --------------------------------------------------------------------------------------
 # view (needs a display: run under xvfb-run)

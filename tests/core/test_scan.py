@@ -464,3 +464,16 @@ def test_scan_in_forked_processes_equals_one_process(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out == {"same": True, "files": 236, "series": 6, "skipped": 1}
+
+
+def test_median_is_numpys() -> None:
+    """The scan's median (slice spacing, frame time) equals ``np.median`` exactly."""
+    from napari_dicom.core.scan import _median
+
+    rng = np.random.default_rng(0)
+    for n in range(1, 30):
+        for scale in (1e-3, 1.0, 1e6):
+            v = rng.normal(size=n) * scale
+            assert _median(v) == float(np.median(v))
+    assert np.isnan(_median(np.array([1.0, np.nan, 2.0])))
+    assert np.isnan(_median(np.array([])))
