@@ -477,3 +477,43 @@ def test_median_is_numpys() -> None:
             assert _median(v) == float(np.median(v))
     assert np.isnan(_median(np.array([1.0, np.nan, 2.0])))
     assert np.isnan(_median(np.array([])))
+
+
+def _plain(o: object) -> object:
+    """A record as nested builtins (dataclasses, arrays and LUTs by value) for ``==``."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return (type(o).__name__, {f.name: _plain(getattr(o, f.name))
+                                   for f in dataclasses.fields(o)})
+    if isinstance(o, np.ndarray):
+        return ("array", str(o.dtype), o.shape, o.tolist())
+    if isinstance(o, list | tuple):
+        return [_plain(x) for x in o]
+    return o
+
+
+def test_fast_header_parse_gives_what_pydicom_gives(tmp_path: Path) -> None:
+    """The scan's own parse of explicit VR little endian headers (~3x faster than
+    ``dcmread``) yields the same record as pydicom's parse, file by file: every test
+    file of pydicom and pydicom-data (CT, MR, enhanced multi-frame with functional
+    groups, Modality and VOI LUT sequences, JPEG, RLE, colour, SR, and the implicit, big
+    endian and deflated ones it leaves to pydicom) and written JPEG-LL and raw CT."""
+    from napari_dicom.core import scan as sc
+    from napari_dicom.core.phantom import JPEGLosslessSV1
+
+    write_ct_phantom(tmp_path / "raw", n_slices=2, size=32)
+    write_ct_phantom(tmp_path / "jpeg", n_slices=2, size=32, transfer_syntax=JPEGLosslessSV1)
+    # the folders of pydicom's own test files and of pydicom-data's (listed directly:
+    # get_testdata_files("*") first tries to download what is missing)
+    folders = {Path(get_testdata_file(n)).parent for n in ("CT_small.dcm", "emri_small.dcm")}
+    files = [str(p) for d in sorted(folders) for p in sorted(d.iterdir()) if p.is_file()]
+    files += [str(p) for p in sorted(tmp_path.rglob("*.dcm"))]
+    fast = 0
+    for f in files:
+        with open(f, "rb") as fp:
+            fast += sc._fast_header(fp.read(sc.HEADER_BYTES)) is not None
+        ours = sc._read_record(f, sc._WindowCache(), fast=True)
+        theirs = sc._read_record(f, sc._WindowCache(), fast=False)
+        assert _plain(ours) == _plain(theirs), f
+    assert fast >= 100  # most test files take the fast parse

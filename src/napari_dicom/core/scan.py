@@ -6,10 +6,14 @@ planes in array order, with geometry (PS3.3 C.7.6.2 Image Plane), Modality LUT /
 (C.11.1), stored windows and VOI LUTs (C.11.2), polarity (C.7.6.3.1.2) and padding
 (C.7.5.1.1.2), plus the files that could not be used and why.
 
-Speed: a classic single-frame file is read with ``dcmread(stop_before_pixels=True)`` and
-its numeric attributes are decoded from the raw element bytes (pydicom's lazy value
-conversion costs more than the parse itself); only the first file of each series is read
-a second time in full, for its text attributes, sequences and the header dictionary.
+Speed: a Part 10 file in explicit VR little endian (the usual case: Explicit VR Little
+Endian, JPEG, RLE) has its header parsed here into pydicom raw elements, from its first
+16 kB (:func:`_fast_header`, ~3x faster than ``dcmread``, and checked against it on every
+test file of pydicom and pydicom-data); anything else is read with
+``dcmread(stop_before_pixels=True)``. Numeric attributes are decoded from the raw element
+bytes (pydicom's lazy value conversion costs more than the parse itself); only the first
+file of each series is read a second time in full, with pydicom, for its text
+attributes, sequences and the header dictionary.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from .render import LUT, Window, WindowError, normalize_function
@@ -62,6 +67,13 @@ _NATIVE_TS = frozenset(
     {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 )
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+#: explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2)
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_SHORT_VRS = _VALID_VRS - _LONG_VRS
+_VR_TEXT = {v: v.decode() for v in _VALID_VRS}
+_UNDEFINED = 0xFFFFFFFF
+#: bytes read at the start of a file: the whole header of a classic image (else pydicom)
+HEADER_BYTES = 16384
 
 
 # ---------------------------------------------------------------------------------------
@@ -484,11 +496,117 @@ def _pixel_check(path: str, fp: Any, ds: Dataset, size: int) -> tuple[str | None
     return None, None
 
 
-def _read_record(path: str, cache: _WindowCache) -> _Record | Skipped | tuple[str, str] | None:
-    """Header of one file; pydicom's warnings about it become record warnings."""
+# ---------------------------------------------------------------------------------------
+# Fast header parse (the common case); anything else is pydicom's
+# ---------------------------------------------------------------------------------------
+
+
+def _item_end(buf: bytes, pos: int) -> int:
+    """End of the sequence item starting at ``pos``, or -1 when it is not a well-formed
+    explicit VR little endian item inside ``buf``."""
+    n = len(buf)
+    if pos + 8 > n:
+        return -1
+    group, elem, length = struct.unpack_from("<HHI", buf, pos)
+    if (group, elem) != (0xFFFE, 0xE000):
+        return -1
+    pos += 8
+    if length != _UNDEFINED:
+        return pos + length if pos + length <= n else -1
+    while pos + 8 <= n:  # elements up to the Item Delimitation Item
+        group, elem = struct.unpack_from("<HH", buf, pos)
+        if group == 0xFFFE:
+            return pos + 8 if elem == 0xE00D else -1
+        pos = _element_at(buf, pos)[3]
+        if pos < 0:
+            return -1
+    return -1
+
+
+def _element_at(buf: bytes, pos: int) -> tuple[bytes, int, int, int, int]:
+    """``(VR, value start, value end, element end, length)`` of the explicit VR little
+    endian element at ``pos`` (PS3.5 7.1.2, 7.5). The element end is -1 when it does not
+    fit in ``buf`` or is not one this parse takes (an unknown VR, an undefined length on
+    anything but a sequence). An undefined-length sequence's value is its items, without
+    the Sequence Delimitation Item."""
+    vr = buf[pos + 4 : pos + 6]
+    n = len(buf)
+    if vr in _SHORT_VRS and pos + 8 <= n:
+        start = pos + 8
+        length = struct.unpack_from("<H", buf, pos + 6)[0]
+    elif vr in _LONG_VRS and pos + 12 <= n:
+        start = pos + 12
+        (length,) = struct.unpack_from("<I", buf, pos + 8)
+        if length == _UNDEFINED:
+            if vr != b"SQ":
+                return vr, start, start, -1, length
+            at = start
+            while at + 8 <= n:  # items up to the Sequence Delimitation Item
+                if struct.unpack_from("<HH", buf, at) == (0xFFFE, 0xE0DD):
+                    return vr, start, at, at + 8, length
+                at = _item_end(buf, at)
+                if at < 0:
+                    break
+            return vr, start, start, -1, length
+    else:
+        return vr, pos, pos, -1, 0
+    end = start + length
+    return vr, start, end, (end if end <= n else -1), length
+
+
+def _syntax_of(meta: dict[int, RawDataElement]) -> str:
+    raw = meta.get(0x00020010)
+    return bytes(raw.value or b"").rstrip(b"\0 ").decode("ascii", "replace") if raw else ""
+
+
+def _fast_header(buf: bytes) -> tuple[Dataset, int] | None:
+    """The header of a Part 10 file in explicit VR little endian (the file meta, and a
+    data set in Explicit VR Little Endian, a JPEG family or RLE syntax), parsed from its
+    first bytes ``buf`` into pydicom raw elements; and the offset of its Pixel Data tag.
+
+    The elements ``dcmread(stop_before_pixels=True)`` gives, ~3x faster (0.1 against
+    0.3 ms for a CT slice): values stay raw bytes, which pydicom converts when asked.
+    ``None`` for anything else (implicit VR, big endian, deflate, a header longer than
+    ``buf``, an element this parse does not take): the caller reads the file with pydicom.
+    """
+    if len(buf) < 144 or buf[128:132] != b"DICM":
+        return None
+    meta: dict[int, RawDataElement] = {}
+    main: dict[int, RawDataElement] = {}
+    into = meta
+    pos = 132
+    while pos + 8 <= len(buf):
+        group, elem = struct.unpack_from("<HH", buf, pos)
+        tag = (group << 16) | elem
+        if into is meta and group != 0x0002:
+            ts = _syntax_of(meta)
+            if not (ts == "1.2.840.10008.1.2.1" or ts == "1.2.840.10008.1.2.5"
+                    or ts.startswith("1.2.840.10008.1.2.4.")):
+                return None
+            into = main
+        if tag in _PIXEL_TAGS and into is main:
+            ds = Dataset(main)  # type: ignore[arg-type]  # tags as int, as pydicom does
+            ds.file_meta = FileMetaDataset(meta)  # type: ignore[arg-type]
+            return ds, pos
+        if group == 0xFFFE:
+            return None
+        vr, start, stop, end, length = _element_at(buf, pos)
+        if end < 0:
+            return None
+        into[tag] = RawDataElement(BaseTag(tag), _VR_TEXT[vr], length, buf[start:stop],
+                                   start, False, True, True, False)
+        pos = end
+    return None
+
+
+def _read_record(
+    path: str, cache: _WindowCache, fast: bool = True,
+) -> _Record | Skipped | tuple[str, str] | None:
+    """Header of one file; pydicom's warnings about it become record warnings.
+    ``fast=False``: always parsed by pydicom (:func:`_fast_header` is checked with it)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        r = _read_record_quiet(path, cache)
+        r = _read_record_quiet(path, cache, fast)
     if isinstance(r, _Record):
         for msg in _pydicom_messages(caught, path):
             if msg not in r.warnings:
@@ -508,20 +626,25 @@ def _pydicom_messages(caught: list[warnings.WarningMessage], path: str) -> list[
 
 
 def _read_record_quiet(
-    path: str, cache: _WindowCache
+    path: str, cache: _WindowCache, fast: bool = True,
 ) -> _Record | Skipped | tuple[str, str] | None:
     """Header of one file: a record, a Skipped (bad file), ("non-image", reason) or None."""
     try:
         with open(path, "rb") as fp:
-            head = fp.read(132)
-            if len(head) == 132 and head[128:132] == b"DICM":
+            head = fp.read(HEADER_BYTES)
+            if len(head) >= 132 and head[128:132] == b"DICM":
                 force = False
-            elif _plausible_raw_start(head):
+            elif _plausible_raw_start(head[:132]):
                 force = True
             else:
                 return None
-            fp.seek(0)
-            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
+            parsed = _fast_header(head) if fast and not force else None
+            if parsed is not None:
+                ds, pixels_at = parsed
+                fp.seek(pixels_at)
+            else:
+                fp.seek(0)
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
             meta_class = str(getattr(ds.get("file_meta", Dataset()),
                                      "MediaStorageSOPClassUID", "") or "")
             sop_class = _str(ds, _TAG["SOPClassUID"]) or meta_class
