@@ -27,12 +27,13 @@ against pydicom) and fall back to pydicom (:func:`_use_fast`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -520,6 +521,18 @@ def _check_shape(arr: npt.NDArray[Any], series: Series, path: str) -> None:
         )
 
 
+@contextlib.contextmanager
+def _naming_the_file(path: str) -> Iterator[None]:
+    """A decoder's error inside the block becomes a :class:`DicomLoadError` that names
+    ``path`` (a DicomLoadError passes as it is)."""
+    try:
+        yield
+    except DicomLoadError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise DicomLoadError(f"{path}: cannot decode the pixel data ({exc})") from exc
+
+
 def load_plane(
     series: Series, i: int, dtype: npt.DTypeLike | None = None, *, fast: str | None = None
 ) -> npt.NDArray[Any]:
@@ -543,15 +556,11 @@ def load_plane(
     """
     plane = series.planes[i]
     dt = np.dtype(dtype) if dtype is not None else value_dtype(series)
-    try:
+    with _naming_the_file(plane.path):
         arr, ds = _decode(plane.path, plane.frame, series, fast, plane)
         vals = _to_values(arr, plane, series, dt, ds)
         _check_shape(vals, series, plane.path)
-        return vals
-    except DicomLoadError:
-        raise
-    except _DECODE_ERRORS as exc:
-        raise DicomLoadError(f"{plane.path}: cannot decode the pixel data ({exc})") from exc
+    return vals
 
 
 # --------------------------------------------------------------------------------------
@@ -861,14 +870,9 @@ class PlaneStack:
         out = np.empty((len(ks), *self.shape[1:], *((3,) if display.rgb else ())), np.uint8)
         for j, k in enumerate(ks):
             plane = series.planes[k]
-            try:
+            with _naming_the_file(plane.path):
                 arr, _ = _decode(plane.path, plane.frame, series, self._fast, plane)
                 _check_shape(arr, series, plane.path)
-            except DicomLoadError:
-                raise
-            except _DECODE_ERRORS as exc:
-                raise DicomLoadError(
-                    f"{plane.path}: cannot decode the pixel data ({exc})") from exc
             if arr.dtype.kind not in "iu" or arr.dtype.itemsize > 2:  # not as the header says
                 out[j] = render_uint8(self._read([k]), display)[0]
                 continue
@@ -894,7 +898,7 @@ class PlaneStack:
         out = np.empty((len(ks), *self.shape[1:]), self._narrow or self.dtype)
         for j, k in enumerate(ks):
             plane = series.planes[k]
-            try:
+            with _naming_the_file(plane.path):
                 arr, ds = _decode(plane.path, plane.frame, series, self._fast, plane)
                 if series.rgb:
                     vals = _colour(arr, series, ds)
@@ -907,11 +911,6 @@ class PlaneStack:
                             out = out.astype(self.dtype)
                     vals = _modality_values(arr, plane, out.dtype)
                 _check_shape(vals, series, plane.path)
-            except DicomLoadError:
-                raise
-            except _DECODE_ERRORS as exc:
-                raise DicomLoadError(
-                    f"{plane.path}: cannot decode the pixel data ({exc})") from exc
             out[j] = vals
         return out
 
