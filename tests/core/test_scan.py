@@ -517,3 +517,37 @@ def test_fast_header_parse_gives_what_pydicom_gives(tmp_path: Path) -> None:
         theirs = sc._read_record(f, sc._WindowCache(), fast=False)
         assert _plain(ours) == _plain(theirs), f
     assert fast >= 100  # most test files take the fast parse
+
+
+def _nested_sequences(depth: int) -> bytes:
+    """A Part 10 header (Explicit VR Little Endian) holding Content Sequences nested
+    ``depth`` deep, all of undefined length, each innermost item with a Text Value."""
+    ts = b"1.2.840.10008.1.2.1\0"
+    out = b"\0" * 128 + b"DICM" + struct.pack("<HH2sH", 2, 0x10, b"UI", len(ts)) + ts
+    sq = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF)
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    text = struct.pack("<HH2sHI", 0x0040, 0xA160, b"UT", 0, 4) + b"leaf"
+    end_item = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+    end_sq = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    out += (sq + item) * depth + text + (end_item + end_sq) * depth
+    return out + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, 0)
+
+
+def test_fast_header_nested_sequences_and_depth_limit() -> None:
+    """Undefined-length sequences nested 3 deep are parsed like pydicom parses them;
+    nested 300 deep, the parse leaves the file to pydicom instead of recursing."""
+    import io
+
+    from napari_dicom.core import scan as sc
+
+    buf = _nested_sequences(3)
+    parsed = sc._fast_header(buf)
+    assert parsed is not None
+    ds, pixels_at = parsed
+    assert buf[pixels_at : pixels_at + 4] == struct.pack("<HH", 0x7FE0, 0x0010)
+    ref = pydicom.dcmread(io.BytesIO(buf), stop_before_pixels=True)
+    ours, theirs = ds, ref
+    for _ in range(3):
+        ours, theirs = ours.ContentSequence[0], theirs.ContentSequence[0]
+    assert ours.TextValue == theirs.TextValue == "leaf"
+    assert sc._fast_header(_nested_sequences(300)) is None

@@ -501,11 +501,15 @@ def _pixel_check(path: str, fp: Any, ds: Dataset, size: int) -> tuple[str | None
 # ---------------------------------------------------------------------------------------
 
 
-def _item_end(buf: bytes, pos: int) -> int:
+#: sequences nested deeper than this are left to pydicom (no recursion limit to hit here)
+_MAX_DEPTH = 16
+
+
+def _item_end(buf: bytes, pos: int, depth: int) -> int:
     """End of the sequence item starting at ``pos``, or -1 when it is not a well-formed
     explicit VR little endian item inside ``buf``."""
     n = len(buf)
-    if pos + 8 > n:
+    if pos + 8 > n or depth > _MAX_DEPTH:
         return -1
     group, elem, length = struct.unpack_from("<HHI", buf, pos)
     if (group, elem) != (0xFFFE, 0xE000):
@@ -517,13 +521,13 @@ def _item_end(buf: bytes, pos: int) -> int:
         group, elem = struct.unpack_from("<HH", buf, pos)
         if group == 0xFFFE:
             return pos + 8 if elem == 0xE00D else -1
-        pos = _element_at(buf, pos)[3]
+        pos = _element_at(buf, pos, depth)[3]
         if pos < 0:
             return -1
     return -1
 
 
-def _element_at(buf: bytes, pos: int) -> tuple[bytes, int, int, int, int]:
+def _element_at(buf: bytes, pos: int, depth: int = 0) -> tuple[bytes, int, int, int, int]:
     """``(VR, value start, value end, element end, length)`` of the explicit VR little
     endian element at ``pos`` (PS3.5 7.1.2, 7.5). The element end is -1 when it does not
     fit in ``buf`` or is not one this parse takes (an unknown VR, an undefined length on
@@ -544,7 +548,7 @@ def _element_at(buf: bytes, pos: int) -> tuple[bytes, int, int, int, int]:
             while at + 8 <= n:  # items up to the Sequence Delimitation Item
                 if struct.unpack_from("<HH", buf, at) == (0xFFFE, 0xE0DD):
                     return vr, start, at, at + 8, length
-                at = _item_end(buf, at)
+                at = _item_end(buf, at, depth + 1)
                 if at < 0:
                     break
             return vr, start, start, -1, length
