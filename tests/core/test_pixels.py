@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -502,6 +503,36 @@ def test_plane_stack_renders_per_slice_rescale_and_float_slope(tmp_path: Path) -
     stack = pixels.PlaneStack(floaty)
     assert not stack._by_stored
     _assert_renders_like_values(stack, floaty)
+
+
+def test_fast_check_holds_for_the_same_writer(tmp_path: Path) -> None:
+    """A passed fast-decode check is kept for later series from the same writer
+    (Implementation Class UID and Version Name), syntax and pixel layout, as it holds
+    for a series' other planes; another writer's series is checked on its own, and a
+    series without file meta is never taken on trust."""
+    for name, seed in (("a", 1), ("b", 2), ("c", 3)):
+        write_ct_phantom(tmp_path / name, 1, 32, transfer_syntax=JPEGLosslessSV1, seed=seed,
+                         series_number=seed)
+    (c_file,) = (tmp_path / "c").iterdir()
+    ds = pydicom.dcmread(c_file)
+    ds.file_meta.ImplementationClassUID = "1.2.826.0.1.3680043.10.1234"
+    ds.file_meta.ImplementationVersionName = "OTHER_WRITER"
+    ds.save_as(c_file, enforce_file_format=True)
+    sa, sb, sc = (one_series(tmp_path / n) for n in "abc")
+    assert sa.implementation == sb.implementation != sc.implementation
+    assert sc.implementation == "1.2.826.0.1.3680043.10.1234 OTHER_WRITER"
+    pixels._FAST_CHECKED.clear()
+    assert pixels._use_fast(sa) == pixels._use_fast(sb) == "jpeg"
+    assert len(pixels._FAST_CHECKED) == 1  # b took a's check
+    assert pixels._use_fast(sc) == "jpeg"
+    assert len(pixels._FAST_CHECKED) == 2  # c was checked on its own
+    unknown = dataclasses.replace(sb, implementation="")
+    assert pixels._fast_signature(unknown, "jpeg") is None
+    for s in (sb, sc):  # and the trusted decode gives pydicom's values
+        (plane,) = s.planes
+        ref = pydicom.dcmread(plane.path)
+        want = ref.pixel_array.astype(np.int32) * int(ref.RescaleSlope) + int(ref.RescaleIntercept)
+        np.testing.assert_array_equal(pixels.PlaneStack(s)[0], want)
 
 
 def _multiframe_jpeg_ll(path: Path, frames: np.ndarray, with_offsets: bool) -> None:

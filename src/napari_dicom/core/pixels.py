@@ -401,6 +401,21 @@ def _fast_kind(series: Series) -> str | None:
     return None
 
 
+#: fast decodes found right, by what they were checked on (see :func:`_use_fast`)
+_FAST_CHECKED: dict[tuple[Any, ...], str] = {}
+
+
+def _fast_signature(series: Series, kind: str) -> tuple[Any, ...] | None:
+    """What a fast-decode check holds for: the same writer (Implementation Class UID and
+    Version Name), transfer syntax and pixel layout. ``None`` when the writer is unknown
+    (no file meta): such a series is checked on its own."""
+    if not series.implementation:
+        return None
+    return (kind, series.implementation, series.transfer_syntax, int(series.bits_allocated),
+            int(series.bits_stored), int(series.pixel_representation), series.photometric,
+            int(series.samples_per_pixel))
+
+
 def _use_fast(series: Series) -> str | None:
     """The fast decode that applies ("native": tail read; "jpeg": imagecodecs for JPEG
     Lossless), checked on the series' first plane; ``None`` when none applies or the
@@ -408,13 +423,28 @@ def _use_fast(series: Series) -> str | None:
 
     The check for "jpeg" asks a second, independent decoder first: imagecodecs' SOF3
     decoder (dcm2niix's lossless JPEG code). When both agree, the plane is right; only
-    otherwise is pydicom's decode (pylibjpeg-libjpeg: ~5x slower, and it holds the GIL,
-    which for a folder of single-image series would cost more than the fast path saves)
+    otherwise is pydicom's decode (pylibjpeg-libjpeg: ~5x slower, and it holds the GIL)
     asked to arbitrate. The native tail read is checked against pydicom's native read.
+
+    A check that passed holds for later series from the same writer, syntax and pixel
+    layout (:func:`_fast_signature`), as it holds for a series' other planes: a folder
+    of 60 single-image JPEG Lossless radiographs from one device is checked once, not 60
+    times (each check costs two more decodes of the image). A failed check is not kept.
     """
     kind = _fast_kind(series)
     if kind is None:
         return None
+    signature = _fast_signature(series, kind)
+    if signature is not None and signature in _FAST_CHECKED:
+        return _FAST_CHECKED[signature]
+    checked = _check_fast(series, kind)
+    if checked is not None and signature is not None:
+        _FAST_CHECKED[signature] = checked
+    return checked
+
+
+def _check_fast(series: Series, kind: str) -> str | None:
+    """``kind`` when the fast decode of the series' first plane is right, else ``None``."""
     p = series.planes[0]
     try:
         fast, _ = _decode(p.path, p.frame, series, fast=kind, plane=p)

@@ -996,6 +996,16 @@ def _tilt_deg(first: Sequence[float], last: Sequence[float], normal: np.ndarray)
 # ---------------------------------------------------------------------------------------
 
 
+def _implementation(ds: Dataset) -> str:
+    """``"<Implementation Class UID> <Version Name>"`` of the file meta, or ``""``."""
+    fm = getattr(ds, "file_meta", None)
+    if fm is None:
+        return ""
+    uid = str(fm.get("ImplementationClassUID", "") or "").strip()
+    name = str(fm.get("ImplementationVersionName", "") or "").strip()
+    return f"{uid} {name}".strip() if uid else ""
+
+
 def _full_header(path: str) -> Dataset:
     """Whole header of the first file of a series (text values, sequences)."""
     with open(path, "rb") as fp:
@@ -1208,6 +1218,7 @@ def _make_series_quiet(
         bits_stored=int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16),
         pixel_representation=int(ds.get("PixelRepresentation", 0) or 0),
         transfer_syntax=str(ts) if ts else "",
+        implementation=_implementation(ds),
         axis_labels=axis,
         scale=tuple(float(v) for v in scale),
         translate=tuple(float(v) for v in translate),

@@ -68,6 +68,8 @@ class Series:
     bits_stored: int = 16
     pixel_representation: int = 0
     transfer_syntax: str = ""
+    #: what wrote the first file: Implementation Class UID and Version Name (0002,0012-13)
+    implementation: str = ""
     #: layer axes, e.g. ("z", "y", "x") or ("t", "z", "y", "x")
     axis_labels: tuple[str, ...] = ("y", "x")
     #: one spacing and origin per array axis (before the colour axis), mm or s
