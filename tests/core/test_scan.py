@@ -519,10 +519,10 @@ def test_fast_header_parse_gives_what_pydicom_gives(tmp_path: Path) -> None:
     assert fast >= 100  # most test files take the fast parse
 
 
-def _nested_sequences(depth: int) -> bytes:
+def _nested_sequences(depth: int, syntax: bytes = b"1.2.840.10008.1.2.1\0") -> bytes:
     """A Part 10 header (Explicit VR Little Endian) holding Content Sequences nested
     ``depth`` deep, all of undefined length, each innermost item with a Text Value."""
-    ts = b"1.2.840.10008.1.2.1\0"
+    ts = syntax
     out = b"\0" * 128 + b"DICM" + struct.pack("<HH2sH", 2, 0x10, b"UI", len(ts)) + ts
     sq = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF)
     item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
@@ -551,3 +551,8 @@ def test_fast_header_nested_sequences_and_depth_limit() -> None:
         ours, theirs = ours.ContentSequence[0], theirs.ContentSequence[0]
     assert ours.TextValue == theirs.TextValue == "leaf"
     assert sc._fast_header(_nested_sequences(300)) is None
+    # the syntax decides, not the bytes: these data sets would parse, but are not ours
+    for other in (b"1.2.840.10008.1.2\0", b"1.2.840.10008.1.2.2\0", b"1.2.840.10008.1.2.1.99",
+                  b"1.2.840.10008.1.2.4.95"):  # implicit, big endian, deflate, JPIP deflate
+        assert sc._fast_header(_nested_sequences(3, other)) is None
+    assert sc._fast_header(_nested_sequences(3, b"1.2.840.10008.1.2.4.70")) is not None

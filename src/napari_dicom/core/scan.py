@@ -74,6 +74,11 @@ _VR_TEXT = {v: v.decode() for v in _VALID_VRS}
 _UNDEFINED = 0xFFFFFFFF
 #: bytes read at the start of a file: the whole header of a classic image (else pydicom)
 HEADER_BYTES = 16384
+#: syntaxes whose data set is explicit VR little endian, read by :func:`_fast_header`
+#: (with the JPEG family 1.2.840.10008.1.2.4.*: JPEG, JPEG-LS, JPEG 2000, MPEG, HTJ2K...)
+_PLAIN_EXPLICIT_LE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5")  # Explicit VR LE, RLE
+#: JPIP Referenced Deflate: in the JPEG family's number range, but its data set is deflated
+_JPIP_DEFLATE = "1.2.840.10008.1.2.4.95"
 
 
 # ---------------------------------------------------------------------------------------
@@ -558,8 +563,8 @@ def _element_at(buf: bytes, pos: int, depth: int = 0) -> tuple[bytes, int, int, 
     return vr, start, end, (end if end <= n else -1), length
 
 
-def _syntax_of(meta: dict[int, RawDataElement]) -> str:
-    raw = meta.get(0x00020010)
+def _syntax_of(meta: dict[BaseTag, RawDataElement]) -> str:
+    raw = meta.get(BaseTag(0x00020010))  # Transfer Syntax UID
     return bytes(raw.value or b"").rstrip(b"\0 ").decode("ascii", "replace") if raw else ""
 
 
@@ -575,8 +580,8 @@ def _fast_header(buf: bytes) -> tuple[Dataset, int] | None:
     """
     if len(buf) < 144 or buf[128:132] != b"DICM":
         return None
-    meta: dict[int, RawDataElement] = {}
-    main: dict[int, RawDataElement] = {}
+    meta: dict[BaseTag, RawDataElement] = {}
+    main: dict[BaseTag, RawDataElement] = {}
     into = meta
     pos = 132
     while pos + 8 <= len(buf):
@@ -584,12 +589,14 @@ def _fast_header(buf: bytes) -> tuple[Dataset, int] | None:
         tag = (group << 16) | elem
         if into is meta and group != 0x0002:
             ts = _syntax_of(meta)
-            if not (ts == "1.2.840.10008.1.2.1" or ts == "1.2.840.10008.1.2.5"
-                    or ts.startswith("1.2.840.10008.1.2.4.")):
+            if not (ts in _PLAIN_EXPLICIT_LE or (ts.startswith("1.2.840.10008.1.2.4.")
+                                                 and ts != _JPIP_DEFLATE)):
                 return None
             into = main
         if tag in _PIXEL_TAGS and into is main:
-            ds = Dataset(main)  # type: ignore[arg-type]  # tags as int, as pydicom does
+            # dict[BaseTag, RawDataElement] is what pydicom's reader builds; mypy wants
+            # the value type spelled as the union it declares
+            ds = Dataset(main)  # type: ignore[arg-type]
             ds.file_meta = FileMetaDataset(meta)  # type: ignore[arg-type]
             return ds, pos
         if group == 0xFFFE:
@@ -597,8 +604,9 @@ def _fast_header(buf: bytes) -> tuple[Dataset, int] | None:
         vr, start, stop, end, length = _element_at(buf, pos)
         if end < 0:
             return None
-        into[tag] = RawDataElement(BaseTag(tag), _VR_TEXT[vr], length, buf[start:stop],
-                                   start, False, True, True, False)
+        key = BaseTag(tag)
+        into[key] = RawDataElement(key, _VR_TEXT[vr], length, buf[start:stop], start,
+                                   False, True, True, False)
         pos = end
     return None
 
