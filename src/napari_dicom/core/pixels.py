@@ -22,7 +22,8 @@ so grey JPEG Lossless goes through imagecodecs' libjpeg-turbo when it is install
 their tail without a data-set parse (GIL released during I/O); JPEG frames are read at
 the offset the header scan recorded. Both fast paths are checked on the series' first
 plane (JPEG: against a second, independent decoder, then pydicom if they differ; native:
-against pydicom) and fall back to pydicom (:func:`_use_fast`).
+against pydicom) and fall back to pydicom (:func:`_use_fast`); a check that passed holds
+for later series from the same writer, syntax and pixel layout.
 """
 
 from __future__ import annotations
