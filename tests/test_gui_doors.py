@@ -108,14 +108,6 @@ def test_extensionless_patterns_claim_no_other_format(tmp_path: Path) -> None:
     assert napari_get_reader(CR_6154) is read_dicom
 
 
-def test_cli_view_extensionless_file(tmp_path: Path, qapp: object) -> None:
-    from napari_dicom.cli import main
-
-    shot = tmp_path / "view.png"
-    assert main(["view", CR_6154, "--screenshot", str(shot)]) == 0
-    assert shot.stat().st_size > 1000
-
-
 def test_progress_bar_updates_are_throttled_by_time(make_napari_viewer: Any) -> None:
     """The reader's napari progress bar (shown in the window's activity dock) appears only
     once the work has run 0.2 s and then moves at most every 0.2 s, however many files.
