@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .core.geometry import layer_geometry
 from .core.pixels import (
     DicomLoadError,
     default_display,
-    layer_geometry,
     load_series,
     series_metadata,
 )
@@ -147,9 +147,10 @@ def _notify_scan(result: ScanResult) -> None:
 def read_dicom(path: PathLike) -> list[LayerData]:
     """Read DICOM files / folders into one image layer per series.
 
-    Each layer carries ``metadata["dicom"]`` (see ``core.meta``), the geometry (scale,
-    translate, units, axis labels) and the file's default display (stored window, VOI LUT,
-    or min-max without padding), MONOCHROME1 shown through ``gray_r`` (data unaltered).
+    Each layer carries ``metadata["dicom"]`` (see ``core.meta``), its place in patient space
+    (``core.geometry``: scale/translate or affine, units, axis labels) and the file's
+    default display (stored window, VOI LUT, or min-max without padding), MONOCHROME1
+    shown through ``gray_r`` (data unaltered).
 
     Raises
     ------
@@ -190,14 +191,14 @@ def read_dicom(path: PathLike) -> list[LayerData]:
             _close(state)
         display, note = default_display(series, data)
         meta = series_metadata(series, display, note, dtype=data.dtype)
-        kwargs: dict[str, Any] = {"name": series.name, **layer_geometry(series),
-                                  "metadata": {"dicom": meta}}
+        data, geometry, meta["placement"] = layer_geometry(series, data)
+        kwargs: dict[str, Any] = {"name": series.name, **geometry, "metadata": {"dicom": meta}}
         if series.rgb:
             kwargs["contrast_limits"] = list(display.window.limits())
         else:
             kwargs.update(layer_display_kwargs(display, inverted=series.invert))
         layers.append((data, kwargs, "image"))
-        for w in _unique(series.warnings):
+        for w in _unique([*series.warnings, *meta["placement"].get("warnings", [])]):
             show_warning(f"{series.name}: {w}")
     if not layers:
         raise DicomLoadError(f"no DICOM series could be loaded from {where}: "
