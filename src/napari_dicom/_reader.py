@@ -17,10 +17,10 @@ from .core.pixels import (
     DicomLoadError,
     default_display,
     layer_geometry,
-    load_series,
     series_metadata,
 )
 from .core.scan import ScanResult
+from .core.volume import SeriesVolume, open_series
 
 log = logging.getLogger(__name__)
 
@@ -166,15 +166,12 @@ def read_dicom(path: PathLike) -> list[LayerData]:
     layers: list[LayerData] = []
     failures: list[str] = []
     for series in result.series:
-        state, cb = _progress_bar(0, f"Loading {series.name}")
         try:
-            data = load_series(series, progress=cb)
+            data = open_series(series)
         except DicomLoadError as exc:
             failures.append(str(exc))
             show_warning(f"{series.name}: not opened: {exc}")
             continue
-        finally:
-            _close(state)
         display, note = default_display(series, data)
         meta = series_metadata(series, display, note, dtype=data.dtype)
         kwargs: dict[str, Any] = {"name": series.name, **layer_geometry(series),
@@ -186,10 +183,46 @@ def read_dicom(path: PathLike) -> list[LayerData]:
         layers.append((data, kwargs, "image"))
         for w in _unique(series.warnings):
             show_warning(f"{series.name}: {w}")
+        if isinstance(data, SeriesVolume):
+            _swap_when_loaded(data, told=len(series.warnings))
     if not layers:
         raise DicomLoadError(f"no DICOM series could be loaded from {where}: "
                              + "; ".join(failures))
     return layers
+
+
+def _swap_when_loaded(volume: SeriesVolume, told: int) -> None:
+    """Once ``volume`` is in memory, give every layer showing it the finished numpy array
+    (on the GUI thread): 3-D, the widget's statistics and ``np.asarray(layer.data)`` then
+    run at memory speed. Contrast limits, colormap and the shown plane stay as they are.
+
+    Without a Qt application (a headless ``ViewerModel``) nothing is swapped: indexing the
+    volume and ``np.asarray`` already read the finished array. Damaged planes found by the
+    background load (the series' warnings after the first ``told``) are notified then.
+    """
+    if not volume.in_memory:
+        return
+    from qtpy.QtWidgets import QApplication
+
+    if QApplication.instance() is None:
+        return
+    from superqt.utils import ensure_main_thread
+
+    @ensure_main_thread
+    def swap(arr: Any) -> None:
+        from napari import Viewer
+
+        for viewer in list(getattr(Viewer, "_instances", ())):
+            for layer in viewer.layers:
+                if layer.data is volume:
+                    layer.data = arr
+        from napari.utils.notifications import show_warning
+
+        series = volume.series
+        for w in _unique(series.warnings[told:]):
+            show_warning(f"{series.name}: {w}")
+
+    volume.when_loaded(swap)
 
 
 def _unique(items: Iterable[str]) -> list[str]:
