@@ -191,25 +191,11 @@ USER_GOALS = {"uncompressed": 2.0, "jpeg-lossless": 6.0}
 
 def ensure_style_series(style: str, kind: str, slices: int, size: int = 512) -> Path:
     """A series written with ``header_style=style``, once, under ``benchmarks/_work``."""
-    import json
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_scan import ensure_bench_series
 
-    from napari_dicom.core.phantom import write_ct_phantom
-
-    folder = Path(__file__).resolve().parent / "_work" / f"user_{style}_{kind}_{slices}x{size}"
-    marker = folder / "done.json"
-    if marker.is_file():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in folder.iterdir():
-        f.unlink()
-    t0 = time.perf_counter()
-    write_ct_phantom(folder, slices, size, (1.0, 0.7, 0.7), transfer_syntax=KINDS[kind],
-                     header_style=style, series_description=f"Bench {style} {kind}",
-                     extension=".dcm")
-    marker.write_text(json.dumps({"style": style, "kind": kind, "n": slices}))
-    print(f"wrote {slices} files ({style}, {kind}) in {time.perf_counter() - t0:.0f} s",
-          flush=True)
-    return folder
+    short = {"uncompressed": "raw", "jpeg-lossless": "jpegll"}[kind]
+    return Path(ensure_bench_series(short, slices, size, header_style=style))
 
 
 def _dcm_files(folder: Path) -> list[Path]:

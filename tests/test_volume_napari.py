@@ -14,7 +14,6 @@ import pytest
 
 from napari_dicom.core import pixels, volume
 from napari_dicom.core.phantom import ct_phantom_volume, write_ct_phantom
-from napari_dicom.core.series import Series
 from napari_dicom.core.volume import SeriesVolume
 
 PLUGIN = "napari-dicom"
@@ -26,21 +25,6 @@ def series_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("ge_series")
     write_ct_phantom(folder, n_slices=N, size=SIZE, spacing=(2.0, 0.7, 0.7))
     return folder
-
-
-@pytest.fixture
-def decodes(monkeypatch: pytest.MonkeyPatch) -> Counter[tuple[str, Any, Any]]:
-    seen: Counter[tuple[str, Any, Any]] = Counter()
-    real = pixels._decode
-
-    def counting(path: str, frame: Any, series: Series, fast: Any = None,
-                 plane: Any = None) -> Any:
-        seen[str(path), frame, fast] += 1
-        return real(path, frame, series, fast, plane)
-
-    monkeypatch.setattr(pixels, "_decode", counting)
-    monkeypatch.setattr(pixels, "_FAST_CHECKED", {})
-    return seen
 
 
 def test_background_load_swaps_in_the_same_picture(

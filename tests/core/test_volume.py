@@ -52,22 +52,6 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Pa
     return get
 
 
-@pytest.fixture
-def decodes(monkeypatch: pytest.MonkeyPatch) -> Counter[tuple[str, Any, Any]]:
-    """Every call of the project's decode function, by (file, frame, decoder)."""
-    seen: Counter[tuple[str, Any, Any]] = Counter()
-    real = pixels._decode
-
-    def counting(path: str, frame: Any, series: Series, fast: Any = None,
-                 plane: Any = None) -> Any:
-        seen[str(path), frame, fast] += 1
-        return real(path, frame, series, fast, plane)
-
-    monkeypatch.setattr(pixels, "_decode", counting)
-    monkeypatch.setattr(pixels, "_FAST_CHECKED", {})  # the fast-decode check runs again
-    return seen
-
-
 @pytest.mark.parametrize("syntax", ["raw", "jpegll"])
 @pytest.mark.parametrize("style", ["ge", "siemens", "philips"])
 def test_int16_from_the_decoded_values(written: Callable[[str, str], Path], style: str,
