@@ -1239,16 +1239,5 @@ def series_metadata(
     }
 
 
-def layer_geometry(series: Series) -> dict[str, Any]:
-    """``scale``, ``translate``, ``units``, ``axis_labels`` and ``rgb`` for an image layer."""
-    return {
-        "scale": [float(v) for v in series.scale],
-        "translate": [float(v) for v in series.translate],
-        "units": list(series.units),
-        "axis_labels": list(series.axis_labels),
-        "rgb": bool(series.rgb),
-    }
-
-
 def plane_paths(series: Series) -> Sequence[str]:
     return [p.path for p in series.planes]

@@ -1150,7 +1150,7 @@ def _make_series_quiet(
                 if tilt > TILT_TOLERANCE_DEG:
                     warns.append(
                         f"{ser_desc or name}: gantry tilt of {tilt:.1f} degrees (slice positions "
-                        "do not advance along the slice normal); shown without shear correction")
+                        "do not advance along the slice normal)")
             else:
                 dz = r0.spacing_between or r0.thickness or 1.0
             z_scale, z_unit = abs(dz) or 1.0, "mm"
