@@ -186,3 +186,29 @@ def test_lazy_choice_reads_the_memory_available(written: Callable[[str, str], Pa
     monkeypatch.setattr(volume, "memory_available", lambda: N * SIZE * SIZE * 2)
     lazy = open_series(s)
     assert isinstance(lazy, SeriesVolume) and not lazy.in_memory
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_views_index_as_numpy(written: Callable[[str, str], Path], in_memory: bool) -> None:
+    """The patient-space placement's ``data[np.newaxis]`` and ``transpose`` stay lazy and
+    index as the same numpy views do."""
+    s = one_series(written("ge"))
+    ref = expected_hu("ge")
+    budget = None if in_memory else 1
+    vol = SeriesVolume(s, budget=budget, background=False)
+    view = vol.transpose(2, 0, 1)
+    assert view.shape == ref.transpose(2, 0, 1).shape
+    for key in [5, (slice(2, 9), 3), (Ellipsis, 4), (1, slice(None), slice(0, 6)),
+                (slice(None), 2, slice(None, None, 2))]:
+        np.testing.assert_array_equal(view[key], ref.transpose(2, 0, 1)[key])
+    back = view.transpose(1, 2, 0)
+    np.testing.assert_array_equal(back[3, 4:9], ref[3, 4:9])
+    slab = vol[np.newaxis]
+    assert slab.shape == (1, *ref.shape)
+    np.testing.assert_array_equal(slab[0, 2], ref[2])
+    np.testing.assert_array_equal(slab.transpose(0, 3, 1, 2)[:, 7], ref[None].transpose(
+        0, 3, 1, 2)[:, 7])
+    if in_memory:
+        full = vol.finished(view)
+        np.testing.assert_array_equal(full, ref.transpose(2, 0, 1))
+        assert LayerStats(full).series_histogram().total == ref.size

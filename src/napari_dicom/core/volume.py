@@ -44,7 +44,7 @@ from pydicom.pixels import iter_pixels  # type: ignore[attr-defined]
 
 from . import pixels as px
 from .render import IntHistogram
-from .stats import remember_histogram
+from .stats import known_histogram, remember_histogram
 
 if TYPE_CHECKING:
     from .series import Series
@@ -54,6 +54,7 @@ __all__ = [
     "CACHE_BYTES",
     "MEMORY_FRACTION",
     "SeriesVolume",
+    "VolumeView",
     "load_now",
     "memory_available",
     "memory_budget",
@@ -407,10 +408,12 @@ class SeriesVolume:
         numbers = np.arange(self._planes.n, dtype=np.intp).reshape(self._lead)
         return np.asarray(numbers[lead_key])
 
-    def __getitem__(self, key: Any) -> npt.NDArray[Any]:
+    def __getitem__(self, key: Any) -> Any:
         if self._result is not None:
             out: npt.NDArray[Any] = self._result[key]
             return out
+        if key is None or (isinstance(key, tuple) and len(key) == 1 and key[0] is None):
+            return VolumeView(self, new=1)  # data[np.newaxis]: a single plane as a slab
         lead_key, plane_key = self._split(key)
         numbers = self._plane_numbers(lead_key)
         ks = sorted(set(int(k) for k in numbers.ravel()))
@@ -432,6 +435,21 @@ class SeriesVolume:
     def __array__(self, dtype: Any = None, copy: Any = None) -> npt.NDArray[Any]:
         arr = self.result() if self.in_memory else self[...]
         return arr if dtype is None else arr.astype(dtype)
+
+    def transpose(self, *axes: Any) -> VolumeView:
+        """A view with the axes in ``axes`` order (as ``numpy.transpose``), still lazy."""
+        return VolumeView(self).transpose(*axes)
+
+    def finished(self, shown: Any) -> npt.NDArray[Any]:
+        """What ``shown`` (this volume or a :class:`VolumeView` of it) is once the volume
+        is in memory: a numpy view of :meth:`result`, its histogram kept with it."""
+        arr = self.result()
+        if isinstance(shown, VolumeView):
+            arr = shown.apply(arr)
+        hist = known_histogram(self._result)
+        if hist is not None and arr is not self._result:
+            remember_histogram(arr, hist)
+        return arr
 
     def reshape(self, shape: Sequence[int]) -> SeriesVolume | npt.NDArray[Any]:
         """Only to the same shape (itself) or, once loaded, as numpy reshapes."""
@@ -586,6 +604,96 @@ class SeriesVolume:
             self._lazy_plane(int(k))
         with self._lock:
             return self._lazy_hist
+
+
+def _full_key(key: Any, ndim: int) -> tuple[int | slice, ...]:
+    """``key`` as one int or slice per axis (Ellipsis expanded, missing axes whole)."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    if sum(k is Ellipsis for k in key) > 1:
+        raise IndexError("an index can only have a single ellipsis")
+    if any(k is Ellipsis for k in key):
+        i = next(j for j, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1 :]
+    out: list[int | slice] = []
+    for k in key:
+        if isinstance(k, slice):
+            out.append(k)
+        elif isinstance(k, int | np.integer):
+            out.append(int(k))
+        else:
+            raise IndexError(f"a lazy DICOM volume takes ints and slices, not {k!r}")
+    if len(out) > ndim:
+        raise IndexError(f"too many indices for a {ndim}-D volume")
+    return (*out, *(slice(None),) * (ndim - len(out)))
+
+
+class VolumeView:
+    """A :class:`SeriesVolume` with ``new`` leading axes of length 1 added and then its
+    axes put in ``order`` (what the reader's patient-space placement asks of the array:
+    ``data[np.newaxis]``, ``data.transpose(...)``), still decoded as it is indexed."""
+
+    def __init__(
+        self, base: SeriesVolume, new: int = 0, order: Sequence[int] | None = None
+    ) -> None:
+        self.base = base
+        self.new = int(new)
+        n = base.ndim + self.new
+        self.order = tuple(range(n)) if order is None else tuple(int(a) for a in order)
+        if sorted(self.order) != list(range(n)):
+            raise ValueError(f"axes {self.order} do not fit a {n}-D volume")
+        ext = (1,) * self.new + base.shape
+        self.shape: tuple[int, ...] = tuple(ext[a] for a in self.order)
+        self.ndim = n
+        self.size = base.size
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.base.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"<VolumeView {self.shape} (new={self.new}, order={self.order}) of {self.base!r}>"
+
+    def apply(self, arr: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """The same view of the base volume's numpy array (no copy)."""
+        out = arr.reshape((1,) * self.new + arr.shape)
+        return out.transpose(self.order) if self.order != tuple(range(self.ndim)) else out
+
+    def transpose(self, *axes: Any) -> VolumeView:
+        if len(axes) == 1 and not isinstance(axes[0], int | np.integer):
+            axes = tuple(axes[0]) if axes[0] is not None else ()
+        if not axes:
+            axes = tuple(reversed(range(self.ndim)))
+        return VolumeView(self.base, self.new, [self.order[int(a)] for a in axes])
+
+    def reshape(self, shape: Sequence[int]) -> VolumeView | npt.NDArray[Any]:
+        if tuple(int(s) for s in shape) == self.shape:
+            return self
+        return np.asarray(self).reshape(tuple(shape))
+
+    def series_histogram(self) -> IntHistogram | None:
+        return self.base.series_histogram()
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> npt.NDArray[Any]:
+        arr = self.apply(np.asarray(self.base))
+        return arr if dtype is None else arr.astype(dtype)
+
+    def __getitem__(self, key: Any) -> npt.NDArray[Any]:
+        if self.base.loaded:
+            done: npt.NDArray[Any] = self.apply(self.base.result())[key]
+            return done
+        key = _full_key(key, self.ndim)
+        ext_key: list[int | slice] = [slice(None)] * self.ndim
+        for i, a in enumerate(self.order):
+            ext_key[a] = key[i]
+        part = np.asarray(self.base[tuple(ext_key[self.new :])])
+        part = part.reshape((1,) * self.new + part.shape)[(*ext_key[: self.new], Ellipsis)]
+        kept = [a for a, k in zip(self.order, key, strict=True) if not isinstance(k, int)]
+        ranked = sorted(kept)
+        return part.transpose([ranked.index(a) for a in kept])
 
 
 def open_series(
