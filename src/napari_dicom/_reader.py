@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ _SUFFIXES = (".dcm", ".dicom", ".ima")
 _PROBE_LIMIT = 5000
 #: show a napari progress bar from this many files / planes on
 _PROGRESS_FROM = 50
+#: seconds between two progress bar updates (and before the bar appears)
+_PROGRESS_EVERY = 0.2
 
 
 def _folder_has_image(folder: Path, limit: int = _PROBE_LIMIT) -> bool:
@@ -88,15 +91,25 @@ def napari_get_reader(path: PathLike) -> ReaderFunction | None:
     return None
 
 
-def _progress_bar(total_hint: int, desc: str) -> tuple[Any, Callable[[int, int], None]]:
-    """A napari progress bar driven by ``callback(done, total)``."""
+def _progress_bar(
+    total_hint: int, desc: str, clock: Callable[[], float] = time.monotonic
+) -> tuple[Any, Callable[[int, int], None]]:
+    """A napari progress bar driven by ``callback(done, total)``, throttled by time.
+
+    In the GUI each update of a napari progress bar repaints the window (about 2 ms, far
+    more than reading a file's header), so the bar is created only once the work has run
+    :data:`_PROGRESS_EVERY` seconds and is then updated at most that often: a quick open
+    shows no bar, a long one a bar that moves a few times a second.
+    """
     from napari.utils import progress
 
-    state: dict[str, Any] = {"bar": None, "done": 0}
+    state: dict[str, Any] = {"bar": None, "done": 0, "next": clock() + _PROGRESS_EVERY}
 
     def callback(done: int, total: int) -> None:
-        if total < _PROGRESS_FROM:
+        now = clock()
+        if total < _PROGRESS_FROM or now < state["next"]:
             return
+        state["next"] = now + _PROGRESS_EVERY
         bar = state["bar"]
         if bar is None:
             bar = state["bar"] = progress(total=total, desc=desc)
