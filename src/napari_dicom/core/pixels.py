@@ -592,8 +592,11 @@ def _decode(
                 ds_out = _reparsed(path)
                 if ds_out is None:
                     raise
+                cut = _truncation(ds_out, series)
+                if cut is not None and (frame or 0) >= cut[0]:
+                    raise DicomLoadError(f"{path}: {cut[2]}") from None
                 try:
-                    arr = pixel_array(ds_out, index=frame)
+                    arr = pixel_array(_padded(ds_out, cut), index=frame)
                 except _DECODE_ERRORS:
                     raise first from None
     except NotImplementedError as exc:  # no decoder for the syntax at all
@@ -613,6 +616,53 @@ def _reparsed(path: str) -> Dataset | None:
         return dcmread(path)
     except _DECODE_ERRORS:
         return None
+
+
+def _truncation(ds: Dataset, series: Series) -> tuple[int, int, str] | None:
+    """``(complete frames, expected bytes, message)`` when the native Pixel Data of
+    ``ds`` (read whole) holds fewer bytes than its header says (PS3.5 8.1.1), else
+    ``None``.
+
+    The message says that the file is truncated, how many bytes are missing and which
+    frames are incomplete; it is the same for every such frame of the file, so the loader
+    tells it once.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is not None and UID(syntax).is_compressed:
+        return None
+    value = ds.get("PixelData")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    if value is None or bits % 8 or not rows or not cols:
+        return None
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples == 3 and str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        samples = 2  # native 4:2:2: Y Y Cb Cr per pair of pixels
+    nf = int(ds.get("NumberOfFrames", 1) or 1)
+    per_frame = rows * cols * samples * bits // 8
+    expected, held = per_frame * nf, len(value)
+    if held >= expected:
+        return None
+    complete = held // per_frame
+    if nf == 1:
+        which = "its only frame is"
+    elif complete == nf - 1:
+        which = f"frame {nf} of {nf} is"
+    else:
+        which = f"frames {complete + 1}-{nf} of {nf} are"
+    return complete, expected, (
+        f"the file is truncated: {expected - held} of the {expected} bytes of its pixel "
+        f"data are missing; {which} incomplete")
+
+
+def _padded(ds: Dataset, cut: tuple[int, int, str] | None) -> Dataset:
+    """``ds`` with truncated native Pixel Data padded to its full size (zeros), so that
+    pydicom decodes the complete frames from it (it refuses a short value as a whole)."""
+    if cut is not None:
+        raw = ds.PixelData
+        ds.PixelData = raw + bytes(max(0, cut[1] - len(raw)))
+    return ds
 
 
 def _deflated(series: Series) -> bool:
@@ -876,33 +926,72 @@ def _load_eager(
 
     fast = _use_fast(series)
 
+    def fail(k: int, exc: BaseException) -> None:
+        with lock:
+            failed[k] = f"{exc}"
+
+    def one_by_one(path: str, ks: list[int]) -> None:
+        """Decode planes ``ks`` of ``path`` each on its own: a plane that fails is
+        recorded, the others load."""
+        for k in ks:
+            try:
+                arr, ds = _decode(path, series.planes[k].frame, series, fast,
+                                  series.planes[k])
+                put(k, arr, ds)
+            except _MissingDecoder:
+                raise
+            except (DicomLoadError, *_DECODE_ERRORS) as exc:
+                fail(k, exc)
+
+    def rest_of_file(path: str, ks: list[int], first: BaseException) -> None:
+        """Frames ``ks`` of a multi-frame file whose frame-by-frame read failed: the
+        file is read once, each frame decoded from the data set on its own, so the frames
+        that decode load and the others are named (truncated files: the frames past the
+        end, with the missing byte count)."""
+        ds = _reparsed(path)
+        if ds is None:
+            for k in ks:
+                fail(k, first)
+            return
+        cut = _truncation(ds, series)
+        ds = _padded(ds, cut)
+        for k in ks:
+            frame = series.planes[k].frame or 0
+            if cut is not None and frame >= cut[0]:
+                fail(k, DicomLoadError(cut[2]))
+                continue
+            try:
+                put(k, pixel_array(ds, index=frame), ds)
+            except NotImplementedError as exc:
+                msg = missing_decoder_message(series.transfer_syntax, path)
+                raise _MissingDecoder(msg or f"{path}: {exc}") from exc
+            except (DicomLoadError, *_DECODE_ERRORS) as exc:
+                fail(k, exc)
+
     def run(path: str, ks: list[int]) -> int:
+        if len(ks) == 1 or fast:
+            one_by_one(path, ks)
+            return len(ks)
+        frames = [series.planes[k].frame or 0 for k in ks]
+        ds_out = Dataset() if series.photometric.startswith("PALETTE") else None
+        read = 0
         try:
-            if len(ks) == 1 or fast:
-                for k in ks:
-                    arr, ds = _decode(path, series.planes[k].frame, series, fast,
-                                      series.planes[k])
-                    put(k, arr, ds)
-            else:
-                frames = [series.planes[k].frame or 0 for k in ks]
-                ds_out = Dataset() if series.photometric.startswith("PALETTE") else None
+            src: str | Dataset = path
+            whole = _read_whole(series, path)
+            if whole is not None:
+                src = ds_out = whole
+            for k, arr in zip(ks, iter_pixels(src, indices=frames, ds_out=ds_out),
+                              strict=True):
+                read += 1
                 try:
-                    src: str | Dataset = path
-                    whole = _read_whole(series, path)
-                    if whole is not None:
-                        src = ds_out = whole
-                    it = iter_pixels(src, indices=frames, ds_out=ds_out)
-                    for k, arr in zip(ks, it, strict=True):
-                        put(k, arr, ds_out)
-                except NotImplementedError as exc:
-                    msg = missing_decoder_message(series.transfer_syntax, path)
-                    raise _MissingDecoder(msg or f"{path}: {exc}") from exc
-        except _MissingDecoder:
-            raise
+                    put(k, arr, ds_out)
+                except (DicomLoadError, *_DECODE_ERRORS) as exc:  # e.g. another size
+                    fail(k, exc)
+        except NotImplementedError as exc:
+            msg = missing_decoder_message(series.transfer_syntax, path)
+            raise _MissingDecoder(msg or f"{path}: {exc}") from exc
         except (DicomLoadError, *_DECODE_ERRORS) as exc:
-            with lock:
-                for k in ks:
-                    failed[k] = f"{exc}"
+            rest_of_file(path, ks[read:], exc)
         return len(ks)
 
     tasks = _tasks(series, jobs)
@@ -937,15 +1026,33 @@ def _load_eager(
         ok = np.ones(n, bool)
         ok[list(failed)] = False
         fill = out[ok].min() if not series.rgb else 0
+        told: dict[tuple[str, str], list[int]] = {}
         for k, why in sorted(failed.items()):
             out[k] = fill
             series.damaged[k] = str(why)
-            series.warnings.append(
-                f"skipped damaged image {series.planes[k].path} ({why}); "
-                f"its plane is filled with the lowest value {fill}"
-            )
+            told.setdefault((series.planes[k].path, str(why)), []).append(k)
+        for (path, why), ks in told.items():  # one warning per file and reason
+            if len(ks) == 1 and series.planes[ks[0]].frame is None:
+                what, its = f"skipped damaged image {path}", "its plane is"
+            else:
+                nums = _ranges([(series.planes[k].frame or 0) + 1 for k in ks])
+                what = (f"skipped damaged frame{'s' if len(ks) > 1 else ''} {nums} "
+                        f"of {path}")
+                its = "their planes are" if len(ks) > 1 else "its plane is"
+            series.warnings.append(f"{what} ({why}); {its} filled with the lowest value {fill}")
             log.warning(series.warnings[-1])
     return out.reshape(series.shape)
+
+
+def _ranges(nums: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``."""
+    parts: list[str] = []
+    for v in sorted(nums):
+        if parts and v == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{v}"
+        else:
+            parts.append(str(v))
+    return ", ".join(parts)
 
 
 class PlaneStack:
