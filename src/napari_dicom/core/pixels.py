@@ -33,6 +33,7 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 from pydicom import dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import (  # type: ignore[attr-defined]
@@ -223,7 +225,8 @@ def _int_dtype_for(lo: float, hi: float) -> np.dtype[Any] | None:
 def value_dtype(series: Series, stored: tuple[float, float] | None = None) -> np.dtype[Any]:
     """dtype of the modality values of the whole series.
 
-    * Colour: ``uint8`` (``uint16`` for 16-bit RGB/YBR; a palette is scaled to 8 bits).
+    * Colour: ``uint8`` (``uint16`` for 16-bit, ``uint32`` for 32-bit RGB/YBR, the
+      samples as stored; a palette is scaled to 8 bits).
     * Every plane with an identity Modality LUT (slope 1, intercept 0, no LUT): the stored
       dtype itself (``uint8``, ``int16``, ``uint16``...), no conversion at all.
     * Integer slopes/intercepts and Modality LUT Sequences: ``int16`` where the result over
@@ -237,7 +240,8 @@ def value_dtype(series: Series, stored: tuple[float, float] | None = None) -> np
     if series.rgb:
         if series.photometric.startswith("PALETTE"):
             return np.dtype(np.uint8)
-        return np.dtype(np.uint16 if int(series.bits_allocated) > 8 else np.uint8)
+        alloc = int(series.bits_allocated)
+        return np.dtype(np.uint8 if alloc <= 8 else np.uint16 if alloc <= 16 else np.uint32)
     if all(_identity(p) for p in series.planes):
         return _stored_dtype(series)
     s_lo, s_hi = stored if stored is not None else stored_range(series)
@@ -272,6 +276,45 @@ def _modality_values(
     return apply_rescale(stored, float(plane.slope), float(plane.intercept), dtype)
 
 
+#: Palette Color Lookup Table Data (C.7.6.3.1.6), read by ``apply_color_lut``
+_PALETTE_DATA = tuple(f"{c}PaletteColorLookupTableData" for c in ("Red", "Green", "Blue", "Alpha"))
+
+
+def _palette_in_native_order(ds: Dataset) -> Dataset:
+    """``ds``, or a data set holding its palette with 16-bit entries in this machine's
+    byte order.
+
+    pydicom 3.0.2's ``apply_color_lut`` reads (non-segmented) 16-bit Palette Color LUT
+    Data with ``np.frombuffer`` in native order, but an OW value of an Explicit VR Big
+    Endian file is big endian (PS3.5 7.3): such a palette came out as ``v << 8 | v >> 8``,
+    i.e. black for ``x << 8`` tables. Its segmented path does honour the syntax.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    little: bool | None = UID(syntax).is_little_endian if syntax else None
+    if little is None:
+        little = getattr(ds, "original_encoding", (None, None))[1]
+    if little is None or little == (sys.byteorder == "little"):
+        return ds
+    desc = ds.get("RedPaletteColorLookupTableDescriptor")
+    entries = (int(desc[0]) or 65536) if desc is not None and len(desc) == 3 else 0
+    swap = [kw for kw in _PALETTE_DATA
+            if entries and len(ds.get(kw) or b"") == 2 * entries]  # 16-bit entries
+    if not swap:
+        return ds
+    fixed = Dataset()
+    for elem in ds.group_dataset(0x0028):
+        fixed.add(elem)
+    if "PixelPresentation" in ds:
+        fixed.PixelPresentation = ds.PixelPresentation
+    order = "<u2" if little else ">u2"
+    for kw in swap:  # new elements: ``ds``'s own (shared by ``fixed.add``) stay as read
+        elem = ds[kw]
+        fixed[elem.tag] = DataElement(elem.tag, elem.VR,
+                                      np.frombuffer(elem.value, order).astype("=u2").tobytes())
+    return fixed
+
+
 def _palette_to_rgb8(arr: npt.NDArray[Any], ds: Dataset) -> npt.NDArray[np.uint8]:
     """PALETTE COLOR (C.7.6.3.1.5) -> 8-bit RGB.
 
@@ -279,7 +322,7 @@ def _palette_to_rgb8(arr: npt.NDArray[Any], ds: Dataset) -> npt.NDArray[np.uint8
     written as ``x * 257`` (full range) and as ``x << 8`` (8-bit values shifted up), where
     ``v * 255 / 65535`` would turn 255 << 8 into 254.
     """
-    rgb = apply_color_lut(arr, ds)
+    rgb = apply_color_lut(arr, _palette_in_native_order(ds))
     if rgb.dtype == np.uint8:
         return rgb
     return (rgb >> 8).astype(np.uint8)
@@ -344,6 +387,43 @@ def _fast_decode(
     return _stored_bits(arr, series)
 
 
+#: JPEG Baseline (Process 1) and Extended (Processes 2 & 4: 12-bit), PS3.5 A.4.1
+_JPEG_LOSSY = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+#: colour space of the JPEG components, by Photometric Interpretation (PS3.5 8.2.1: RGB
+#: means no colour transform was applied; YBR_FULL(_422) means YCbCr)
+_JPEG_COLOUR = {"RGB": "RGB", "YBR_FULL": "YCbCr", "YBR_FULL_422": "YCbCr"}
+
+
+def _turbo_decode(
+    path: str, frame: int | None, series: Series, plane: Plane | None = None,
+) -> npt.NDArray[Any]:
+    """A lossy JPEG frame (8 or 12 bit, grey or colour) through libjpeg-turbo
+    (imagecodecs): stored grey values, or RGB.
+
+    Lossy decoders may differ (the IDCT and the chroma upsampling are left to them);
+    libjpeg-turbo with its default accurate integer IDCT is what DCMTK (IJG), browsers
+    and most viewers show. pylibjpeg-libjpeg, pydicom's first choice, differs from it by
+    up to 7 levels on YBR images and cannot decode some 12-bit Extended streams (error
+    -1038) that libjpeg-turbo and DCMTK decode.
+
+    The colour transform follows the Photometric Interpretation, not the JPEG markers:
+    RGB is decoded without one, YBR_FULL / YBR_FULL_422 from YCbCr (as DCMTK does by
+    default); libjpeg's guess from the markers turns RGB streams without an Adobe marker
+    into false colours.
+    """
+    ic = _imagecodecs()
+    data = _jpeg_frame(path, frame, plane)
+    if int(series.samples_per_pixel) == 3:
+        space = getattr(ic.JPEG8.CS, _JPEG_COLOUR[series.photometric])
+        rgb: npt.NDArray[Any] = np.asarray(
+            ic.jpeg8_decode(data, colorspace=space, outcolorspace=ic.JPEG8.CS.RGB))
+        return rgb
+    arr = np.asarray(ic.jpeg8_decode(data))
+    if int(series.pixel_representation) == 1:
+        arr = arr.view(f"i{arr.dtype.itemsize}")
+    return _stored_bits(arr, series)
+
+
 #: Explicit and Implicit VR Little Endian (PS3.5 A.2, A.1)
 _NATIVE_LE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 
@@ -392,6 +472,10 @@ def _stored_bits(arr: npt.NDArray[Any], series: Series) -> npt.NDArray[Any]:
 
 
 def _fast_kind(series: Series) -> str | None:
+    if series.transfer_syntax in _JPEG_LOSSY and _imagecodecs() is not None:
+        spp = int(series.samples_per_pixel)
+        if (spp == 1 and not series.rgb) or (spp == 3 and series.photometric in _JPEG_COLOUR):
+            return "turbo"
     if series.rgb or int(series.samples_per_pixel) != 1:
         return None
     if series.transfer_syntax in _JPEG_LOSSLESS and _imagecodecs() is not None:
@@ -420,7 +504,9 @@ def _fast_signature(series: Series, kind: str) -> tuple[Any, ...] | None:
 def _use_fast(series: Series) -> str | None:
     """The fast decode that applies ("native": tail read; "jpeg": imagecodecs for JPEG
     Lossless), checked on the series' first plane; ``None`` when none applies or the
-    check fails (pydicom then decodes the series).
+    check fails (pydicom then decodes the series). Lossy JPEG ("turbo",
+    :func:`_turbo_decode`) is not checked: libjpeg-turbo is the reference decoder there,
+    and pydicom's may legitimately differ.
 
     The check for "jpeg" asks a second, independent decoder first: imagecodecs' SOF3
     decoder (dcm2niix's lossless JPEG code). When both agree, the plane is right; only
@@ -433,8 +519,8 @@ def _use_fast(series: Series) -> str | None:
     times (each check costs two more decodes of the image). A failed check is not kept.
     """
     kind = _fast_kind(series)
-    if kind is None:
-        return None
+    if kind is None or kind == "turbo":  # lossy JPEG: libjpeg-turbo is the reference
+        return kind
     signature = _fast_signature(series, kind)
     if signature is not None and signature in _FAST_CHECKED:
         return _FAST_CHECKED[signature]
@@ -477,11 +563,19 @@ def _decode(
     YBR_* is converted to RGB by pydicom (``as_rgb=True``, its default). ``fast`` is
     the fast path :func:`_use_fast` chose for the series; ``plane`` (the plane being
     decoded) lets the JPEG fast path read the frame without a parse.
+
+    A data set encoded otherwise than its transfer syntax says (Implicit VR under an
+    explicit VR JPEG syntax: ``dcmread`` reads it, warning) defeats pydicom's file-based
+    pixel reader, which trusts the syntax; when that reader fails, the file is read whole
+    with ``dcmread`` and decoded from the data set (the first error stands if that fails
+    too).
     """
     if fast:
         try:
             if fast == "native":
                 return _native_tail(path, series), None
+            if fast == "turbo":
+                return _turbo_decode(path, frame, series, plane), None
             return _fast_decode(path, frame, series, plane), None
         except _DECODE_ERRORS as exc:  # imagecodecs' errors are RuntimeError subclasses
             log.info("%s: imagecodecs could not decode (%s); trying pydicom", path, exc)
@@ -492,13 +586,33 @@ def _decode(
             ds_out = whole
             arr = pixel_array(whole, index=frame)
         else:
-            arr = pixel_array(path, index=frame, ds_out=ds_out)
+            try:
+                arr = pixel_array(path, index=frame, ds_out=ds_out)
+            except _DECODE_ERRORS as first:
+                ds_out = _reparsed(path)
+                if ds_out is None:
+                    raise
+                try:
+                    arr = pixel_array(ds_out, index=frame)
+                except _DECODE_ERRORS:
+                    raise first from None
     except NotImplementedError as exc:  # no decoder for the syntax at all
         msg = missing_decoder_message(series.transfer_syntax or _file_syntax(path), path)
         raise _MissingDecoder(msg or f"{path}: {exc}") from exc
     if frame is None and arr.ndim == (3 if series.rgb else 2) + 1:
         arr = arr[0]  # a multi-frame file listed as a single plane: take frame 0
     return arr, ds_out
+
+
+def _reparsed(path: str) -> Dataset | None:
+    """The whole data set of ``path`` read by ``dcmread`` (see :func:`_decode`), or
+    ``None`` when it cannot be read. (pydicom does not record that it found the data set
+    in another encoding than the transfer syntax's: ``original_encoding`` still gives the
+    syntax's, so the whole read is simply tried.)"""
+    try:
+        return dcmread(path)
+    except _DECODE_ERRORS:
+        return None
 
 
 def _deflated(series: Series) -> bool:
@@ -1012,7 +1126,7 @@ def default_display(series: Series, data: Any) -> tuple[Display, str]:
     """
     invert = series.invert
     if series.rgb:
-        top = 255.0 if np.dtype(data.dtype).itemsize == 1 else 65535.0
+        top = float((1 << (8 * np.dtype(data.dtype).itemsize)) - 1)  # 255, 65535, 2^32-1
         return Display.from_limits(0.0, top), "colour image, full range"
     w = _first_window(series)
     if w is not None:
@@ -1122,17 +1236,6 @@ def series_metadata(
         "display": dict(step),
         "default_source": display_note,
         "summary": describe_series(series, dt, display_note or "its default display"),
-    }
-
-
-def layer_geometry(series: Series) -> dict[str, Any]:
-    """``scale``, ``translate``, ``units``, ``axis_labels`` and ``rgb`` for an image layer."""
-    return {
-        "scale": [float(v) for v in series.scale],
-        "translate": [float(v) for v in series.translate],
-        "units": list(series.units),
-        "axis_labels": list(series.axis_labels),
-        "rgb": bool(series.rgb),
     }
 
 
