@@ -188,3 +188,32 @@ def test_cielab_reference_value() -> None:
     assert lab_to_dicom(100, 127, 127) == [65535, 65535, 65535]
     assert lab_to_dicom(0, -128, -128) == [0, 0, 0]
     assert SEGMENTS[0][0] == "Liver"
+
+
+def test_seg_on_a_sagittal_series_follows_its_placement(make_napari_viewer, tmp_path) -> None:
+    """A sagittal CT is shown with its axes permuted onto the patient axes; its SEG,
+    placed by the same function, still holds the written mask at every voxel."""
+    ct = write_ct(tmp_path / "sag", n=N, size=SIZE, orientation=(0, 1, 0, 0, 0, -1),
+                  origin=(-10.0, -14.0, 14.0))
+    m = np.zeros((N, SIZE, SIZE, 1), bool)
+    m[2:6, 3:12, 20:35, 0] = True
+    write_seg(tmp_path / "sag.dcm", ct[::-1], m[::-1])
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path), plugin=PLUGIN)
+    (image,) = _layers(viewer, "image")
+    (labels,) = _layers(viewer, "labels")
+    assert image.metadata["dicom"]["placement"]["plane"] == "sagittal"
+    # patient point of written voxel (k, r, c), from how the CT was written; napari's
+    # world is (-z, y, x) of DICOM LPS (core.geometry)
+    row, col = np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, -1.0])
+    normal = np.cross(row, col)
+    origin = np.array([-10.0, -14.0, 14.0])
+    rng = np.random.default_rng(1)
+    idx = np.concatenate([np.argwhere(m[..., 0]), rng.integers(0, (N, SIZE, SIZE), (300, 3))])
+    for k, r, c in idx:
+        p = origin + k * 2.5 * normal + r * 0.7 * col + c * 0.7 * row
+        world = np.array([-p[2], p[1], p[0]])
+        d = tuple(np.round(labels.world_to_data(world)).astype(int))
+        assert labels.data[d] == m[k, r, c, 0], (k, r, c)
+        # and the image layer shows CT slice k's pixel (r, c) there
+        assert tuple(np.round(image.world_to_data(world)).astype(int)) == d

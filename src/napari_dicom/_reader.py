@@ -239,20 +239,22 @@ def _object_layers(objects: Sequence[str], series: Sequence[Any]) -> list[LayerD
 
 
 def label_layer_data(layer: Any) -> LayerData:
-    """A :class:`~napari_dicom.core.labels.LabelLayer` as napari LayerData, with the
-    geometry of the series it lies on (:func:`layer_geometry`, as its image layer)."""
+    """A :class:`~napari_dicom.core.labels.LabelLayer` as napari LayerData, placed by its
+    image's own geometry (:func:`napari_dicom.core.labels.placed`)."""
+    from .core.labels import placed
     from .core.objects import label_metadata
 
-    geometry = {k: v for k, v in layer_geometry(layer.series).items() if k != "rgb"}
+    data, geometry, stored = placed(layer)
+    meta = {**label_metadata(layer), "placement": stored}
     kwargs: dict[str, Any] = {"name": layer.name, **geometry, "visible": layer.visible,
-                              "metadata": {"segmentation": label_metadata(layer)}}
+                              "metadata": {"segmentation": meta}}
     colours = _segment_colours(layer.segments)
     if layer.kind == "labels":
         kwargs["colormap"] = {0: (0.0, 0.0, 0.0, 0.0), None: (1.0, 1.0, 0.0, 1.0),
                               **{v: (*c, 1.0) for v, c in colours.items()}}
         kwargs["features"] = _features(layer.segments)
         kwargs["opacity"] = 0.6
-        return (layer.data, kwargs, "labels")
+        return (data, kwargs, "labels")
     if layer.kind == "image":
         from napari.utils.colormaps import Colormap
 
@@ -261,7 +263,7 @@ def label_layer_data(layer: Any) -> LayerData:
                                       name=f"{layer.segments[0].label} fraction")
         kwargs["contrast_limits"] = [0.0, 1.0]
         kwargs["blending"] = "translucent"
-        return (layer.data, kwargs, "image")
+        return (data, kwargs, "image")
     by_value = {s.value: s for s in layer.segments}
     kwargs["shape_type"] = "polygon"
     kwargs["edge_color"] = [(*colours[v], 1.0) for v in layer.shape_values]
@@ -269,7 +271,7 @@ def label_layer_data(layer: Any) -> LayerData:
     kwargs["edge_width"] = 1.0
     kwargs["features"] = {"value": list(layer.shape_values),
                           "roi": [by_value[v].label for v in layer.shape_values]}
-    return (layer.data, kwargs, "shapes")
+    return (data, kwargs, "shapes")
 
 
 def _segment_colours(segments: Sequence[Any]) -> dict[int, tuple[float, float, float]]:

@@ -4,8 +4,9 @@ The model shared by ``core.seg`` (DICOM SEG), ``core.rtstruct`` (RT Structure Se
 ``core.overlay`` (overlay planes, 60xx): a :class:`LabelLayer` holds its data on the
 voxel grid of one :class:`~napari_dicom.core.series.Series` (the image it lies on, or a
 series made from the object's own geometry) and is placed in napari by the very
-function that places that image layer, so a label and its image stay aligned whatever
-that placement is. Nothing here computes a layer transform.
+function that places that image layer (:func:`napari_dicom.core.geometry.layer_geometry`,
+see :func:`placed`), so a label and its image stay aligned whatever that placement is.
+Nothing here computes a layer transform.
 
 :class:`Grid` maps patient coordinates (mm) onto that grid, plane by plane, from each
 plane's Image Position (Patient) (PS3.3 C.7.6.2.1.1): a frame or contour is matched to
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from .geometry import layer_geometry
 from .series import Plane, Series
 
 #: a direction or point: a sequence of floats or a numpy vector
@@ -32,6 +34,7 @@ __all__ = [
     "Segment",
     "label_dtype",
     "own_series",
+    "placed",
 ]
 
 #: a frame or contour lies on an image plane when its distance along the normal is at
@@ -215,16 +218,42 @@ def own_series(
                     position=(float(p[0]), float(p[1]), float(p[2])), location=float(p @ n))
               for i, p in enumerate(o)]
     one = len(planes) == 1
-    p0 = o[0]
-    inplane = (float(p0 @ c), float(p0 @ r))
+    # scale/translate are what a series placed by index would show; a series with
+    # positions and orientation (this one) is placed by core.geometry from the positions
     return Series(
         uid=uid, planes=planes,
         shape=(rows, columns) if one else (len(planes), rows, columns),
         description=description, modality=modality, rows=rows, columns=columns,
         axis_labels=("y", "x") if one else ("z", "y", "x"),
         scale=spacing[1:] if one else spacing,
-        translate=inplane if one else (float(p0 @ n), *inplane),
+        translate=(0.0, 0.0) if one else (0.0, 0.0, 0.0),
         units=("mm", "mm") if one else ("mm", "mm", "mm"),
         orientation=(*(float(v) for v in r), *(float(v) for v in c)),
         header={"FrameOfReferenceUID": frame_of_reference},
     )
+
+
+def placed(layer: LabelLayer) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """``(data, kwargs, placement)`` of a label layer as napari shows it: the image
+    series' own :func:`~napari_dicom.core.geometry.layer_geometry` (array arranged
+    the same way, the same scale/translate or affine), without the ``rgb`` flag.
+
+    For ``"shapes"``, the polygon vertices (acquisition indices: leading axes, plane,
+    row, column) get the same arrangement: a single plane's added slab axis in front,
+    and the three spatial columns in the order the image's axes are shown.
+    """
+    if layer.kind != "shapes":
+        data, kwargs, stored = layer_geometry(layer.series, layer.data)
+        kwargs.pop("rgb", None)
+        return data, kwargs, stored
+    shape = grid_shape(layer.series)
+    _, kwargs, stored = layer_geometry(layer.series, np.broadcast_to(np.uint8(0), shape))
+    kwargs.pop("rgb", None)
+    verts = [np.asarray(v, dtype=np.float64) for v in layer.data]
+    if stored.get("added_axis"):
+        verts = [np.concatenate([np.zeros((len(v), 1)), v], axis=1) for v in verts]
+    if stored.get("kind") == "aligned":
+        lead = int(stored.get("lead", 0))
+        order = [*range(lead), *(lead + int(a) for a in stored["axes"])]
+        verts = [v[:, order] for v in verts]
+    return verts, kwargs, stored
