@@ -69,7 +69,7 @@ def _drag(canvas: Any, dx: int, dy: int, steps: int = 10) -> None:
 
 
 def test_widget_from_the_plugins_menu_holds_the_real_layer(docked: tuple[Any, Any, Any]) -> None:
-    viewer, widget, layer = docked
+    _viewer, widget, layer = docked
     assert widget.layer is layer  # not a proxy of it: napari's callbacks get the real one
     assert widget._readout.value == "W 400 / L 40"
 
@@ -166,8 +166,8 @@ def test_wheel_and_sliders_give_fine_control(docked: tuple[Any, Any, Any], qtbot
         widget._width_slider.value = pos0 + 1
         assert 0 < widget.window.width - target < 0.03 * target + 1
     # the centre slider spans the data's own values: a position is 1/1000 of them
-    c = widget._center_slider
-    assert (c.min, c.max) == pytest.approx((float(_inside(layer).min()), float(_inside(layer).max())))
+    c, inside = widget._center_slider, _inside(layer)
+    assert (c.min, c.max) == pytest.approx((float(inside.min()), float(inside.max())))
 
 
 def test_contrast_slider_range_spans_the_data(make_napari_viewer: Any, phantom_dir: Path) -> None:

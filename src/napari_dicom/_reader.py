@@ -20,11 +20,11 @@ from .core.geometry import layer_geometry
 from .core.pixels import (
     DicomLoadError,
     default_display,
-    load_series,
     series_metadata,
     value_range,
 )
 from .core.scan import ScanResult
+from .core.volume import SeriesVolume, open_series
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,13 @@ def _notify_scan(result: ScanResult) -> None:
     """Tell the user, in plain words, what the scan found and left out."""
     from napari.utils.notifications import show_info, show_warning
 
-    for w in result.warnings:
-        show_warning(w)
+    # a series' own warnings are shown when it is opened, under its layer name, and the
+    # skipped files in one summary below: each is said once
+    per_series = {w for s in result.series for w in s.warnings}
+    skipped = {f"skipped {s.reason}" for s in result.skipped}
+    for w in _unique(result.warnings):
+        if w not in per_series and w not in skipped:
+            show_warning(w)
     if result.skipped:
         names = "; ".join(s.reason for s in result.skipped[:3])
         more = f" (and {len(result.skipped) - 3} more)" if len(result.skipped) > 3 else ""
@@ -174,7 +179,9 @@ def read_dicom(path: PathLike) -> list[LayerData]:
         _close(state)
     _notify_scan(result)
     where = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
-    if not result.series:
+    if result.objects:
+        _add_referenced_series(result)
+    if not result.series and not result.objects:
         why = [s.reason for s in [*result.skipped, *result.non_image][:3]]
         raise DicomLoadError(
             f"no DICOM image could be read from {where}: {'; '.join(why) or result.summary()}"
@@ -183,15 +190,13 @@ def read_dicom(path: PathLike) -> list[LayerData]:
     layers: list[LayerData] = []
     failures: list[str] = []
     for series in result.series:
-        state, cb = _progress_bar(0, f"Loading {series.name}")
         try:
-            data = load_series(series, progress=cb)
+            data = open_series(series)
         except DicomLoadError as exc:
             failures.append(str(exc))
             show_warning(f"{series.name}: not opened: {exc}")
             continue
-        finally:
-            _close(state)
+        loading = data if isinstance(data, SeriesVolume) else None
         display, note = default_display(series, data)
         meta = series_metadata(series, display, note, dtype=data.dtype)
         data, geometry, meta["placement"] = layer_geometry(series, data)
@@ -203,12 +208,132 @@ def read_dicom(path: PathLike) -> list[LayerData]:
             meta["value_range"] = list(_value_range(series, data))
         layers.append((data, kwargs, "image"))
         for w in _unique([*series.warnings, *meta["placement"].get("warnings", [])]):
-            show_warning(f"{series.name}: {w}")
+            show_warning(_named(series.name, w))
+        if loading is not None:
+            _swap_when_loaded(loading, data, told=len(series.warnings))
+    if result.objects:
+        layers.extend(_object_layers(result.objects, result.series))
     if not layers:
         raise DicomLoadError(f"no DICOM series could be loaded from {where}: "
-                             + "; ".join(failures))
+                             + "; ".join(failures or [result.summary()]))
     _widen_ranges_of_current_viewer()
     return layers
+
+
+def _add_referenced_series(result: ScanResult) -> None:
+    """A SEG / RTSTRUCT opened without its images: add the series it refers to from its
+    own folder (header scan; only those series are opened)."""
+    from napari.utils.notifications import show_warning
+
+    from .core.objects import find_referenced_series
+    from .core.scan import scan
+
+    found, warns = find_referenced_series(result.objects, result.series,
+                                          lambda folder: scan([folder]).series)
+    for w in warns:
+        show_warning(w)
+    result.series.extend(found)
+    result.series.sort(key=lambda s: s.sort_key())
+
+
+def _object_layers(objects: Sequence[str], series: Sequence[Any]) -> list[LayerData]:
+    """SEG and RTSTRUCT layers, each placed by the function that places its image."""
+    from napari.utils.notifications import show_warning
+
+    from .core.objects import object_layers
+
+    layers, warns = object_layers(objects, series)
+    for w in _unique(warns):
+        show_warning(w)
+    return [label_layer_data(layer) for layer in layers]
+
+
+def label_layer_data(layer: Any) -> LayerData:
+    """A :class:`~napari_dicom.core.labels.LabelLayer` as napari LayerData, placed by its
+    image's own geometry (:func:`napari_dicom.core.labels.placed`)."""
+    from .core.labels import placed
+    from .core.objects import label_metadata
+
+    data, geometry, stored = placed(layer)
+    meta = {**label_metadata(layer), "placement": stored}
+    kwargs: dict[str, Any] = {"name": layer.name, **geometry, "visible": layer.visible,
+                              "metadata": {"segmentation": meta}}
+    colours = _segment_colours(layer.segments)
+    if layer.kind == "labels":
+        kwargs["colormap"] = {0: (0.0, 0.0, 0.0, 0.0), None: (1.0, 1.0, 0.0, 1.0),
+                              **{v: (*c, 1.0) for v, c in colours.items()}}
+        kwargs["features"] = _features(layer.segments)
+        kwargs["opacity"] = 0.6
+        return (data, kwargs, "labels")
+    if layer.kind == "image":
+        from napari.utils.colormaps import Colormap
+
+        rgb = colours[layer.segments[0].value]
+        kwargs["colormap"] = Colormap([[*rgb, 0.0], [*rgb, 1.0]],
+                                      name=f"{layer.segments[0].label} fraction")
+        kwargs["contrast_limits"] = [0.0, 1.0]
+        kwargs["blending"] = "translucent"
+        return (data, kwargs, "image")
+    by_value = {s.value: s for s in layer.segments}
+    kwargs["shape_type"] = "polygon"
+    kwargs["edge_color"] = [(*colours[v], 1.0) for v in layer.shape_values]
+    kwargs["face_color"] = "transparent"
+    kwargs["edge_width"] = 1.0
+    kwargs["features"] = {"value": list(layer.shape_values),
+                          "roi": [by_value[v].label for v in layer.shape_values]}
+    return (data, kwargs, "shapes")
+
+
+def _segment_colours(segments: Sequence[Any]) -> dict[int, tuple[float, float, float]]:
+    """Each segment's own colour; napari's label colour for those without one."""
+    from napari.utils.colormaps import label_colormap
+
+    cycle = label_colormap()
+    out: dict[int, tuple[float, float, float]] = {}
+    for s in segments:
+        r, g, b = s.colour if s.colour is not None else cycle.map(s.value)[:3]
+        out[s.value] = (float(r), float(g), float(b))
+    return out
+
+
+def _features(segments: Sequence[Any]) -> dict[str, list[Any]]:
+    return {"index": [s.value for s in segments], "label": [s.label for s in segments],
+            "description": [s.description for s in segments]}
+
+
+def _swap_when_loaded(volume: SeriesVolume, shown: Any, told: int) -> None:
+    """Once ``volume`` is in memory, give every layer showing it (as ``shown``: the volume
+    or its patient-space view) the finished numpy array, arranged the same way, on the GUI
+    thread: 3-D, the widget's statistics and ``np.asarray(layer.data)`` then run at memory
+    speed. Contrast limits, colormap and the shown plane stay as they are.
+
+    Without a Qt application (a headless ``ViewerModel``) nothing is swapped: indexing the
+    volume and ``np.asarray`` already read the finished array. Damaged planes found by the
+    background load (the series' warnings after the first ``told``) are notified then.
+    """
+    if not volume.in_memory:
+        return
+    from qtpy.QtWidgets import QApplication
+
+    if QApplication.instance() is None:
+        return
+    from superqt.utils import ensure_main_thread
+
+    @ensure_main_thread
+    def swap(_: Any) -> None:
+        from napari import Viewer
+
+        for viewer in list(getattr(Viewer, "_instances", ())):
+            for layer in viewer.layers:
+                if layer.data is shown:
+                    layer.data = volume.finished(shown)
+        from napari.utils.notifications import show_warning
+
+        series = volume.series
+        for w in _unique(series.warnings[told:]):
+            show_warning(f"{series.name}: {w}")
+
+    volume.when_loaded(swap)
 
 
 def _value_range(series: Any, data: Any) -> tuple[float, float]:
@@ -242,6 +367,13 @@ def _widen_range(event: Any) -> None:
         return
     lo, hi = (float(v) for v in layer.contrast_limits)
     layer.contrast_limits_range = (min(float(vr[0]), lo), max(float(vr[1]), hi))
+
+
+def _named(name: str, warning: str) -> str:
+    """``warning`` under the layer's name, unless it already starts with the series'
+    description (which the name holds): "1 CT Chest: gap ...", not "1 CT Chest: Chest: ..."."""
+    head, sep, _ = warning.partition(": ")
+    return warning if sep and head in name else f"{name}: {warning}"
 
 
 def _unique(items: Iterable[str]) -> list[str]:

@@ -11,7 +11,9 @@ A :class:`~napari_dicom.core.series.Series` (headers only) becomes an array of s
   looked up in its palette (C.7.6.3.1.5, 16-bit palettes scaled to 8 bits).
 
 Loading is eager (decode spread over threads, written straight into one preallocated
-array) or lazy (a dask array, one chunk per plane, decoded when napari shows it).
+array, :func:`~.volume.load_now`) or lazy (a dask array, one chunk per plane); what the
+reader shows (first plane at once, the volume filled in the background, each plane
+decoded once) is :mod:`~.volume`.
 :func:`default_display` and :func:`series_metadata` build what the reader (and the CLI)
 attach to a layer.
 
@@ -36,7 +38,6 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,7 +49,6 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import (  # type: ignore[attr-defined]
     apply_color_lut,
     get_decoder,
-    iter_pixels,
     pixel_array,
 )
 from pydicom.uid import (
@@ -79,8 +79,6 @@ if TYPE_CHECKING:
     from .series import Plane, Series
 
 __all__ = [
-    "LAZY_BYTES",
-    "LAZY_PLANES",
     "DicomLoadError",
     "PlaneStack",
     "default_display",
@@ -96,10 +94,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: ``lazy=None`` loads lazily above this many bytes (of the value array) ...
-LAZY_BYTES = 256 * 1024 * 1024
-#: ... or above this many planes (a 1000-slice series shows its first slice at once)
-LAZY_PLANES = 300
 #: planes decoded to choose a min-max display of a lazily loaded series
 SAMPLE_PLANES = 9
 
@@ -405,6 +399,43 @@ def _fast_decode(
     return _stored_bits(arr, series)
 
 
+#: JPEG Baseline (Process 1) and Extended (Processes 2 & 4: 12-bit), PS3.5 A.4.1
+_JPEG_LOSSY = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+#: colour space of the JPEG components, by Photometric Interpretation (PS3.5 8.2.1: RGB
+#: means no colour transform was applied; YBR_FULL(_422) means YCbCr)
+_JPEG_COLOUR = {"RGB": "RGB", "YBR_FULL": "YCbCr", "YBR_FULL_422": "YCbCr"}
+
+
+def _turbo_decode(
+    path: str, frame: int | None, series: Series, plane: Plane | None = None,
+) -> npt.NDArray[Any]:
+    """A lossy JPEG frame (8 or 12 bit, grey or colour) through libjpeg-turbo
+    (imagecodecs): stored grey values, or RGB.
+
+    Lossy decoders may differ (the IDCT and the chroma upsampling are left to them);
+    libjpeg-turbo with its default accurate integer IDCT is what DCMTK (IJG), browsers
+    and most viewers show. pylibjpeg-libjpeg, pydicom's first choice, differs from it by
+    up to 7 levels on YBR images and cannot decode some 12-bit Extended streams (error
+    -1038) that libjpeg-turbo and DCMTK decode.
+
+    The colour transform follows the Photometric Interpretation, not the JPEG markers:
+    RGB is decoded without one, YBR_FULL / YBR_FULL_422 from YCbCr (as DCMTK does by
+    default); libjpeg's guess from the markers turns RGB streams without an Adobe marker
+    into false colours.
+    """
+    ic = _imagecodecs()
+    data = _jpeg_frame(path, frame, plane)
+    if int(series.samples_per_pixel) == 3:
+        space = getattr(ic.JPEG8.CS, _JPEG_COLOUR[series.photometric])
+        rgb: npt.NDArray[Any] = np.asarray(
+            ic.jpeg8_decode(data, colorspace=space, outcolorspace=ic.JPEG8.CS.RGB))
+        return rgb
+    arr = np.asarray(ic.jpeg8_decode(data))
+    if int(series.pixel_representation) == 1:
+        arr = arr.view(f"i{arr.dtype.itemsize}")
+    return _stored_bits(arr, series)
+
+
 #: Explicit and Implicit VR Little Endian (PS3.5 A.2, A.1)
 _NATIVE_LE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 
@@ -453,6 +484,10 @@ def _stored_bits(arr: npt.NDArray[Any], series: Series) -> npt.NDArray[Any]:
 
 
 def _fast_kind(series: Series) -> str | None:
+    if series.transfer_syntax in _JPEG_LOSSY and _imagecodecs() is not None:
+        spp = int(series.samples_per_pixel)
+        if (spp == 1 and not series.rgb) or (spp == 3 and series.photometric in _JPEG_COLOUR):
+            return "turbo"
     if series.rgb or int(series.samples_per_pixel) != 1:
         return None
     if series.transfer_syntax in _JPEG_LOSSLESS and _imagecodecs() is not None:
@@ -478,10 +513,12 @@ def _fast_signature(series: Series, kind: str) -> tuple[Any, ...] | None:
             int(series.samples_per_pixel))
 
 
-def _use_fast(series: Series) -> str | None:
+def _use_fast(series: Series, keep: dict[int, Any] | None = None) -> str | None:
     """The fast decode that applies ("native": tail read; "jpeg": imagecodecs for JPEG
     Lossless), checked on the series' first plane; ``None`` when none applies or the
-    check fails (pydicom then decodes the series).
+    check fails (pydicom then decodes the series). Lossy JPEG ("turbo",
+    :func:`_turbo_decode`) is not checked: libjpeg-turbo is the reference decoder there,
+    and pydicom's may legitimately differ.
 
     The check for "jpeg" asks a second, independent decoder first: imagecodecs' SOF3
     decoder (dcm2niix's lossless JPEG code). When both agree, the plane is right; only
@@ -492,21 +529,27 @@ def _use_fast(series: Series) -> str | None:
     layout (:func:`_fast_signature`), as it holds for a series' other planes: a folder
     of 60 single-image JPEG Lossless radiographs from one device is checked once, not 60
     times (each check costs two more decodes of the image). A failed check is not kept.
+
+    ``keep``: when given, a check that passed leaves the first plane's fast decode in it
+    (``keep[0]``), so the loader does not decode that plane again.
     """
     kind = _fast_kind(series)
-    if kind is None:
-        return None
+    if kind is None or kind == "turbo":  # lossy JPEG: libjpeg-turbo is the reference
+        return kind
     signature = _fast_signature(series, kind)
     if signature is not None and signature in _FAST_CHECKED:
         return _FAST_CHECKED[signature]
-    checked = _check_fast(series, kind)
+    checked = _check_fast(series, kind, keep)
     if checked is not None and signature is not None:
         _FAST_CHECKED[signature] = checked
     return checked
 
 
-def _check_fast(series: Series, kind: str) -> str | None:
-    """``kind`` when the fast decode of the series' first plane is right, else ``None``."""
+def _check_fast(
+    series: Series, kind: str, keep: dict[int, Any] | None = None
+) -> str | None:
+    """``kind`` when the fast decode of the series' first plane is right, else ``None``
+    (that decode is left in ``keep[0]`` when it is right)."""
     p = series.planes[0]
     try:
         fast, _ = _decode(p.path, p.frame, series, fast=kind, plane=p)
@@ -516,6 +559,8 @@ def _check_fast(series: Series, kind: str) -> str | None:
         try:
             other = _fast_decode(p.path, p.frame, series, p, decoder="jpegsof3_decode")
             if other.shape == fast.shape and np.array_equal(other, fast):
+                if keep is not None:
+                    keep[0] = fast
                 return kind
         except (*_DECODE_ERRORS, AttributeError):  # AttributeError: a build without SOF3
             pass
@@ -524,6 +569,8 @@ def _check_fast(series: Series, kind: str) -> str | None:
     except (*_DECODE_ERRORS, DicomLoadError):
         return None
     if fast.shape == ref.shape and np.array_equal(fast, ref):
+        if keep is not None:
+            keep[0] = fast
         return kind
     log.info("%s: the fast %s decode differs from pydicom's; using pydicom", p.path, kind)
     return None
@@ -538,11 +585,19 @@ def _decode(
     YBR_* is converted to RGB by pydicom (``as_rgb=True``, its default). ``fast`` is
     the fast path :func:`_use_fast` chose for the series; ``plane`` (the plane being
     decoded) lets the JPEG fast path read the frame without a parse.
+
+    A data set encoded otherwise than its transfer syntax says (Implicit VR under an
+    explicit VR JPEG syntax: ``dcmread`` reads it, warning) defeats pydicom's file-based
+    pixel reader, which trusts the syntax; when that reader fails, the file is read whole
+    with ``dcmread`` and decoded from the data set (the first error stands if that fails
+    too).
     """
     if fast:
         try:
             if fast == "native":
                 return _native_tail(path, series), None
+            if fast == "turbo":
+                return _turbo_decode(path, frame, series, plane), None
             return _fast_decode(path, frame, series, plane), None
         except _DECODE_ERRORS as exc:  # imagecodecs' errors are RuntimeError subclasses
             log.info("%s: imagecodecs could not decode (%s); trying pydicom", path, exc)
@@ -553,13 +608,83 @@ def _decode(
             ds_out = whole
             arr = pixel_array(whole, index=frame)
         else:
-            arr = pixel_array(path, index=frame, ds_out=ds_out)
+            try:
+                arr = pixel_array(path, index=frame, ds_out=ds_out)
+            except _DECODE_ERRORS as first:
+                ds_out = _reparsed(path)
+                if ds_out is None:
+                    raise
+                cut = _truncation(ds_out, series)
+                if cut is not None and (frame or 0) >= cut[0]:
+                    raise DicomLoadError(f"{path}: {cut[2]}") from None
+                try:
+                    arr = pixel_array(_padded(ds_out, cut), index=frame)
+                except _DECODE_ERRORS:
+                    raise first from None
     except NotImplementedError as exc:  # no decoder for the syntax at all
         msg = missing_decoder_message(series.transfer_syntax or _file_syntax(path), path)
         raise _MissingDecoder(msg or f"{path}: {exc}") from exc
     if frame is None and arr.ndim == (3 if series.rgb else 2) + 1:
         arr = arr[0]  # a multi-frame file listed as a single plane: take frame 0
     return arr, ds_out
+
+
+def _reparsed(path: str) -> Dataset | None:
+    """The whole data set of ``path`` read by ``dcmread`` (see :func:`_decode`), or
+    ``None`` when it cannot be read. (pydicom does not record that it found the data set
+    in another encoding than the transfer syntax's: ``original_encoding`` still gives the
+    syntax's, so the whole read is simply tried.)"""
+    try:
+        return dcmread(path)
+    except _DECODE_ERRORS:
+        return None
+
+
+def _truncation(ds: Dataset, series: Series) -> tuple[int, int, str] | None:
+    """``(complete frames, expected bytes, message)`` when the native Pixel Data of
+    ``ds`` (read whole) holds fewer bytes than its header says (PS3.5 8.1.1), else
+    ``None``.
+
+    The message says that the file is truncated, how many bytes are missing and which
+    frames are incomplete; it is the same for every such frame of the file, so the loader
+    tells it once.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is not None and UID(syntax).is_compressed:
+        return None
+    value = ds.get("PixelData")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    if value is None or bits % 8 or not rows or not cols:
+        return None
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples == 3 and str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        samples = 2  # native 4:2:2: Y Y Cb Cr per pair of pixels
+    nf = int(ds.get("NumberOfFrames", 1) or 1)
+    per_frame = rows * cols * samples * bits // 8
+    expected, held = per_frame * nf, len(value)
+    if held >= expected:
+        return None
+    complete = held // per_frame
+    if nf == 1:
+        which = "its only frame is"
+    elif complete == nf - 1:
+        which = f"frame {nf} of {nf} is"
+    else:
+        which = f"frames {complete + 1}-{nf} of {nf} are"
+    return complete, expected, (
+        f"the file is truncated: {expected - held} of the {expected} bytes of its pixel "
+        f"data are missing; {which} incomplete")
+
+
+def _padded(ds: Dataset, cut: tuple[int, int, str] | None) -> Dataset:
+    """``ds`` with truncated native Pixel Data padded to its full size (zeros), so that
+    pydicom decodes the complete frames from it (it refuses a short value as a whole)."""
+    if cut is not None:
+        raw = ds.PixelData
+        ds.PixelData = raw + bytes(max(0, cut[1] - len(raw)))
+    return ds
 
 
 def _deflated(series: Series) -> bool:
@@ -687,6 +812,7 @@ def load_series(
     lazy: bool | None = None,
     jobs: int | None = None,
     progress: Progress | None = None,
+    budget: int | None = None,
 ) -> npt.NDArray[Any] | dask.array.Array:
     """The modality values of ``series`` as one array of shape ``series.shape``.
 
@@ -694,27 +820,30 @@ def load_series(
     ----------
     lazy
         ``True``: a dask array, one chunk per plane, decoded on demand. ``False``: decode
-        everything now. ``None``: lazy when the array would exceed :data:`LAZY_BYTES`
-        (256 MiB) or the series has more than :data:`LAZY_PLANES` (300) planes.
+        everything now. ``None``: lazy when the array needs more memory than ``budget``.
     jobs
         Decoding threads for an eager load (default: the number of CPUs).
     progress
         ``progress(done, total)`` called after each decoded plane (eager) from the calling
         thread.
+    budget
+        Bytes the array may take (default :func:`~.volume.memory_budget`: a share of the
+        memory available now).
 
-    Planes whose file fails to decode are filled with the lowest value (eager: the lowest
+    Values are in the smallest dtype that holds them exactly (:mod:`~.volume`). Planes
+    whose file fails to decode are filled with the lowest value (eager: the lowest
     decoded value; lazy: the lowest value the series can hold) and named in
     ``series.warnings``; the rest loads. Raises :class:`DicomLoadError` when nothing can
     be decoded or no installed decoder handles the transfer syntax.
     """
+    from .volume import array_bytes, load_now, memory_budget
+
     _check_series(series)
     if lazy is None:
-        dt = value_dtype(series)
-        nbytes = int(np.prod(series.shape, dtype=np.int64)) * dt.itemsize
-        lazy = nbytes > LAZY_BYTES or len(series.planes) > LAZY_PLANES
+        lazy = array_bytes(series) > (memory_budget() if budget is None else budget)
     if lazy:
         return _load_lazy(series)
-    return _load_eager(series, jobs=jobs, progress=progress)
+    return load_now(series, jobs=jobs, progress=progress)
 
 
 def _fail_note(series: Series, path: str, exc: BaseException) -> str:
@@ -789,110 +918,15 @@ def _tasks(series: Series, jobs: int) -> list[tuple[str, list[int]]]:
     return tasks
 
 
-def _load_eager(
-    series: Series, *, jobs: int | None, progress: Progress | None
-) -> npt.NDArray[Any]:
-    jobs = max(1, jobs or os.cpu_count() or 1)
-    safe = value_dtype(series)
-    # integer rescale whose header range needs int32: try int16 on the decoded values and
-    # widen only if some plane does not fit (CT with Bits Stored 16 is int16 HU in practice)
-    dt = np.dtype(np.int16) if safe == np.int32 and not series.rgb else safe
-    pshape = _plane_shape(series)
-    n = len(series.planes)
-    out = np.empty((n, *pshape), dt)
-    failed: dict[int, str] = {}
-    overflow: set[int] = set()
-    lock = threading.Lock()
-    info = np.iinfo(dt) if dt.kind in "iu" else None
-
-    def put(k: int, arr: npt.NDArray[Any], ds: Dataset | None) -> None:
-        plane = series.planes[k]
-        if series.rgb:
-            rgb = _colour(arr, series, ds)
-            _check_shape(rgb, series, plane.path)
-            out[k] = rgb
-            return
-        _check_shape(arr, series, plane.path)
-        if info is not None and dt != safe:
-            lo, hi = _plane_range(arr, plane)
-            if lo < info.min or hi > info.max:
-                with lock:
-                    overflow.add(k)
-                return
-        out[k] = _modality_values(arr, plane, dt)
-
-    fast = _use_fast(series)
-
-    def run(path: str, ks: list[int]) -> int:
-        try:
-            if len(ks) == 1 or fast:
-                for k in ks:
-                    arr, ds = _decode(path, series.planes[k].frame, series, fast,
-                                      series.planes[k])
-                    put(k, arr, ds)
-            else:
-                frames = [series.planes[k].frame or 0 for k in ks]
-                ds_out = Dataset() if series.photometric.startswith("PALETTE") else None
-                try:
-                    src: str | Dataset = path
-                    whole = _read_whole(series, path)
-                    if whole is not None:
-                        src = ds_out = whole
-                    it = iter_pixels(src, indices=frames, ds_out=ds_out)
-                    for k, arr in zip(ks, it, strict=True):
-                        put(k, arr, ds_out)
-                except NotImplementedError as exc:
-                    msg = missing_decoder_message(series.transfer_syntax, path)
-                    raise _MissingDecoder(msg or f"{path}: {exc}") from exc
-        except _MissingDecoder:
-            raise
-        except (DicomLoadError, *_DECODE_ERRORS) as exc:
-            with lock:
-                for k in ks:
-                    failed[k] = f"{exc}"
-        return len(ks)
-
-    tasks = _tasks(series, jobs)
-    done = 0
-    if jobs == 1 or len(tasks) == 1:
-        for path, ks in tasks:
-            done += run(path, ks)
-            if progress is not None:
-                progress(done, n)
-    else:
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="dicom-decode") as pool:
-            futures: list[Future[int]] = [pool.submit(run, path, ks) for path, ks in tasks]
-            try:
-                for fut in futures:
-                    done += fut.result()
-                    if progress is not None:
-                        progress(done, n)
-            except BaseException:
-                for fut in futures:
-                    fut.cancel()
-                raise
-
-    if len(failed) == n:
-        first = series.planes[0].path
-        raise DicomLoadError(
-            f"none of the {n} images of series {series.name!r} could be decoded; "
-            f"first file {first}: {failed[0]}"
-        )
-    if overflow:
-        out = _widen(series, out, overflow, failed, safe)
-    if failed:
-        ok = np.ones(n, bool)
-        ok[list(failed)] = False
-        fill = out[ok].min() if not series.rgb else 0
-        for k, why in sorted(failed.items()):
-            out[k] = fill
-            series.damaged[k] = str(why)
-            series.warnings.append(
-                f"skipped damaged image {series.planes[k].path} ({why}); "
-                f"its plane is filled with the lowest value {fill}"
-            )
-            log.warning(series.warnings[-1])
-    return out.reshape(series.shape)
+def _ranges(nums: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``."""
+    parts: list[str] = []
+    for v in sorted(nums):
+        if parts and v == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{v}"
+        else:
+            parts.append(str(v))
+    return ", ".join(parts)
 
 
 class PlaneStack:
@@ -1017,23 +1051,6 @@ def _plane_range(stored: npt.NDArray[Any], plane: Plane) -> tuple[float, float]:
     ends = (plane.slope * float(stored.min()) + plane.intercept,
             plane.slope * float(stored.max()) + plane.intercept)
     return min(ends), max(ends)
-
-
-def _widen(
-    series: Series, out: npt.NDArray[Any], overflow: set[int], failed: dict[int, str],
-    dt: np.dtype[Any],
-) -> npt.NDArray[Any]:
-    """Redo the planes that did not fit the narrow dtype in ``dt`` (rare; 1.5x peak)."""
-    wide = np.empty(out.shape, dt)
-    for k in range(out.shape[0]):
-        if k in overflow:
-            try:
-                wide[k] = load_plane(series, k, dt)
-            except DicomLoadError as exc:
-                failed[k] = str(exc)
-        else:
-            wide[k] = out[k]
-    return wide
 
 
 # --------------------------------------------------------------------------------------
