@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .core.geometry import layer_geometry
 from .core.pixels import (
     DicomLoadError,
     default_display,
-    layer_geometry,
     load_series,
     series_metadata,
 )
@@ -35,6 +36,8 @@ _URL_SCHEMES = ("dicomweb+http://", "dicomweb+https://")
 _PROBE_LIMIT = 5000
 #: show a napari progress bar from this many files / planes on
 _PROGRESS_FROM = 50
+#: seconds between two progress bar updates (and before the bar appears)
+_PROGRESS_EVERY = 0.2
 
 
 def _folder_has_image(folder: Path, limit: int = _PROBE_LIMIT) -> bool:
@@ -92,15 +95,25 @@ def napari_get_reader(path: PathLike) -> ReaderFunction | None:
     return None
 
 
-def _progress_bar(total_hint: int, desc: str) -> tuple[Any, Callable[[int, int], None]]:
-    """A napari progress bar driven by ``callback(done, total)``."""
+def _progress_bar(
+    total_hint: int, desc: str, clock: Callable[[], float] = time.monotonic
+) -> tuple[Any, Callable[[int, int], None]]:
+    """A napari progress bar driven by ``callback(done, total)``, throttled by time.
+
+    In the GUI each update of a napari progress bar repaints the window (about 2 ms, far
+    more than reading a file's header), so the bar is created only once the work has run
+    :data:`_PROGRESS_EVERY` seconds and is then updated at most that often: a quick open
+    shows no bar, a long one a bar that moves a few times a second.
+    """
     from napari.utils import progress
 
-    state: dict[str, Any] = {"bar": None, "done": 0}
+    state: dict[str, Any] = {"bar": None, "done": 0, "next": clock() + _PROGRESS_EVERY}
 
     def callback(done: int, total: int) -> None:
-        if total < _PROGRESS_FROM:
+        now = clock()
+        if total < _PROGRESS_FROM or now < state["next"]:
             return
+        state["next"] = now + _PROGRESS_EVERY
         bar = state["bar"]
         if bar is None:
             bar = state["bar"] = progress(total=total, desc=desc)
@@ -138,9 +151,10 @@ def _notify_scan(result: ScanResult) -> None:
 def read_dicom(path: PathLike) -> list[LayerData]:
     """Read DICOM files / folders into one image layer per series.
 
-    Each layer carries ``metadata["dicom"]`` (see ``core.meta``), the geometry (scale,
-    translate, units, axis labels) and the file's default display (stored window, VOI LUT,
-    or min-max without padding), MONOCHROME1 shown through ``gray_r`` (data unaltered).
+    Each layer carries ``metadata["dicom"]`` (see ``core.meta``), its place in patient space
+    (``core.geometry``: scale/translate or affine, units, axis labels) and the file's
+    default display (stored window, VOI LUT, or min-max without padding), MONOCHROME1
+    shown through ``gray_r`` (data unaltered).
 
     Raises
     ------
@@ -181,14 +195,14 @@ def read_dicom(path: PathLike) -> list[LayerData]:
             _close(state)
         display, note = default_display(series, data)
         meta = series_metadata(series, display, note, dtype=data.dtype)
-        kwargs: dict[str, Any] = {"name": series.name, **layer_geometry(series),
-                                  "metadata": {"dicom": meta}}
+        data, geometry, meta["placement"] = layer_geometry(series, data)
+        kwargs: dict[str, Any] = {"name": series.name, **geometry, "metadata": {"dicom": meta}}
         if series.rgb:
             kwargs["contrast_limits"] = list(display.window.limits())
         else:
             kwargs.update(layer_display_kwargs(display, inverted=series.invert))
         layers.append((data, kwargs, "image"))
-        for w in _unique(series.warnings):
+        for w in _unique([*series.warnings, *meta["placement"].get("warnings", [])]):
             show_warning(f"{series.name}: {w}")
     if not layers:
         raise DicomLoadError(f"no DICOM series could be loaded from {where}: "

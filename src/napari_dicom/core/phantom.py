@@ -38,10 +38,13 @@ __all__ = [
     "HU_PADDING",
     "RESCALE_INTERCEPT",
     "STORED_PADDING",
+    "bead_volume",
     "ct_phantom_volume",
     "encode_jpeg_lossless",
     "read_hu",
+    "voxel_positions",
     "write_ct_phantom",
+    "write_enhanced_ct",
 ]
 
 RESCALE_INTERCEPT = -1024
@@ -352,5 +355,139 @@ def write_text_sr(path: str | os.PathLike[str], patient_id: str = "PHANTOM") -> 
     ds.SeriesInstanceUID = generate_uid()
     ds.ValueType = "CONTAINER"
     out = Path(path)
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def voxel_positions(
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    orientation: Sequence[float],
+    origin: Sequence[float],
+) -> npt.NDArray[np.float64]:
+    """Patient (LPS) position of every voxel centre, ``(*shape, 3)`` mm, by the definition
+    of Image Position / Orientation (Patient) (PS3.3 C.7.6.2.1.1): slice ``k`` starts at
+    ``origin + k * dz * normal``; row ``r`` moves along the column cosine by the row
+    spacing, column ``c`` along the row cosine by the column spacing."""
+    dz, dr, dc = spacing
+    row_cos = np.asarray(orientation[:3], dtype=float)
+    col_cos = np.asarray(orientation[3:6], dtype=float)
+    normal = np.cross(row_cos, col_cos)
+    k, r, c = (np.arange(n, dtype=float) for n in shape)
+    out: npt.NDArray[np.float64] = (
+        np.asarray(origin, dtype=float)
+        + k[:, None, None, None] * dz * normal
+        + r[None, :, None, None] * dr * col_cos
+        + c[None, None, :, None] * dc * row_cos
+    )
+    return out
+
+
+def bead_volume(
+    beads: Sequence[Sequence[float]],
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    orientation: Sequence[float],
+    origin: Sequence[float],
+    radius: float = 2.5,
+) -> npt.NDArray[np.int16]:
+    """A geometry phantom in HU: bead ``j`` (a ball of ``radius`` mm around the patient
+    point ``beads[j]``) is ``100 * (j + 1)``, and the one voxel nearest its centre (the
+    bead's voxel) ``100 * (j + 1) + 50``; 0 elsewhere. Sampled on the grid that
+    :func:`write_ct_phantom` writes with the same ``spacing``/``orientation``/``origin``, so
+    any orientation of one set of beads can be written as a series."""
+    pos = voxel_positions(shape, spacing, orientation, origin)
+    out = np.zeros(shape, dtype=np.int16)
+    for j, b in enumerate(beads):
+        d = np.linalg.norm(pos - np.asarray(b, dtype=float), axis=-1)
+        out[d <= radius] = 100 * (j + 1)
+        out[np.unravel_index(int(np.argmin(d)), shape)] = 100 * (j + 1) + 50
+    return out
+
+
+def write_enhanced_ct(
+    path: str | os.PathLike[str],
+    volume: npt.NDArray[np.int16],
+    spacing: tuple[float, float, float],
+    orientation: Sequence[float],
+    origin: Sequence[float],
+    *,
+    study_uid: str,
+    frame_uid: str | None = None,
+    series_number: int = 9,
+    frame_order: Sequence[int] | None = None,
+) -> Path:
+    """``volume`` (HU) as one Enhanced CT Image Storage file (PS3.3 A.38): positions per
+    frame in the Per-frame Functional Groups (Plane Position), orientation, pixel
+    measures and rescale in the Shared Functional Groups (C.7.6.16); the frames stored in
+    ``frame_order`` (default reversed, so only the positions sort them)."""
+    n, rows, cols = volume.shape
+    dz, dr, dc = (float(v) for v in spacing)
+    row_cos = np.asarray(orientation[:3], dtype=float)
+    col_cos = np.asarray(orientation[3:6], dtype=float)
+    normal = np.cross(row_cos, col_cos)
+    o = np.asarray(origin, dtype=float)
+    order = list(frame_order) if frame_order is not None else list(range(n))[::-1]
+    series_uid = _default_uid(study_uid, "enhanced", series_number)
+    sop_uid = _default_uid(series_uid, "instance")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.2.1")
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = frame_uid or _default_uid(study_uid, "frame", 0)
+    ds.Modality = "CT"
+    ds.PatientID = "PHANTOM"
+    ds.PatientName = "Phantom^CT"
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = "Enhanced CT"
+    ds.InstanceNumber = 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = rows, cols
+    ds.NumberOfFrames = n
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    shared = Dataset()
+    pm = Dataset()
+    pm.PixelSpacing = [f"{dr:g}", f"{dc:g}"]
+    pm.SliceThickness = f"{dz:g}"
+    shared.PixelMeasuresSequence = [pm]
+    po = Dataset()
+    po.ImageOrientationPatient = [f"{v:.6g}" for v in orientation]
+    shared.PlaneOrientationSequence = [po]
+    pvt = Dataset()
+    pvt.RescaleIntercept = str(RESCALE_INTERCEPT)
+    pvt.RescaleSlope = "1"
+    pvt.RescaleType = "HU"
+    shared.PixelValueTransformationSequence = [pvt]
+    voi = Dataset()
+    voi.WindowCenter = "40"
+    voi.WindowWidth = "400"
+    shared.FrameVOILUTSequence = [voi]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    per = []
+    for i, k in enumerate(order):
+        item = Dataset()
+        pp = Dataset()
+        pp.ImagePositionPatient = [f"{v:.6g}" for v in o + k * dz * normal]
+        item.PlanePositionSequence = [pp]
+        fc = Dataset()
+        fc.InStackPositionNumber = k + 1
+        fc.DimensionIndexValues = [i + 1]
+        item.FrameContentSequence = [fc]
+        per.append(item)
+    ds.PerFrameFunctionalGroupsSequence = per
+    stored = (volume[order].astype(np.int32) - RESCALE_INTERCEPT).astype(np.int16)
+    ds.PixelData = stored.tobytes()
+    ds["PixelData"].VR = "OW"
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(out, enforce_file_format=True)
     return out

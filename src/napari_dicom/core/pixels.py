@@ -34,6 +34,7 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 from pydicom import dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import (  # type: ignore[attr-defined]
@@ -231,7 +233,8 @@ def _int_dtype_for(lo: float, hi: float) -> np.dtype[Any] | None:
 def value_dtype(series: Series, stored: tuple[float, float] | None = None) -> np.dtype[Any]:
     """dtype of the modality values of the whole series.
 
-    * Colour: ``uint8`` (``uint16`` for 16-bit RGB/YBR; a palette is scaled to 8 bits).
+    * Colour: ``uint8`` (``uint16`` for 16-bit, ``uint32`` for 32-bit RGB/YBR, the
+      samples as stored; a palette is scaled to 8 bits).
     * Every plane with an identity Modality LUT (slope 1, intercept 0, no LUT): the stored
       dtype itself (``uint8``, ``int16``, ``uint16``...), no conversion at all.
     * Integer slopes/intercepts and Modality LUT Sequences: ``int16`` where the result over
@@ -245,7 +248,8 @@ def value_dtype(series: Series, stored: tuple[float, float] | None = None) -> np
     if series.rgb:
         if series.photometric.startswith("PALETTE"):
             return np.dtype(np.uint8)
-        return np.dtype(np.uint16 if int(series.bits_allocated) > 8 else np.uint8)
+        alloc = int(series.bits_allocated)
+        return np.dtype(np.uint8 if alloc <= 8 else np.uint16 if alloc <= 16 else np.uint32)
     if all(_identity(p) for p in series.planes):
         return _stored_dtype(series)
     s_lo, s_hi = stored if stored is not None else stored_range(series)
@@ -280,6 +284,45 @@ def _modality_values(
     return apply_rescale(stored, float(plane.slope), float(plane.intercept), dtype)
 
 
+#: Palette Color Lookup Table Data (C.7.6.3.1.6), read by ``apply_color_lut``
+_PALETTE_DATA = tuple(f"{c}PaletteColorLookupTableData" for c in ("Red", "Green", "Blue", "Alpha"))
+
+
+def _palette_in_native_order(ds: Dataset) -> Dataset:
+    """``ds``, or a data set holding its palette with 16-bit entries in this machine's
+    byte order.
+
+    pydicom 3.0.2's ``apply_color_lut`` reads (non-segmented) 16-bit Palette Color LUT
+    Data with ``np.frombuffer`` in native order, but an OW value of an Explicit VR Big
+    Endian file is big endian (PS3.5 7.3): such a palette came out as ``v << 8 | v >> 8``,
+    i.e. black for ``x << 8`` tables. Its segmented path does honour the syntax.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    little: bool | None = UID(syntax).is_little_endian if syntax else None
+    if little is None:
+        little = getattr(ds, "original_encoding", (None, None))[1]
+    if little is None or little == (sys.byteorder == "little"):
+        return ds
+    desc = ds.get("RedPaletteColorLookupTableDescriptor")
+    entries = (int(desc[0]) or 65536) if desc is not None and len(desc) == 3 else 0
+    swap = [kw for kw in _PALETTE_DATA
+            if entries and len(ds.get(kw) or b"") == 2 * entries]  # 16-bit entries
+    if not swap:
+        return ds
+    fixed = Dataset()
+    for elem in ds.group_dataset(0x0028):
+        fixed.add(elem)
+    if "PixelPresentation" in ds:
+        fixed.PixelPresentation = ds.PixelPresentation
+    order = "<u2" if little else ">u2"
+    for kw in swap:  # new elements: ``ds``'s own (shared by ``fixed.add``) stay as read
+        elem = ds[kw]
+        fixed[elem.tag] = DataElement(elem.tag, elem.VR,
+                                      np.frombuffer(elem.value, order).astype("=u2").tobytes())
+    return fixed
+
+
 def _palette_to_rgb8(arr: npt.NDArray[Any], ds: Dataset) -> npt.NDArray[np.uint8]:
     """PALETTE COLOR (C.7.6.3.1.5) -> 8-bit RGB.
 
@@ -287,7 +330,7 @@ def _palette_to_rgb8(arr: npt.NDArray[Any], ds: Dataset) -> npt.NDArray[np.uint8
     written as ``x * 257`` (full range) and as ``x << 8`` (8-bit values shifted up), where
     ``v * 255 / 65535`` would turn 255 << 8 into 254.
     """
-    rgb = apply_color_lut(arr, ds)
+    rgb = apply_color_lut(arr, _palette_in_native_order(ds))
     if rgb.dtype == np.uint8:
         return rgb
     return (rgb >> 8).astype(np.uint8)
@@ -1070,7 +1113,7 @@ def default_display(series: Series, data: Any) -> tuple[Display, str]:
     """
     invert = series.invert
     if series.rgb:
-        top = 255.0 if np.dtype(data.dtype).itemsize == 1 else 65535.0
+        top = float((1 << (8 * np.dtype(data.dtype).itemsize)) - 1)  # 255, 65535, 2^32-1
         return Display.from_limits(0.0, top), "colour image, full range"
     w = _first_window(series)
     if w is not None:
@@ -1180,17 +1223,6 @@ def series_metadata(
         "display": dict(step),
         "default_source": display_note,
         "summary": describe_series(series, dt, display_note or "its default display"),
-    }
-
-
-def layer_geometry(series: Series) -> dict[str, Any]:
-    """``scale``, ``translate``, ``units``, ``axis_labels`` and ``rgb`` for an image layer."""
-    return {
-        "scale": [float(v) for v in series.scale],
-        "translate": [float(v) for v in series.translate],
-        "units": list(series.units),
-        "axis_labels": list(series.axis_labels),
-        "rgb": bool(series.rgb),
     }
 
 

@@ -485,7 +485,11 @@ def _pixel_check(path: str, fp: Any, ds: Dataset, size: int) -> tuple[str | None
     spp = _uint(ds, _TAG["SamplesPerPixel"]) or 1
     bits = _uint(ds, _TAG["BitsAllocated"]) or 16
     nf = _uint(ds, _TAG["NumberOfFrames"]) or 1
-    n_bits = rows * cols * spp * nf * bits
+    samples = spp
+    photometric = (_str(ds, _TAG["PhotometricInterpretation"]) or "").upper()
+    if spp == 3 and photometric == "YBR_FULL_422" and (not ts or ts in _NATIVE_TS):
+        samples = 2  # 4:2:2 native: Y Y Cb Cr for each pair of pixels (PS3.3 C.7.6.3.1.2)
+    n_bits = rows * cols * samples * nf * bits
     expected = (n_bits + 7) // 8
     desc = (f"{rows} x {cols}{' x ' + str(spp) if spp != 1 else ''} x {nf} "
             f"frame{'s' if nf != 1 else ''} x {bits} bits")
@@ -1149,7 +1153,7 @@ def _make_series_quiet(
                 if tilt > TILT_TOLERANCE_DEG:
                     warns.append(
                         f"{ser_desc or name}: gantry tilt of {tilt:.1f} degrees (slice positions "
-                        "do not advance along the slice normal); shown without shear correction")
+                        "do not advance along the slice normal)")
             else:
                 dz = r0.spacing_between or r0.thickness or 1.0
             z_scale, z_unit = abs(dz) or 1.0, "mm"
