@@ -129,3 +129,82 @@ def test_beads_land_on_their_voxels_in_every_orientation(make_napari_viewer, stu
     back = restore_layer_data(sag.data, sag.metadata["dicom"]["placement"])
     k = sag.metadata["dicom"]["files"].index(first)
     np.testing.assert_array_equal(np.asarray(back[k]), read_hu(first))
+
+
+@pytest.fixture(scope="module")
+def axial_and_sagittal(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The CT phantom as an axial series, and resliced (by hand, from the same HU volume)
+    as a sagittal series of the same Frame of Reference: same voxels, other files."""
+    from napari_dicom.core.phantom import ct_phantom_volume
+
+    root = tmp_path_factory.mktemp("ax_sag")
+    n, dz, dxy = 32, 3.0, 1.5
+    write_ct_phantom(root / "ax", n_slices=n, size=n, spacing=(dz, dxy, dxy), study_uid=STUDY,
+                     series_number=1, series_description="axial", noise=0.0)
+    hu = ct_phantom_volume(n, n, noise=0.0)  # [k: +z, r: +y, c: +x], first pixel (-24, -24, 0)
+    # sagittal (0,1,0 / 0,0,-1): normal row x column = -x, so slice k is at x = 22.5 - 1.5 k;
+    # rows go down in z from the top slice, columns along +y
+    sag = np.ascontiguousarray(hu[::-1, :, ::-1].transpose(2, 0, 1))
+    write_ct_phantom(root / "sag", n_slices=n, size=n, spacing=(dxy, dz, dxy),
+                     orientation=(0, 1, 0, 0, 0, -1), origin=(-n / 2 * dxy + (n - 1) * dxy,
+                                                              -n / 2 * dxy, (n - 1) * dz),
+                     volume=sag, study_uid=STUDY, series_number=2,
+                     series_description="sagittal", noise=0.0)
+    return root / "ax", root / "sag"
+
+
+def _rows_dark(shot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per screen row, the fraction of black pixels inside the body's bounding box, and
+    the mean brightness; the body is whatever is not black (fat and soft tissue are grey)."""
+    grey = shot[..., :3].astype(float).mean(axis=-1)
+    lit = np.argwhere(grey > 10)
+    (r0, c0), (r1, c1) = lit.min(axis=0), lit.max(axis=0)
+    box = grey[r0:r1 + 1, c0:c1 + 1]
+    return (box <= 10).mean(axis=1), box.mean(axis=1)
+
+
+def test_axial_and_sagittal_overlay_and_radiological_reformats(
+    make_napari_viewer, axial_and_sagittal: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    ax_dir, sag_dir = axial_and_sagittal
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(700, 700)
+    (ax,) = viewer.open(str(ax_dir), plugin=PLUGIN)
+    (sag,) = viewer.open(str(sag_dir), plugin=PLUGIN)
+    assert sag.data.shape == (32, 32, 32)
+    # point for point the same HU at the same world position (voxel grids coincide)
+    rng = np.random.default_rng(1)
+    lo = np.maximum(ax.extent.world[0], sag.extent.world[0]) + 1
+    hi = np.minimum(ax.extent.world[1], sag.extent.world[1]) - 1
+    for w in rng.uniform(lo, hi, size=(200, 3)):
+        assert ax.get_value(w, world=True) == sag.get_value(w, world=True), w
+    # complementary colours, added: grey where the two series agree, green or magenta
+    # where they do not
+    ax.colormap, ax.blending = "green", "additive"
+    sag.colormap, sag.blending = "magenta", "additive"
+    assert tuple(viewer.scene.camera.orientation2d) == ("down", "right")  # napari's default
+    viewer.dims.set_point(0, -20 * 3.0)  # an axial plane through the lungs, z = 60 mm
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True)
+    Image.fromarray(shot).save(tmp_path / "axial_overlay.png")
+    rgb = shot[..., :3].astype(int)
+    assert np.abs(rgb[..., 0] - rgb[..., 1]).max() <= 2  # no green/magenta fringe
+    # axial: anterior up, so the vertebra (the brightest part) is in the lower half
+    frac_dark, mean = _rows_dark(shot)
+    half = len(mean) // 2
+    assert mean[half:].max() > mean[:half].max()
+    # coronal reformat (napari's roll + transpose): displayed (I, L); superior up, so the
+    # lungs (black inside the body) are at the top, the liver at the bottom
+    viewer.dims.order = (1, 0, 2)
+    assert [viewer.dims.axis_labels[i] for i in viewer.dims.displayed] == ["I", "L"]
+    viewer.dims.set_point(1, 0.0)
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True)
+    Image.fromarray(shot).save(tmp_path / "coronal.png")
+    frac_dark, _ = _rows_dark(shot)
+    quarter = len(frac_dark) // 4
+    assert frac_dark[:quarter].mean() > 0.2 > frac_dark[-quarter:].mean()
+    # the slice slider reads mm: P = 0 is the middle of the phantom
+    assert viewer.dims.point[1] == pytest.approx(0.0, abs=1.5)

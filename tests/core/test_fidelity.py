@@ -18,9 +18,11 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut
 
 from napari_dicom import cli
-from napari_dicom.core.pixels import default_display, load_series
+from napari_dicom.core.pixels import default_display, load_plane, load_series
+from napari_dicom.core.render import render_uint8
 from napari_dicom.core.scan import scan
 from napari_dicom.core.series import Series
 
@@ -192,3 +194,97 @@ def test_uncompressed_ybr_full_422(tmp_path: Path) -> None:
     assert diff.max() <= 1  # float rounding of the colour transform only
     data = load_series(one_series(name), lazy=False)
     np.testing.assert_array_equal(data, png)
+
+
+# --------------------------------------------------------------------------------------
+# 4, 5, 10. lossy JPEG: libjpeg-turbo, compared with DCMTK's decompression (dcmdjpeg)
+# --------------------------------------------------------------------------------------
+
+DCMDJPEG = shutil.which("dcmdjpeg")
+needs_dcmdjpeg = pytest.mark.skipif(DCMDJPEG is None, reason="DCMTK's dcmdjpeg is not installed")
+
+
+def dcmtk_decoded(path: str | Path, tmp_path: Path) -> pydicom.Dataset:
+    """The file decompressed by DCMTK (IJG libjpeg; YCbCr converted to RGB as its
+    Photometric Interpretation says, dcmdjpeg's default ``+cp``), as a native data set."""
+    out = tmp_path / f"dcmdjpeg_{Path(path).name}"
+    assert DCMDJPEG is not None
+    subprocess.run([DCMDJPEG, str(path), str(out)], check=True, capture_output=True)
+    return pydicom.dcmread(out)
+
+
+def _explicit_twin(src: str, dst: Path) -> None:
+    """``src``'s image in a data set encoded as its (explicit VR) transfer syntax says."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    ds = pydicom.dcmread(src)
+    new = Dataset()
+    for kw in ("SOPClassUID", "SOPInstanceUID", "Rows", "Columns", "SamplesPerPixel",
+               "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit",
+               "PixelRepresentation", "PlanarConfiguration"):
+        setattr(new, kw, ds[kw].value)
+    new.PixelData = ds.PixelData
+    new["PixelData"].VR = "OB"
+    new.file_meta = FileMetaDataset()
+    new.file_meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
+    new.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    new.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    new.save_as(dst, enforce_file_format=True)
+
+
+@needs_dcmdjpeg
+@pytest.mark.filterwarnings("ignore:Expected explicit VR, but found implicit VR")
+def test_implicit_vr_data_set_under_explicit_jpeg_syntax(tmp_path: Path) -> None:
+    name = _file("SC_rgb_jpeg.dcm")  # Implicit VR data set, JPEG Baseline syntax
+    # DCMTK cannot read the file as it is: the reference decodes the same JPEG stream
+    # from a twin written as the syntax says
+    _explicit_twin(name, tmp_path / "twin.dcm")
+    want = dcmtk_decoded(tmp_path / "twin.dcm", tmp_path).pixel_array
+    assert want.shape == (256, 256, 3)
+
+    s = one_series(name)
+    np.testing.assert_array_equal(load_series(s, lazy=False), want)
+    np.testing.assert_array_equal(exported(name, tmp_path / "out")[0], want)
+    # the pydicom path (used when imagecodecs is missing) reads the file whole: it
+    # decodes too, with pylibjpeg's rounding
+    pyd = load_plane(s, 0, fast=None)
+    assert np.abs(pyd.astype(int) - want).max() <= 1
+
+
+@needs_dcmdjpeg
+@pytest.mark.parametrize("name", ["JPEG-lossy.dcm", "JPGExtended.dcm"])
+def test_12_bit_lossy_jpeg_decoded_like_dcmtk(name: str, tmp_path: Path) -> None:
+    path = _file(name)
+    ref = dcmtk_decoded(path, tmp_path)
+    assert ref.BitsStored == 12
+    want = apply_modality_lut(ref.pixel_array, ref)  # C.11.1 on DCMTK's stored values
+    s = one_series(path)
+    data = load_series(s, lazy=False)
+    np.testing.assert_array_equal(data, want)
+    # the export renders those values: what the file's window (or min-max) shows
+    display, _ = default_display(s, data)
+    np.testing.assert_array_equal(exported(path, tmp_path / "out")[0],
+                                  render_uint8(want, display))
+
+
+#: colour JPEG Baseline in every colour model pydicom's test files use
+COLOUR_JPEG = [
+    "examples_ybr_color.dcm",  # YBR_FULL_422, 30 frames
+    "SC_rgb_jpeg_lossy_gdcm.dcm",  # YBR_FULL (GDCM)
+    "SC_rgb_dcmtk_+eb+cy+np.dcm",  # YBR_FULL_422 (DCMTK)
+    "SC_rgb_small_odd_jpeg.dcm",  # YBR_FULL, odd size
+    "SC_jpeg_no_color_transform.dcm",  # RGB components, no Adobe marker
+    "SC_rgb_jpeg_app14_dcmd.dcm",  # RGB, Adobe marker
+]
+
+
+@needs_dcmdjpeg
+@pytest.mark.parametrize("name", COLOUR_JPEG)
+def test_colour_lossy_jpeg_decoded_like_dcmtk(name: str, tmp_path: Path) -> None:
+    path = _file(name)
+    want = dcmtk_decoded(path, tmp_path).pixel_array
+    s = one_series(path)
+    data = load_series(s, lazy=False)
+    np.testing.assert_array_equal(data.reshape(want.shape), want)
+    pngs = exported(path, tmp_path / "out")
+    np.testing.assert_array_equal(pngs[0], want.reshape(-1, *want.shape[-3:])[0])

@@ -398,6 +398,43 @@ def _fast_decode(
     return _stored_bits(arr, series)
 
 
+#: JPEG Baseline (Process 1) and Extended (Processes 2 & 4: 12-bit), PS3.5 A.4.1
+_JPEG_LOSSY = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+#: colour space of the JPEG components, by Photometric Interpretation (PS3.5 8.2.1: RGB
+#: means no colour transform was applied; YBR_FULL(_422) means YCbCr)
+_JPEG_COLOUR = {"RGB": "RGB", "YBR_FULL": "YCbCr", "YBR_FULL_422": "YCbCr"}
+
+
+def _turbo_decode(
+    path: str, frame: int | None, series: Series, plane: Plane | None = None,
+) -> npt.NDArray[Any]:
+    """A lossy JPEG frame (8 or 12 bit, grey or colour) through libjpeg-turbo
+    (imagecodecs): stored grey values, or RGB.
+
+    Lossy decoders may differ (the IDCT and the chroma upsampling are left to them);
+    libjpeg-turbo with its default accurate integer IDCT is what DCMTK (IJG), browsers
+    and most viewers show. pylibjpeg-libjpeg, pydicom's first choice, differs from it by
+    up to 7 levels on YBR images and cannot decode some 12-bit Extended streams (error
+    -1038) that libjpeg-turbo and DCMTK decode.
+
+    The colour transform follows the Photometric Interpretation, not the JPEG markers:
+    RGB is decoded without one, YBR_FULL / YBR_FULL_422 from YCbCr (as DCMTK does by
+    default); libjpeg's guess from the markers turns RGB streams without an Adobe marker
+    into false colours.
+    """
+    ic = _imagecodecs()
+    data = _jpeg_frame(path, frame, plane)
+    if int(series.samples_per_pixel) == 3:
+        space = getattr(ic.JPEG8.CS, _JPEG_COLOUR[series.photometric])
+        rgb: npt.NDArray[Any] = np.asarray(
+            ic.jpeg8_decode(data, colorspace=space, outcolorspace=ic.JPEG8.CS.RGB))
+        return rgb
+    arr = np.asarray(ic.jpeg8_decode(data))
+    if int(series.pixel_representation) == 1:
+        arr = arr.view(f"i{arr.dtype.itemsize}")
+    return _stored_bits(arr, series)
+
+
 #: Explicit and Implicit VR Little Endian (PS3.5 A.2, A.1)
 _NATIVE_LE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 
@@ -446,6 +483,10 @@ def _stored_bits(arr: npt.NDArray[Any], series: Series) -> npt.NDArray[Any]:
 
 
 def _fast_kind(series: Series) -> str | None:
+    if series.transfer_syntax in _JPEG_LOSSY and _imagecodecs() is not None:
+        spp = int(series.samples_per_pixel)
+        if (spp == 1 and not series.rgb) or (spp == 3 and series.photometric in _JPEG_COLOUR):
+            return "turbo"
     if series.rgb or int(series.samples_per_pixel) != 1:
         return None
     if series.transfer_syntax in _JPEG_LOSSLESS and _imagecodecs() is not None:
@@ -474,7 +515,9 @@ def _fast_signature(series: Series, kind: str) -> tuple[Any, ...] | None:
 def _use_fast(series: Series) -> str | None:
     """The fast decode that applies ("native": tail read; "jpeg": imagecodecs for JPEG
     Lossless), checked on the series' first plane; ``None`` when none applies or the
-    check fails (pydicom then decodes the series).
+    check fails (pydicom then decodes the series). Lossy JPEG ("turbo",
+    :func:`_turbo_decode`) is not checked: libjpeg-turbo is the reference decoder there,
+    and pydicom's may legitimately differ.
 
     The check for "jpeg" asks a second, independent decoder first: imagecodecs' SOF3
     decoder (dcm2niix's lossless JPEG code). When both agree, the plane is right; only
@@ -487,8 +530,8 @@ def _use_fast(series: Series) -> str | None:
     times (each check costs two more decodes of the image). A failed check is not kept.
     """
     kind = _fast_kind(series)
-    if kind is None:
-        return None
+    if kind is None or kind == "turbo":  # lossy JPEG: libjpeg-turbo is the reference
+        return kind
     signature = _fast_signature(series, kind)
     if signature is not None and signature in _FAST_CHECKED:
         return _FAST_CHECKED[signature]
@@ -531,6 +574,12 @@ def _decode(
     YBR_* is converted to RGB by pydicom (``as_rgb=True``, its default). ``fast`` is
     the fast path :func:`_use_fast` chose for the series; ``plane`` (the plane being
     decoded) lets the JPEG fast path read the frame without a parse.
+
+    A data set encoded otherwise than its transfer syntax says (Implicit VR under an
+    explicit VR JPEG syntax: ``dcmread`` reads it, warning) defeats pydicom's file-based
+    pixel reader, which trusts the syntax; when that reader fails, the file is read whole
+    with ``dcmread`` and decoded from the data set (the first error stands if that fails
+    too).
     """
     if series.source is not None:
         return _decode_fetched(path, frame, series, fast)
@@ -538,6 +587,8 @@ def _decode(
         try:
             if fast == "native":
                 return _native_tail(path, series), None
+            if fast == "turbo":
+                return _turbo_decode(path, frame, series, plane), None
             return _fast_decode(path, frame, series, plane), None
         except _DECODE_ERRORS as exc:  # imagecodecs' errors are RuntimeError subclasses
             log.info("%s: imagecodecs could not decode (%s); trying pydicom", path, exc)
@@ -548,7 +599,16 @@ def _decode(
             ds_out = whole
             arr = pixel_array(whole, index=frame)
         else:
-            arr = pixel_array(path, index=frame, ds_out=ds_out)
+            try:
+                arr = pixel_array(path, index=frame, ds_out=ds_out)
+            except _DECODE_ERRORS as first:
+                ds_out = _reparsed(path)
+                if ds_out is None:
+                    raise
+                try:
+                    arr = pixel_array(ds_out, index=frame)
+                except _DECODE_ERRORS:
+                    raise first from None
     except NotImplementedError as exc:  # no decoder for the syntax at all
         msg = missing_decoder_message(series.transfer_syntax or _file_syntax(path), path)
         raise _MissingDecoder(msg or f"{path}: {exc}") from exc
@@ -600,6 +660,17 @@ def _decode_fetched(
         msg = missing_decoder_message(str(syntax), ref)
         raise _MissingDecoder(msg or f"{ref}: {exc}") from exc
     return arr, ds
+
+
+def _reparsed(path: str) -> Dataset | None:
+    """The whole data set of ``path`` read by ``dcmread`` (see :func:`_decode`), or
+    ``None`` when it cannot be read. (pydicom does not record that it found the data set
+    in another encoding than the transfer syntax's: ``original_encoding`` still gives the
+    syntax's, so the whole read is simply tried.)"""
+    try:
+        return dcmread(path)
+    except _DECODE_ERRORS:
+        return None
 
 
 def _deflated(series: Series) -> bool:
