@@ -18,10 +18,10 @@ from .core.geometry import layer_geometry
 from .core.pixels import (
     DicomLoadError,
     default_display,
-    load_series,
     series_metadata,
 )
 from .core.scan import ScanResult
+from .core.volume import SeriesVolume, open_series
 
 log = logging.getLogger(__name__)
 
@@ -184,15 +184,13 @@ def read_dicom(path: PathLike) -> list[LayerData]:
     layers: list[LayerData] = []
     failures: list[str] = []
     for series in result.series:
-        state, cb = _progress_bar(0, f"Loading {series.name}")
         try:
-            data = load_series(series, progress=cb)
+            data = open_series(series)
         except DicomLoadError as exc:
             failures.append(str(exc))
             show_warning(f"{series.name}: not opened: {exc}")
             continue
-        finally:
-            _close(state)
+        loading = data if isinstance(data, SeriesVolume) else None
         display, note = default_display(series, data)
         meta = series_metadata(series, display, note, dtype=data.dtype)
         data, geometry, meta["placement"] = layer_geometry(series, data)
@@ -204,10 +202,47 @@ def read_dicom(path: PathLike) -> list[LayerData]:
         layers.append((data, kwargs, "image"))
         for w in _unique([*series.warnings, *meta["placement"].get("warnings", [])]):
             show_warning(f"{series.name}: {w}")
+        if loading is not None:
+            _swap_when_loaded(loading, data, told=len(series.warnings))
     if not layers:
         raise DicomLoadError(f"no DICOM series could be loaded from {where}: "
                              + "; ".join(failures))
     return layers
+
+
+def _swap_when_loaded(volume: SeriesVolume, shown: Any, told: int) -> None:
+    """Once ``volume`` is in memory, give every layer showing it (as ``shown``: the volume
+    or its patient-space view) the finished numpy array, arranged the same way, on the GUI
+    thread: 3-D, the widget's statistics and ``np.asarray(layer.data)`` then run at memory
+    speed. Contrast limits, colormap and the shown plane stay as they are.
+
+    Without a Qt application (a headless ``ViewerModel``) nothing is swapped: indexing the
+    volume and ``np.asarray`` already read the finished array. Damaged planes found by the
+    background load (the series' warnings after the first ``told``) are notified then.
+    """
+    if not volume.in_memory:
+        return
+    from qtpy.QtWidgets import QApplication
+
+    if QApplication.instance() is None:
+        return
+    from superqt.utils import ensure_main_thread
+
+    @ensure_main_thread
+    def swap(_: Any) -> None:
+        from napari import Viewer
+
+        for viewer in list(getattr(Viewer, "_instances", ())):
+            for layer in viewer.layers:
+                if layer.data is shown:
+                    layer.data = volume.finished(shown)
+        from napari.utils.notifications import show_warning
+
+        series = volume.series
+        for w in _unique(series.warnings[told:]):
+            show_warning(f"{series.name}: {w}")
+
+    volume.when_loaded(swap)
 
 
 def _unique(items: Iterable[str]) -> list[str]:

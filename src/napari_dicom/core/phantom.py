@@ -184,6 +184,7 @@ def write_ct_phantom(
     image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL"),
     volume: npt.NDArray[np.int16] | None = None,
     noise: float = 8.0,
+    header_style: str = "ge",
 ) -> list[Path]:
     """Write the phantom as a multi-file CT series into ``folder``; return the paths.
 
@@ -217,15 +218,26 @@ def write_ct_phantom(
         ``dz * tan(tilt)``, the orientation stays as given (positions leave the normal).
     volume
         HU values to write instead of :func:`ct_phantom_volume` (``(n, size, size)``).
+    header_style
+        How the stored values are laid out, as scanners commonly write CT (all with Rescale
+        Slope 1, Intercept -1024): ``"ge"`` signed 16 bits stored, with the Pixel Padding
+        Value; ``"siemens"`` unsigned, 12 of 16 bits stored (High Bit 11), no padding
+        (values below -1024 HU become -1024); ``"philips"`` unsigned, 16 bits stored,
+        no padding (values below -1024 HU become -1024), slope and intercept written as
+        ``"1.0"`` and ``"-1024.0"``.
 
     Returns
     -------
     list of Path
         The written files, in slice-position order (skipped slices left out).
     """
+    if header_style not in ("ge", "siemens", "philips"):
+        raise ValueError(f"header_style must be 'ge', 'siemens' or 'philips', not {header_style!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ts = UID(transfer_syntax)
+    signed = header_style == "ge"
+    bits = 12 if header_style == "siemens" else 16
     dz, dr, dc = (float(v) for v in spacing)
     row_cos = np.asarray(orientation[:3], dtype=float)
     col_cos = np.asarray(orientation[3:], dtype=float)
@@ -300,24 +312,28 @@ def write_ct_phantom(
         ds.Columns = size
         ds.PixelSpacing = [f"{dr:g}", f"{dc:g}"]
         ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.add_new(0x00280120, "SS", STORED_PADDING)  # Pixel Padding Value
+        ds.BitsStored = bits
+        ds.HighBit = bits - 1
+        ds.PixelRepresentation = 1 if signed else 0
+        if signed:
+            ds.add_new(0x00280120, "SS", STORED_PADDING)  # Pixel Padding Value
         ds.WindowCenter = ["40", "-600"]
         ds.WindowWidth = ["400", "1500"]
         ds.WindowCenterWidthExplanation = ["SOFT TISSUE", "LUNG"]
-        ds.RescaleIntercept = str(RESCALE_INTERCEPT)
-        ds.RescaleSlope = "1"
+        philips = header_style == "philips"
+        ds.RescaleIntercept = f"{RESCALE_INTERCEPT}.0" if philips else str(RESCALE_INTERCEPT)
+        ds.RescaleSlope = "1.0" if philips else "1"
         ds.RescaleType = "HU"
-        stored = (hu[k].astype(np.int32) - RESCALE_INTERCEPT).astype(np.int16)
+        sv = hu[k].astype(np.int32) - RESCALE_INTERCEPT
+        stored = sv.astype(np.int16) if signed else np.clip(sv, 0, (1 << bits) - 1).astype(
+            np.uint16)
         if ts in _LJPEG_SYNTAXES:
-            ds.PixelData = encapsulate([encode_jpeg_lossless(stored, 16)])
+            ds.PixelData = encapsulate([encode_jpeg_lossless(stored, bits)])
             ds["PixelData"].VR = "OB"
             ds["PixelData"].is_undefined_length = True
         elif ts in _NATIVE_SYNTAXES:
             ds.PixelData = stored.tobytes() if ts != ExplicitVRBigEndian else (
-                stored.astype(">i2").tobytes())
+                stored.astype(stored.dtype.newbyteorder(">")).tobytes())
             ds["PixelData"].VR = "OW"
         else:
             ds.PixelData = stored.tobytes()

@@ -11,7 +11,9 @@ A :class:`~napari_dicom.core.series.Series` (headers only) becomes an array of s
   looked up in its palette (C.7.6.3.1.5, 16-bit palettes scaled to 8 bits).
 
 Loading is eager (decode spread over threads, written straight into one preallocated
-array) or lazy (a dask array, one chunk per plane, decoded when napari shows it).
+array, :func:`~.volume.load_now`) or lazy (a dask array, one chunk per plane); what the
+reader shows (first plane at once, the volume filled in the background, each plane
+decoded once) is :mod:`~.volume`.
 :func:`default_display` and :func:`series_metadata` build what the reader (and the CLI)
 attach to a layer.
 
@@ -37,7 +39,6 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,7 +50,6 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import (  # type: ignore[attr-defined]
     apply_color_lut,
     get_decoder,
-    iter_pixels,
     pixel_array,
 )
 from pydicom.uid import (
@@ -80,8 +80,6 @@ if TYPE_CHECKING:
     from .series import Plane, Series
 
 __all__ = [
-    "LAZY_BYTES",
-    "LAZY_PLANES",
     "DicomLoadError",
     "PlaneStack",
     "SourceError",
@@ -98,10 +96,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: ``lazy=None`` loads lazily above this many bytes (of the value array) ...
-LAZY_BYTES = 256 * 1024 * 1024
-#: ... or above this many planes (a 1000-slice series shows its first slice at once)
-LAZY_PLANES = 300
 #: planes decoded to choose a min-max display of a lazily loaded series
 SAMPLE_PLANES = 9
 
@@ -512,7 +506,7 @@ def _fast_signature(series: Series, kind: str) -> tuple[Any, ...] | None:
             int(series.samples_per_pixel))
 
 
-def _use_fast(series: Series) -> str | None:
+def _use_fast(series: Series, keep: dict[int, Any] | None = None) -> str | None:
     """The fast decode that applies ("native": tail read; "jpeg": imagecodecs for JPEG
     Lossless), checked on the series' first plane; ``None`` when none applies or the
     check fails (pydicom then decodes the series). Lossy JPEG ("turbo",
@@ -528,6 +522,9 @@ def _use_fast(series: Series) -> str | None:
     layout (:func:`_fast_signature`), as it holds for a series' other planes: a folder
     of 60 single-image JPEG Lossless radiographs from one device is checked once, not 60
     times (each check costs two more decodes of the image). A failed check is not kept.
+
+    ``keep``: when given, a check that passed leaves the first plane's fast decode in it
+    (``keep[0]``), so the loader does not decode that plane again.
     """
     kind = _fast_kind(series)
     if kind is None or kind == "turbo":  # lossy JPEG: libjpeg-turbo is the reference
@@ -535,14 +532,17 @@ def _use_fast(series: Series) -> str | None:
     signature = _fast_signature(series, kind)
     if signature is not None and signature in _FAST_CHECKED:
         return _FAST_CHECKED[signature]
-    checked = _check_fast(series, kind)
+    checked = _check_fast(series, kind, keep)
     if checked is not None and signature is not None:
         _FAST_CHECKED[signature] = checked
     return checked
 
 
-def _check_fast(series: Series, kind: str) -> str | None:
-    """``kind`` when the fast decode of the series' first plane is right, else ``None``."""
+def _check_fast(
+    series: Series, kind: str, keep: dict[int, Any] | None = None
+) -> str | None:
+    """``kind`` when the fast decode of the series' first plane is right, else ``None``
+    (that decode is left in ``keep[0]`` when it is right)."""
     p = series.planes[0]
     try:
         fast, _ = _decode(p.path, p.frame, series, fast=kind, plane=p)
@@ -552,6 +552,8 @@ def _check_fast(series: Series, kind: str) -> str | None:
         try:
             other = _fast_decode(p.path, p.frame, series, p, decoder="jpegsof3_decode")
             if other.shape == fast.shape and np.array_equal(other, fast):
+                if keep is not None:
+                    keep[0] = fast
                 return kind
         except (*_DECODE_ERRORS, AttributeError):  # AttributeError: a build without SOF3
             pass
@@ -560,6 +562,8 @@ def _check_fast(series: Series, kind: str) -> str | None:
     except (*_DECODE_ERRORS, DicomLoadError):
         return None
     if fast.shape == ref.shape and np.array_equal(fast, ref):
+        if keep is not None:
+            keep[0] = fast
         return kind
     log.info("%s: the fast %s decode differs from pydicom's; using pydicom", p.path, kind)
     return None
@@ -798,6 +802,7 @@ def load_series(
     lazy: bool | None = None,
     jobs: int | None = None,
     progress: Progress | None = None,
+    budget: int | None = None,
 ) -> npt.NDArray[Any] | dask.array.Array:
     """The modality values of ``series`` as one array of shape ``series.shape``.
 
@@ -805,27 +810,30 @@ def load_series(
     ----------
     lazy
         ``True``: a dask array, one chunk per plane, decoded on demand. ``False``: decode
-        everything now. ``None``: lazy when the array would exceed :data:`LAZY_BYTES`
-        (256 MiB) or the series has more than :data:`LAZY_PLANES` (300) planes.
+        everything now. ``None``: lazy when the array needs more memory than ``budget``.
     jobs
         Decoding threads for an eager load (default: the number of CPUs).
     progress
         ``progress(done, total)`` called after each decoded plane (eager) from the calling
         thread.
+    budget
+        Bytes the array may take (default :func:`~.volume.memory_budget`: a share of the
+        memory available now).
 
-    Planes whose file fails to decode are filled with the lowest value (eager: the lowest
+    Values are in the smallest dtype that holds them exactly (:mod:`~.volume`). Planes
+    whose file fails to decode are filled with the lowest value (eager: the lowest
     decoded value; lazy: the lowest value the series can hold) and named in
     ``series.warnings``; the rest loads. Raises :class:`DicomLoadError` when nothing can
     be decoded or no installed decoder handles the transfer syntax.
     """
+    from .volume import array_bytes, load_now, memory_budget
+
     _check_series(series)
     if lazy is None:
-        dt = value_dtype(series)
-        nbytes = int(np.prod(series.shape, dtype=np.int64)) * dt.itemsize
-        lazy = nbytes > LAZY_BYTES or len(series.planes) > LAZY_PLANES
+        lazy = array_bytes(series) > (memory_budget() if budget is None else budget)
     if lazy:
         return _load_lazy(series)
-    return _load_eager(series, jobs=jobs, progress=progress)
+    return load_now(series, jobs=jobs, progress=progress)
 
 
 def _fail_note(series: Series, path: str, exc: BaseException) -> str:
@@ -898,112 +906,6 @@ def _tasks(series: Series, jobs: int) -> list[tuple[str, list[int]]]:
         step = max(1, math.ceil(len(ks) / max(1, jobs)))
         tasks.extend((path, ks[i : i + step]) for i in range(0, len(ks), step))
     return tasks
-
-
-def _load_eager(
-    series: Series, *, jobs: int | None, progress: Progress | None
-) -> npt.NDArray[Any]:
-    jobs = max(1, jobs or os.cpu_count() or 1)
-    safe = value_dtype(series)
-    # integer rescale whose header range needs int32: try int16 on the decoded values and
-    # widen only if some plane does not fit (CT with Bits Stored 16 is int16 HU in practice)
-    dt = np.dtype(np.int16) if safe == np.int32 and not series.rgb else safe
-    pshape = _plane_shape(series)
-    n = len(series.planes)
-    out = np.empty((n, *pshape), dt)
-    failed: dict[int, str] = {}
-    overflow: set[int] = set()
-    lock = threading.Lock()
-    info = np.iinfo(dt) if dt.kind in "iu" else None
-
-    def put(k: int, arr: npt.NDArray[Any], ds: Dataset | None) -> None:
-        plane = series.planes[k]
-        if series.rgb:
-            rgb = _colour(arr, series, ds)
-            _check_shape(rgb, series, plane.path)
-            out[k] = rgb
-            return
-        _check_shape(arr, series, plane.path)
-        if info is not None and dt != safe:
-            lo, hi = _plane_range(arr, plane)
-            if lo < info.min or hi > info.max:
-                with lock:
-                    overflow.add(k)
-                return
-        out[k] = _modality_values(arr, plane, dt)
-
-    fast = _use_fast(series)
-
-    def run(path: str, ks: list[int]) -> int:
-        try:
-            if len(ks) == 1 or fast or series.source is not None:
-                for k in ks:
-                    arr, ds = _decode(path, series.planes[k].frame, series, fast,
-                                      series.planes[k])
-                    put(k, arr, ds)
-            else:
-                frames = [series.planes[k].frame or 0 for k in ks]
-                ds_out = Dataset() if series.photometric.startswith("PALETTE") else None
-                try:
-                    src: str | Dataset = path
-                    whole = _read_whole(series, path)
-                    if whole is not None:
-                        src = ds_out = whole
-                    it = iter_pixels(src, indices=frames, ds_out=ds_out)
-                    for k, arr in zip(ks, it, strict=True):
-                        put(k, arr, ds_out)
-                except NotImplementedError as exc:
-                    msg = missing_decoder_message(series.transfer_syntax, path)
-                    raise _MissingDecoder(msg or f"{path}: {exc}") from exc
-        except (_MissingDecoder, SourceError):
-            raise
-        except (DicomLoadError, *_DECODE_ERRORS) as exc:
-            with lock:
-                for k in ks:
-                    failed[k] = f"{exc}"
-        return len(ks)
-
-    tasks = _tasks(series, jobs)
-    done = 0
-    if jobs == 1 or len(tasks) == 1:
-        for path, ks in tasks:
-            done += run(path, ks)
-            if progress is not None:
-                progress(done, n)
-    else:
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="dicom-decode") as pool:
-            futures: list[Future[int]] = [pool.submit(run, path, ks) for path, ks in tasks]
-            try:
-                for fut in futures:
-                    done += fut.result()
-                    if progress is not None:
-                        progress(done, n)
-            except BaseException:
-                for fut in futures:
-                    fut.cancel()
-                raise
-
-    if len(failed) == n:
-        first = series.planes[0].path
-        raise DicomLoadError(
-            f"none of the {n} images of series {series.name!r} could be decoded; "
-            f"first file {first}: {failed[0]}"
-        )
-    if overflow:
-        out = _widen(series, out, overflow, failed, safe)
-    if failed:
-        ok = np.ones(n, bool)
-        ok[list(failed)] = False
-        fill = out[ok].min() if not series.rgb else 0
-        for k, why in sorted(failed.items()):
-            out[k] = fill
-            series.damaged[k] = str(why)
-            series.warnings.append(
-                f"skipped damaged image {series.planes[k].path} ({why}); "
-                f"its plane is filled with the lowest value {fill}"
-            )
-            log.warning(series.warnings[-1])
-    return out.reshape(series.shape)
 
 
 class PlaneStack:
@@ -1128,23 +1030,6 @@ def _plane_range(stored: npt.NDArray[Any], plane: Plane) -> tuple[float, float]:
     ends = (plane.slope * float(stored.min()) + plane.intercept,
             plane.slope * float(stored.max()) + plane.intercept)
     return min(ends), max(ends)
-
-
-def _widen(
-    series: Series, out: npt.NDArray[Any], overflow: set[int], failed: dict[int, str],
-    dt: np.dtype[Any],
-) -> npt.NDArray[Any]:
-    """Redo the planes that did not fit the narrow dtype in ``dt`` (rare; 1.5x peak)."""
-    wide = np.empty(out.shape, dt)
-    for k in range(out.shape[0]):
-        if k in overflow:
-            try:
-                wide[k] = load_plane(series, k, dt)
-            except DicomLoadError as exc:
-                failed[k] = str(exc)
-        else:
-            wide[k] = out[k]
-    return wide
 
 
 # --------------------------------------------------------------------------------------
