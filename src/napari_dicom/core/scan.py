@@ -1398,6 +1398,12 @@ def _read_chunk(paths: list[str]) -> list[_ReadResult]:
     return [_read_record(p, cache) for p in paths]
 
 
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _read_records_forked(
     files: list[str], progress: Callable[[int, int], None] | None, n_proc: int,
 ) -> list[_ReadResult]:
@@ -1415,12 +1421,19 @@ def _read_records_forked(
             # Python >= 3.12 warns about forking a process with threads: numpy's BLAS
             # threads are idle, and the children only parse headers (no BLAS, no locks)
             warnings.simplefilter("ignore", DeprecationWarning)
-            pool = ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("fork"))
+            # a Ctrl-C reaches the whole process group: the parent stops the scan (the
+            # pool's shutdown ends the children); children ignoring it print no tracebacks
+            pool = ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=_ignore_sigint)
             with pool:
-                for part in pool.map(_read_chunk, chunks):
-                    out.extend(part)
-                    if progress is not None:
-                        progress(len(out), len(files))
+                try:
+                    for part in pool.map(_read_chunk, chunks):
+                        out.extend(part)
+                        if progress is not None:
+                            progress(len(out), len(files))
+                except KeyboardInterrupt:  # stop now: the chunks not started are dropped
+                    pool.shutdown(cancel_futures=True)
+                    raise
     except BrokenProcessPool:
         cache = _WindowCache()
         for f in files[len(out) :]:
