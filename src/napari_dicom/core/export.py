@@ -147,12 +147,13 @@ def _text_chunk(key: str, value: str) -> bytes:
 
 
 def encode_png(img: npt.NDArray[np.uint8], text: Mapping[str, str] | None = None) -> bytes:
-    """Encode an 8-bit image as PNG bytes, deterministically.
+    """Encode an 8-bit image (or a 16-bit grey one) as PNG bytes, deterministically.
 
     Parameters
     ----------
     img
-        ``(H, W)`` grey, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA, ``uint8``.
+        ``(H, W)`` grey, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA, ``uint8``; or ``(H, W)``
+        ``uint16`` grey, written with bit depth 16 (label maps past 255 labels).
     text
         Keyword -> text, written as ``tEXt`` chunks (``iTXt`` for non-Latin-1 text) in
         the mapping's order, before the image data.
@@ -165,9 +166,16 @@ def encode_png(img: npt.NDArray[np.uint8], text: Mapping[str, str] | None = None
         bytes.
     """
     a = np.asarray(img)
-    if a.dtype != np.uint8:
-        raise TypeError(f"encode_png needs uint8 pixels, got {a.dtype}")
-    if a.ndim == 2:
+    depth = 8
+    if a.dtype == np.uint16 and a.ndim == 2:
+        # 16-bit samples are big-endian (PNG 7.1); the Sub filter works on bytes with a
+        # 2-byte pixel, which is what 2 "channels" of bytes give below
+        depth = 16
+        a = a.astype(">u2").view(np.uint8).reshape(a.shape[0], a.shape[1], 2)
+        channels = 2
+    elif a.dtype != np.uint8:
+        raise TypeError(f"encode_png needs uint8 (or 2-D uint16) pixels, got {a.dtype}")
+    elif a.ndim == 2:
         channels = 1
     elif a.ndim == 3 and a.shape[2] in (3, 4):
         channels = a.shape[2]
@@ -184,7 +192,8 @@ def encode_png(img: npt.NDArray[np.uint8], text: Mapping[str, str] | None = None
     raw[:, 1 : 1 + channels] = row[:, :channels]
     np.subtract(row[:, channels:], row[:, :-channels], out=raw[:, 1 + channels :])
     idat = bytes(_compress(raw, PNG_LEVEL))
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, _COLOR_TYPE[channels], 0, 0, 0)
+    color_type = 0 if depth == 16 else _COLOR_TYPE[channels]
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, 0)
     parts = [_PNG_SIGNATURE, _chunk(b"IHDR", ihdr)]
     for key, value in (text or {}).items():
         parts.append(_text_chunk(key, value))
