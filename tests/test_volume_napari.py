@@ -47,7 +47,8 @@ def test_background_load_swaps_in_the_same_picture(
     layer = viewer.open(str(series_folder), plugin=PLUGIN)[0]
     lazy = layer.data
     assert isinstance(lazy, SeriesVolume) and lazy.in_memory
-    assert widget._layer is layer and widget._scope.value == "current slice"
+    assert widget._layer_combo.value is layer
+    assert widget._scope.value == "current slice", (widget._scope.value, type(layer.data))
     assert lazy.dtype == np.int16  # GE header allows int32; the values fit int16
     shown = viewer.screenshot(canvas_only=True, flash=False)
     limits, cmap, step = tuple(layer.contrast_limits), layer.colormap.name, viewer.dims.point
