@@ -355,6 +355,8 @@ class _Frame:
     location: float | None = None
     fragments_at: int | None = None
     file_frames: int = 1
+    #: Enhanced multi-frame: this frame's Plane Orientation, when the file has several
+    orientation: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -845,6 +847,7 @@ def _enhanced_frames(
             o = _vec([float(v) for v in ori_item.ImageOrientationPatient], 6)
             if o is not None:
                 orients.add(tuple(round(v, 4) for v in o))
+                f.orientation = o
                 if orientation is None or i == 0:
                     orientation = o
         pm = _fg(per, shared, "PixelMeasuresSequence")
@@ -883,8 +886,32 @@ def _enhanced_frames(
         frames.append(f)
     if len(orients) > 1:
         warns.append(f"{name}: frames have {len(orients)} different orientations; "
-                     "the first frame's is used")
+                     "one layer per orientation")
+    else:
+        for f in frames:
+            f.orientation = None
     return frames, orientation, ps, thickness
+
+
+def _split_orientations(records: list[_Record]) -> list[_Record]:
+    """An Enhanced multi-frame file whose frames have several Plane Orientations (a
+    three-plane localizer, stacks of a spine MR) becomes one record per orientation, so
+    that each is grouped, sorted and placed as its own series."""
+    out: list[_Record] = []
+    for r in records:
+        keys = {tuple(round(v, 4) + 0.0 for v in f.orientation) if f.orientation else None
+                for f in r.frames}
+        if len(keys) <= 1:
+            out.append(r)
+            continue
+        by: dict[Any, list[_Frame]] = defaultdict(list)
+        for f in r.frames:
+            by[tuple(round(v, 4) + 0.0 for v in f.orientation) if f.orientation else None].append(f)
+        for fs in by.values():
+            d = dict(r.__dict__)
+            d.update(frames=fs, orientation=fs[0].orientation or r.orientation)
+            out.append(_Record(**d))
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -1191,7 +1218,13 @@ def _make_series_quiet(
             if nz > 1:
                 spacing = (f"spacing {_fmt(z_scale)} mm from {src}" if src != "a default of 1"
                            else "no slice spacing in the header: 1 slice per pixel step")
-                warns.append(f"{ser_desc or name}: no Image Position (Patient); slices ordered by "
+                missing = " or ".join(
+                    [w for w, gone in (("Image Position (Patient)",
+                                        any(f.position is None for f in flat)),
+                                       ("Image Orientation (Patient)", orientation is None))
+                     if gone])
+                warns.append(f"{ser_desc or name}: no {missing}; not placed in patient "
+                             "space, slices ordered by "
                              f"Instance Number and frame, {spacing}")
             z_unit, z_label, z_tr = ("mm" if src != "a default of 1" else "pixel"), "z", 0.0
             translate_yx = (0.0, 0.0)
@@ -1331,7 +1364,7 @@ def scan(
             result.non_image.append(Skipped(f, r[1]))
         else:
             records.append(r)
-    records = _without_duplicates(records, result)
+    records = _split_orientations(_without_duplicates(records, result))
     result.series = _assemble(records, result.warnings)
     result.series.sort(key=lambda s: s.sort_key())
     for s in result.skipped:
