@@ -18,6 +18,7 @@ from .core.geometry import layer_geometry
 from .core.pixels import (
     DicomLoadError,
     default_display,
+    plane_windows_note,
     series_metadata,
 )
 from .core.scan import ScanResult
@@ -30,6 +31,8 @@ LayerData = tuple[Any, dict[str, Any], str]
 ReaderFunction = Callable[[PathLike], list[LayerData]]
 
 _SUFFIXES = (".dcm", ".dicom", ".ima")
+#: URLs of series on a DICOMweb server (``core.dicomweb``)
+_URL_SCHEMES = ("dicomweb+http://", "dicomweb+https://")
 #: get_reader stops looking for a DICOM file in a folder after this many entries
 _PROBE_LIMIT = 5000
 #: show a napari progress bar from this many files / planes on
@@ -63,6 +66,8 @@ def _folder_has_image(folder: Path, limit: int = _PROBE_LIMIT) -> bool:
 def _claims(path: str | os.PathLike[str]) -> bool:
     from .core.scan import is_dicom_file
 
+    if isinstance(path, str) and path.lower().startswith(_URL_SCHEMES):
+        return True  # a DICOMweb study or series (checked when read)
     p = Path(path)
     try:
         if p.is_dir():
@@ -157,13 +162,13 @@ def read_dicom(path: PathLike) -> list[LayerData]:
     DicomLoadError
         When nothing readable is found; napari shows the message as a notification.
     """
-    from napari.utils.notifications import show_warning
+    from napari.utils.notifications import show_info, show_warning
 
     from ._colormaps import layer_display_kwargs
     from .core.scan import scan
 
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
-    sources = [Path(p) for p in paths]
+    sources = [os.fspath(p) for p in paths]
     state, cb = _progress_bar(0, "Reading DICOM headers")
     try:
         result = scan(sources, progress=cb)
@@ -200,6 +205,9 @@ def read_dicom(path: PathLike) -> list[LayerData]:
         layers.append((data, kwargs, "image"))
         for w in _unique([*series.warnings, *meta["placement"].get("warnings", [])]):
             show_warning(f"{series.name}: {w}")
+        own = plane_windows_note(series)  # per-frame windows: say what the layer shows
+        if own:
+            show_info(f"{series.name}: {own}")
         if loading is not None:
             _swap_when_loaded(loading, data, told=len(series.warnings))
     if result.objects:
