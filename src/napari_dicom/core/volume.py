@@ -251,21 +251,21 @@ class _Planes:
 
     def _values(
         self, k: int, arr: npt.NDArray[Any], ds: Dataset | None
-    ) -> npt.NDArray[Any]:
+    ) -> npt.NDArray[Any] | None:
+        """The plane's values (colour), or ``None`` for grey: checked against the dtype
+        (widening the series when they do not fit) and written by :meth:`_write`."""
         series, plane = self.series, self.series.planes[k]
         if series.rgb:
             rgb = px._colour(arr, series, ds)
             px._check_shape(rgb, series, plane.path)
             return rgb
         px._check_shape(arr, series, plane.path)
-        dt = self.dtype
-        if dt != self.safe:
+        if self.dtype != self.safe:
             lo, hi = px._plane_range(arr, plane)
-            info = np.iinfo(dt)
+            info = np.iinfo(self.dtype)
             if lo < info.min or hi > info.max:
                 self._widen(plane.path, lo, hi)
-                dt = self.safe
-        return px._modality_values(arr, plane, dt)
+        return None
 
     def _widen(self, path: str, lo: float, hi: float) -> None:
         """Every value from now on in the safe dtype; a kept array is converted (the
@@ -280,18 +280,30 @@ class _Planes:
                 self.out = self.out.astype(self.safe)
 
     def _store(self, k: int, arr: npt.NDArray[Any], ds: Dataset | None) -> None:
+        """Plane ``k`` from its decoded stored values: into the volume (grey values are
+        computed straight into their slot) or to the sink; then marked done."""
         vals = self._values(k, arr, ds)
+        plane = self.series.planes[k]
+        while True:
+            with self.cond:
+                out, dt = self.out, self.dtype
+            if out is None:
+                if vals is None:
+                    vals = px._modality_values(arr, plane, dt)
+                break
+            if vals is None:
+                px._modality_values(arr, plane, out.dtype, out=out[k])
+            else:
+                out[k] = vals
+            with self.cond:
+                if self.out is out:
+                    break
+            # widened while we wrote: write again into the new array
         with self.cond:
-            out = self.out
-        if out is not None:
-            out[k] = vals
-        with self.cond:
-            now = self.out
-            if now is not None and now is not out:  # widened while we wrote
-                now[k] = vals
             self.state[k] = _DONE
             self.cond.notify_all()
         if self.sink is not None:
+            assert vals is not None
             self.sink(k, vals)
 
     def _give_up(self, ks: Sequence[int], why: str) -> None:
