@@ -159,14 +159,20 @@ def _staged_pngs(parent: Path) -> int:
         return 0
 
 
+@pytest.fixture(scope="module")
+def long_series(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = tmp_path_factory.mktemp("long")
+    _series(src, n=150, size=96, series_description="Long", patient_id="P1", noise=30.0)
+    return src
+
+
 @pytest.mark.parametrize("sigint", ["default", "ignored by the parent shell"])
 def test_sigint_mid_export_exits_130_and_keeps_the_earlier_export(
-        tmp_path: Path, sigint: str) -> None:
+        long_series: Path, tmp_path: Path, sigint: str) -> None:
     """The process is stopped (SIGSTOP) once the new export has written some PNGs, then
     sent SIGINT: exit 130 with one line, the earlier export byte for byte, no staging
     folder left. 'ignored': started with SIGINT ignored, as ``cmd &`` in a script is."""
-    src = tmp_path / "src"
-    _series(src, n=150, size=96, series_description="Long", patient_id="P1", noise=30.0)
+    src = long_series
     out = tmp_path / "out"
     code, _, _ = _run(["export", str(src), "-o", str(out), "-q"])
     assert code == 0

@@ -47,9 +47,9 @@ output layout (names made portable, unique on collision, always inside OUT):
       <PNG stack>, manifest.csv                      one row per image
 
 existing files: napari-dicom's own earlier export of a series (known by its
-manifest.csv) is replaced as a whole once the new one is complete, planes it no
-longer has included; an interrupted or failed export leaves it as it was. Files it
-did not write are never overwritten unless --overwrite is given.
+manifest.csv) is replaced as a whole once the new one is complete (PNGs the new one
+does not have are removed); an interrupted or failed export leaves it as it was.
+Files it did not write are never overwritten unless --overwrite is given.
 
 exit status: 0 all converted, 1 some files or series skipped or refused (listed) or
 the disk full, 2 usage error or OUT/manifest.csv not napari-dicom's, 130 interrupted

@@ -511,8 +511,12 @@ def _pixel_check(path: str, fp: Any, ds: Dataset, size: int) -> tuple[str | None
     available = max(0, size - pos - hdr)
     held = min(length, available)
     if held < expected:
-        return (f"{_name(path)}: header says {expected} bytes of pixel data ({desc}), "
-                f"the file holds {held}"), None
+        if nf > 1 and held >= expected // nf:
+            # complete frames are decoded; the loader names the incomplete ones
+            return None, None
+        return (f"{_name(path)}: the file is truncated: header says {expected} bytes of "
+                f"pixel data ({desc}), the file holds {held} ({expected - held} missing)"
+                ), None
     return None, None
 
 
