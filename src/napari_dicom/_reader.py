@@ -30,6 +30,8 @@ LayerData = tuple[Any, dict[str, Any], str]
 ReaderFunction = Callable[[PathLike], list[LayerData]]
 
 _SUFFIXES = (".dcm", ".dicom", ".ima")
+#: URLs of series on a DICOMweb server (``core.dicomweb``)
+_URL_SCHEMES = ("dicomweb+http://", "dicomweb+https://")
 #: get_reader stops looking for a DICOM file in a folder after this many entries
 _PROBE_LIMIT = 5000
 #: show a napari progress bar from this many files / planes on
@@ -63,6 +65,8 @@ def _folder_has_image(folder: Path, limit: int = _PROBE_LIMIT) -> bool:
 def _claims(path: str | os.PathLike[str]) -> bool:
     from .core.scan import is_dicom_file
 
+    if isinstance(path, str) and path.lower().startswith(_URL_SCHEMES):
+        return True  # a DICOMweb study or series (checked when read)
     p = Path(path)
     try:
         if p.is_dir():
@@ -163,7 +167,7 @@ def read_dicom(path: PathLike) -> list[LayerData]:
     from .core.scan import scan
 
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
-    sources = [Path(p) for p in paths]
+    sources = [os.fspath(p) for p in paths]
     state, cb = _progress_bar(0, "Reading DICOM headers")
     try:
         result = scan(sources, progress=cb)

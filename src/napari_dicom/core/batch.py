@@ -597,7 +597,7 @@ def export_all(
 
     check_run_manifest(out, options.overwrite)
     jobs = options.jobs or os.cpu_count() or 1
-    scanned = scan([Path(s) for s in sources], progress=scan_progress, processes=jobs)
+    scanned = scan([os.fspath(s) for s in sources], progress=scan_progress, processes=jobs)
     namer = OutputNamer(out)
     n_series = len(scanned.series)
     slots: list[SeriesResult | None] = [None] * n_series

@@ -31,6 +31,7 @@ for later series from the same writer, syntax and pixel layout.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import math
@@ -81,6 +82,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DicomLoadError",
     "PlaneStack",
+    "SourceError",
     "default_display",
     "describe_series",
     "display_needs_data",
@@ -139,6 +141,12 @@ _DECODE_ERRORS = (
 
 class _MissingDecoder(DicomLoadError):
     """No installed plugin decodes the file's transfer syntax (never skipped per plane)."""
+
+
+class SourceError(DicomLoadError):
+    """A plane's bytes could not be fetched from the series' source (a server down, a
+    refused request, a timeout). Never filled in as a damaged plane: the load fails,
+    naming the source and the problem, and a later load fetches the plane again."""
 
 
 def _syntax_name(uid: str) -> str:
@@ -374,7 +382,10 @@ def _fast_decode(
     The decoder returns the bit pattern; Pixel Representation 1 is sign-extended from
     Bits Stored (PS3.5 8.2.1), as pydicom does.
     """
-    data = _jpeg_frame(path, frame, plane)
+    if series.source is not None:
+        data = series.source.read_frame(path, frame)
+    else:
+        data = _jpeg_frame(path, frame, plane)
     arr = np.asarray(getattr(_imagecodecs(), decoder)(data))
     if int(series.pixel_representation) == 1:
         arr = arr.view(f"i{arr.dtype.itemsize}")
@@ -475,7 +486,7 @@ def _fast_kind(series: Series) -> str | None:
     if series.transfer_syntax in _JPEG_LOSSLESS and _imagecodecs() is not None:
         return "jpeg"
     if (series.transfer_syntax in _NATIVE_LE and int(series.bits_allocated) in (8, 16, 32)
-            and all(p.frame is None for p in series.planes)):
+            and (series.source is not None or all(p.frame is None for p in series.planes))):
         return "native"
     return None
 
@@ -574,6 +585,8 @@ def _decode(
     with ``dcmread`` and decoded from the data set (the first error stands if that fails
     too).
     """
+    if series.source is not None:
+        return _decode_fetched(path, frame, series, fast)
     if fast:
         try:
             if fast == "native":
@@ -609,6 +622,51 @@ def _decode(
     if frame is None and arr.ndim == (3 if series.rgb else 2) + 1:
         arr = arr[0]  # a multi-frame file listed as a single plane: take frame 0
     return arr, ds_out
+
+
+def _decode_fetched(
+    ref: str, frame: int | None, series: Series, fast: str | None,
+) -> tuple[npt.NDArray[Any], Dataset | None]:
+    """Decode one frame that ``series.source`` fetches (``read_frame``): native grey
+    bytes read as they are, JPEG Lossless through imagecodecs (both checked on the
+    series' first plane by :func:`_use_fast`), anything else by pydicom from the
+    instance's header with the frame as its Pixel Data."""
+    source = series.source
+    assert source is not None
+    if fast == "native":
+        data = source.read_frame(ref, frame)
+        dt = _stored_dtype(series).newbyteorder("<")
+        n = int(series.rows) * int(series.columns)
+        if len(data) < n * dt.itemsize:
+            raise DicomLoadError(f"{ref}: frame of {len(data)} bytes, the header says "
+                                 f"{n * dt.itemsize}")
+        arr = np.frombuffer(data, dtype=dt, count=n).reshape(int(series.rows),
+                                                               int(series.columns))
+        return _stored_bits(arr, series), None
+    if fast == "jpeg":
+        return _fast_decode(ref, frame, series), None
+    data = source.read_frame(ref, frame)
+    ds = copy.copy(source.read_header(ref))
+    ds.file_meta = copy.copy(ds.file_meta)
+    syntax = UID(source.frame_syntax(ref))
+    ds.file_meta.TransferSyntaxUID = syntax
+    if "NumberOfFrames" in ds:
+        del ds.NumberOfFrames
+    if syntax.is_encapsulated:
+        from pydicom.encaps import encapsulate
+
+        ds.PixelData = encapsulate([data])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    else:
+        ds.PixelData = data
+        ds["PixelData"].VR = "OB" if int(series.bits_allocated) <= 8 else "OW"
+    try:
+        arr = ds.pixel_array
+    except NotImplementedError as exc:
+        msg = missing_decoder_message(str(syntax), ref)
+        raise _MissingDecoder(msg or f"{ref}: {exc}") from exc
+    return arr, ds
 
 
 def _reparsed(path: str) -> Dataset | None:
@@ -864,7 +922,7 @@ def _load_lazy(series: Series) -> dask.array.Array:
         k = int(np.ravel_multi_index(block_id[: len(lead)], lead)) if lead else 0
         try:
             plane = load_plane(series, k, dt, fast=fast)
-        except _MissingDecoder:
+        except (_MissingDecoder, SourceError):
             raise
         except DicomLoadError as exc:
             with lock:

@@ -127,6 +127,9 @@ class _Planes:
         self.state = np.zeros(self.n, np.uint8)
         self.cond = threading.Condition()
         self.failed: dict[int, str] = {}
+        #: a fault of the series' source (a server that stopped answering): the planes it
+        #: hit stay to do (never filled), and whoever waits for them gets this error
+        self.error: px.SourceError | None = None
         self._first: dict[int, npt.NDArray[Any]] = {}
         self.fast = px._use_fast(series, keep=self._first)
         self.out: npt.NDArray[Any] | None = (
@@ -147,7 +150,10 @@ class _Planes:
 
     def wait(self, ks: Sequence[int]) -> None:
         with self.cond:
-            self.cond.wait_for(lambda: bool(np.all(self.state[list(ks)] == _DONE)))
+            self.cond.wait_for(lambda: self.error is not None or bool(
+                np.all(self.state[list(ks)] == _DONE)))
+            if self.error is not None and not np.all(self.state[list(ks)] == _DONE):
+                raise self.error
 
     def all_done(self) -> bool:
         with self.cond:
@@ -163,13 +169,16 @@ class _Planes:
         refuses, is named and filled while the others load (a run read in one pass that
         breaks off goes on with :meth:`_rest_of_file`)."""
         series = self.series
-        if path is None or len(ks) == 1 or self.fast:
+        if path is None or len(ks) == 1 or self.fast or series.source is not None:
             for i, k in enumerate(ks):
                 try:
                     arr, ds = self._decode_one(k)
                     self._store(k, arr, ds)
                 except px._MissingDecoder:
                     self._give_up(ks[i:], "no decoder")
+                    raise
+                except px.SourceError as exc:
+                    self._source_fault(ks[i:], exc)
                     raise
                 except (px.DicomLoadError, *px._DECODE_ERRORS) as exc:
                     self._give_up([k], str(exc))
@@ -195,6 +204,16 @@ class _Planes:
             raise px._MissingDecoder(msg or f"{path}: {exc}") from exc
         except (px.DicomLoadError, *px._DECODE_ERRORS) as exc:
             self._rest_of_file(path, ks[read:], exc)
+
+    def _source_fault(self, ks: Sequence[int], exc: px.SourceError) -> None:
+        """The series' source failed (a server stopped answering): planes ``ks`` are not
+        damaged, they stay to do (asked for again, fetched again), and whoever waits for
+        them gets ``exc``."""
+        with self.cond:
+            for k in ks:
+                self.state[k] = _TODO
+            self.error = exc
+            self.cond.notify_all()
 
     def _rest_of_file(self, path: str, ks: Sequence[int], first: BaseException) -> None:
         """Frames ``ks`` of a multi-frame file whose read in one pass broke off: the file
