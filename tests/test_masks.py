@@ -91,3 +91,27 @@ def test_export_label_stack_refuses_non_labels(tmp_path: Path) -> None:
                                 [Segment(2, "diag")])
     assert [p.name for p in single] == ["one.png", "one.labels.csv"]
     np.testing.assert_array_equal(_png(tmp_path / "one.png"), np.eye(4) * 2)
+
+
+def test_label_stack_follows_the_export_file_rules(tmp_path: Path) -> None:
+    """Re-exporting its own mask stack replaces it; a file napari-dicom did not write is
+    refused, untouched, unless overwrite."""
+    from napari_dicom.core.output import ExportRefused
+
+    lab = np.zeros((3, 8, 8), np.uint8)
+    lab[1, 2:4, 2:4] = 5
+    segs = [Segment(5, "lesion")]
+    first = export_label_stack(lab, tmp_path / "m", segs, stem="ct")
+    assert [p.name for p in first][:3] == ["ct_0001.png", "ct_0002.png", "ct_0003.png"]
+    lab[2, 0, 0] = 5
+    export_label_stack(lab, tmp_path / "m", segs, stem="ct")  # its own: replaced
+    np.testing.assert_array_equal(_png(tmp_path / "m" / "ct_0003.png"), lab[2])
+    other = tmp_path / "o"
+    other.mkdir()
+    (other / "ct_0002.png").write_bytes(b"the user's own file")
+    with pytest.raises(ExportRefused, match=r"ct_0002\.png"):
+        export_label_stack(lab, other, segs, stem="ct")
+    assert (other / "ct_0002.png").read_bytes() == b"the user's own file"
+    assert sorted(p.name for p in other.iterdir()) == ["ct_0002.png"]
+    export_label_stack(lab, other, segs, stem="ct", overwrite=True)
+    np.testing.assert_array_equal(_png(other / "ct_0002.png"), lab[1])
