@@ -18,6 +18,7 @@ from .core.geometry import layer_geometry
 from .core.pixels import (
     DicomLoadError,
     default_display,
+    plane_windows_note,
     series_metadata,
 )
 from .core.scan import ScanResult
@@ -161,7 +162,7 @@ def read_dicom(path: PathLike) -> list[LayerData]:
     DicomLoadError
         When nothing readable is found; napari shows the message as a notification.
     """
-    from napari.utils.notifications import show_warning
+    from napari.utils.notifications import show_info, show_warning
 
     from ._colormaps import layer_display_kwargs
     from .core.scan import scan
@@ -204,6 +205,9 @@ def read_dicom(path: PathLike) -> list[LayerData]:
         layers.append((data, kwargs, "image"))
         for w in _unique([*series.warnings, *meta["placement"].get("warnings", [])]):
             show_warning(f"{series.name}: {w}")
+        own = plane_windows_note(series)  # per-frame windows: say what the layer shows
+        if own:
+            show_info(f"{series.name}: {own}")
         if loading is not None:
             _swap_when_loaded(loading, data, told=len(series.warnings))
     if result.objects:

@@ -346,7 +346,8 @@ def series_source(series: Series) -> str:
 #: left out of the export); larger ones are read plane by plane while exporting
 EAGER_BYTES = 1 << 30
 
-_META_PER_PLANE = ("files", "frames", "sop_instance_uids", "positions", "locations")
+_META_PER_PLANE = ("files", "frames", "sop_instance_uids", "positions", "locations",
+                   "plane_windows")
 
 
 

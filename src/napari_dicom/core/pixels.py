@@ -89,6 +89,8 @@ __all__ = [
     "display_step",
     "load_plane",
     "load_series",
+    "plane_windows",
+    "plane_windows_note",
     "series_metadata",
     "stored_range",
     "value_dtype",
@@ -1104,14 +1106,57 @@ def _sample_indices(n: int, k: int = SAMPLE_PLANES) -> list[int]:
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
 
 
-def _first_window(series: Series) -> Window | None:
-    if not series.windows:
-        return None
-    w = series.windows[0]
+def _with_file_function(w: Window, series: Series) -> Window:
     fn = normalize_function(series.voi_function)
     if w.function == "LINEAR" and fn != "LINEAR":
         w = dataclasses.replace(w, function=fn)
     return w
+
+
+def _first_window(series: Series) -> Window | None:
+    if not series.windows:
+        return None
+    return _with_file_function(series.windows[0], series)
+
+
+def plane_windows(series: Series) -> list[Window] | None:
+    """Each plane's own first stored window, when the planes do not all share one;
+    ``None`` when they do (or some plane has none, or the series is colour).
+
+    The VOI of an image is its own (C.11.2): an Enhanced multi-frame file gives each
+    frame its window in the Per-frame Functional Groups' Frame VOI LUT Sequence
+    (C.7.6.16.2.10), and single-frame images of a series may each carry theirs. The
+    series' default display shows the first plane's (:func:`default_display`); the PNG
+    export shows each plane with its own (:func:`~.meta.plane_displays`).
+    """
+    if series.rgb or series.voi_luts:
+        return None
+    firsts = [p.windows[0] if p.windows else None for p in series.planes]
+    if any(w is None for w in firsts):
+        return None
+    wins = [_with_file_function(w, series) for w in firsts if w is not None]
+    if len({(w.center, w.width, w.function) for w in wins}) <= 1:
+        return None
+    return wins
+
+
+def plane_windows_note(series: Series) -> str | None:
+    """What the layer shows when the planes carry windows of their own (napari has one
+    contrast range per layer), or ``None``."""
+    wins = plane_windows(series)
+    if wins is None:
+        return None
+    what = "frames" if any(p.frame is not None for p in series.planes) else "images"
+    widths = sorted(w.width for w in wins)
+    centers = sorted(w.center for w in wins)
+
+    def span(v: list[float]) -> str:
+        return f"{v[0]:g}" if v[0] == v[-1] else f"{v[0]:g} to {v[-1]:g}"
+
+    return (f"its {len(wins)} {what} carry their own stored windows (W {span(widths)} / "
+            f"L {span(centers)}); the layer shows the first one's ({wins[0].label()}) on "
+            f"every plane, as napari has one contrast range per layer; PNG exports of "
+            f"the file's window apply each plane's own")
 
 
 def display_needs_data(series: Series) -> bool:
@@ -1238,9 +1283,15 @@ def series_metadata(
         "padding": [[float(a), float(b)] for a, b in series.padding],
         "default": dict(step),
         "display": dict(step),
+        "plane_windows": _plane_window_dicts(series),
         "default_source": display_note,
         "summary": describe_series(series, dt, display_note or "its default display"),
     }
+
+
+def _plane_window_dicts(series: Series) -> list[dict[str, Any]] | None:
+    wins = plane_windows(series)
+    return None if wins is None else [w.to_dict() for w in wins]
 
 
 def plane_paths(series: Series) -> Sequence[str]:
