@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .export import SOFTWARE, encode_png, plane_file_names, write_atomic
-from .labels import Segment
+from .labels import Segment, plane_table
 from .output import (
     ExportError,
     ExportRefused,
@@ -199,3 +199,63 @@ def export_label_stack(
 def as_label_map(data: npt.ArrayLike, threshold: float) -> npt.NDArray[np.uint8]:
     """A fractional (0..1) segment as a 0/1 label map: 1 from ``threshold`` on."""
     return (np.asarray(data) >= threshold).astype(np.uint8)
+
+
+def mask_folder(image_folder: Path, layer_name: str) -> Path:
+    """Where ``export --masks`` writes a label layer of the series exported to
+    ``image_folder``: ``<image folder>_masks/<layer name>/`` beside it, planes named like
+    the image's (``<image folder name>_0001.png``)."""
+    from .series import sanitize
+
+    return image_folder.with_name(image_folder.name + "_masks") / sanitize(layer_name)
+
+
+def export_series_masks(
+    objects: Sequence[str],
+    exported: Sequence[tuple[Any, Path, int]],
+    all_series: Sequence[Any],
+    *,
+    overwrite: bool = False,
+) -> tuple[list[Path], list[str]]:
+    """The label maps of every SEG / RTSTRUCT in ``objects`` that lies on an exported
+    series, written beside that series' PNG folder (:func:`mask_folder`).
+
+    ``exported``: ``(series, image folder, number of planes written)``. A fractional
+    SEG segment is thresholded at ``core.seg.FRACTIONAL_THRESHOLD`` (value = its segment
+    number); RTSTRUCT ROIs are written filled (the contours themselves are vector data).
+    Returns (paths written, warnings); an object that cannot be placed or written gives
+    a warning naming it, the other masks are still written.
+    """
+    from .objects import object_layers
+    from .seg import FRACTIONAL_THRESHOLD
+
+    folders = {id(s): (folder, n) for s, folder, n in exported}
+    layers, warns = object_layers(objects, all_series)
+    written: list[Path] = []
+    used: dict[Path, int] = {}
+    for layer in layers:
+        if layer.kind == "shapes" or id(layer.series) not in folders:
+            continue
+        folder, n = folders[id(layer.series)]
+        if n != len(layer.series.planes):
+            warns.append(f"{layer.name}: not written: its series was exported with "
+                         f"{n} of {len(layer.series.planes)} planes")
+            continue
+        data = layer.data
+        if layer.kind == "image":
+            value = layer.segments[0].value
+            data = np.where(np.asarray(data) >= FRACTIONAL_THRESHOLD, value, 0).astype(
+                label_png_dtype(value))
+        target = mask_folder(folder, layer.name)
+        k = used.get(target, 0)
+        used[target] = k + 1
+        if k:
+            target = target.with_name(f"{target.name}_{k + 1}")
+        try:
+            written += export_label_stack(data, target, layer.segments, stem=folder.name,
+                                          planes=plane_table(layer.series),
+                                          source=layer.source, object_type=layer.object_type,
+                                          overwrite=overwrite)
+        except (ExportError, ValueError) as exc:
+            warns.append(f"{layer.name}: masks not written: {exc}")
+    return written, warns
