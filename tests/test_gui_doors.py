@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+import pytest
 from napari.plugins import _npe2
 from pydicom.data import get_testdata_file
 from pydicom.fileset import FileSet
@@ -157,3 +158,68 @@ def test_a_series_warning_is_shown_once(make_napari_viewer: Any, tmp_path: Path)
     gaps = [m for m in said if "slice spacing varies" in m]
     assert len(gaps) == 1, said
     assert gaps[0].split(": ")[0] in layer.name
+
+
+def test_set_reader_once_then_folders_and_dcm_ask_nothing(
+    make_napari_viewer: Any, qtbot: Any, tmp_path: Path
+) -> None:
+    from napari._app_model import get_app_model
+    from napari.errors import MultipleReaderError
+    from PIL import Image
+
+    from napari_dicom.core.phantom import write_ct_phantom
+
+    a, b, pngs = tmp_path / "a", tmp_path / "b", tmp_path / "pngs"
+    write_ct_phantom(a, n_slices=4, size=16, series_description="First")
+    write_ct_phantom(b, n_slices=5, size=16, series_description="Second")
+    pngs.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(pngs / "x.png")
+    viewer = make_napari_viewer()
+    # out of the box napari's own reader competes for every folder: File > Open asks
+    with pytest.raises(MultipleReaderError):
+        viewer.open(str(a), plugin=None)
+    # the command napari lists under File > IO Utilities, run as the menu runs it
+    app = get_app_model()
+    listed = [getattr(i, "command", None) for i in app.menus.get_menu("napari/file/io_utilities")]
+    assert "napari-dicom.use_for_dicom" in [c.id for c in listed if c is not None]
+    app.commands.execute_command("napari-dicom.use_for_dicom").result()
+    for folder, n in ((a, 4), (b, 5)):  # a second folder asks nothing either
+        with no_dialog(qtbot) as dialogs:
+            layers = _file_open(viewer, str(folder))
+        assert dialogs == []
+        assert [lyr.data.shape[0] for lyr in layers] == [n] and "dicom" in layers[0].metadata
+    with no_dialog(qtbot) as dialogs:  # a .dcm file too
+        (ct,) = _file_open(viewer, get_testdata_file("CT_small.dcm"))
+    assert dialogs == [] and "dicom" in ct.metadata
+    # a folder napari-dicom declines is offered to the other readers in napari's dialog
+    with no_dialog(qtbot) as dialogs:
+        assert _file_open(viewer, str(pngs)) == []
+    assert dialogs == ["QtReaderDialog"]
+
+
+def test_cli_set_reader_writes_and_undoes_napari_preferences(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = tmp_path / "settings.yaml"
+    script = (  # both runs in one process: napari's import is the slow part
+        "from napari_dicom.cli import main\n"
+        "import os, yaml, pathlib\n"
+        "p = pathlib.Path(os.environ['NAPARI_CONFIG'])\n"
+        "assert main(['set-reader']) == 0\n"
+        "print(yaml.safe_load(p.read_text())['plugins']['extension2reader'])\n"
+        "assert main(['set-reader', '--undo']) == 0\n"
+    )
+    env = {**os.environ, "NAPARI_CONFIG": str(cfg)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    set_line = next(line for line in out.splitlines() if line.startswith("{"))
+    prefs = yaml.safe_load(set_line)
+    assert prefs["*/"] == prefs["*.dcm"] == prefs["*.DCM"] == PLUGIN
+    assert "napari opens */, *.dcm" in out and "preferences removed: */" in out
+    after = (yaml.safe_load(cfg.read_text()).get("plugins") or {}).get("extension2reader")
+    after = after or {}  # napari leaves defaults out of the file
+    assert PLUGIN not in after.values()

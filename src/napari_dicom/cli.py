@@ -211,6 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--screenshot", type=Path, metavar="PATH",
                       help="for testing: save a screenshot of the window to PATH and exit "
                       "instead of starting the event loop")
+
+    # set-reader -----------------------------------------------------------------------
+    pref = sub.add_parser(
+        "set-reader",
+        help="make napari open DICOM folders and .dcm files with napari-dicom",
+        description=_wrap("Write napari's reader preferences so that napari opens every "
+                          "folder and *.dcm/*.dicom/*.ima file with napari-dicom, without "
+                          "asking (File > Preferences > Plugins shows them; File > IO "
+                          "Utilities in napari does the same). A folder napari-dicom cannot "
+                          "read is then offered to the other readers."),
+    )
+    pref.add_argument("--undo", action="store_true",
+                      help="remove the preferences this command wrote")
     return parser
 
 
@@ -652,7 +665,24 @@ def cmd_view(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
     return 0
 
 
-COMMANDS = {"export": cmd_export, "info": cmd_info, "view": cmd_view}
+def cmd_set_reader(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
+    from napari.settings import get_settings
+
+    from ._prefs import PLUGIN, READER_PATTERNS, set_reader_preferences
+
+    changed = set_reader_preferences(undo=args.undo)
+    where = get_settings().config_path
+    if args.undo:
+        print(f"napari reader preferences removed: {', '.join(changed) or 'none were set'}"
+              f" ({where})", file=stdout)
+    else:
+        print(f"napari opens {', '.join(READER_PATTERNS)} with {PLUGIN} ({where}); "
+              f"undo: {PROG} set-reader --undo", file=stdout)
+    return 0
+
+
+COMMANDS = {"export": cmd_export, "info": cmd_info, "view": cmd_view,
+            "set-reader": cmd_set_reader}
 
 
 def _tune_allocator() -> None:
