@@ -111,38 +111,63 @@ def test_extensionless_patterns_claim_no_other_format(tmp_path: Path) -> None:
 
 def test_progress_bar_updates_are_throttled_by_time(make_napari_viewer: Any) -> None:
     """The reader's napari progress bar (shown in the window's activity dock) appears only
-    once the work has run 0.2 s and then moves at most every 0.2 s, however many files.
+    once the work has run 0.5 s, then moves at most every 0.2 s, however many files, and
+    less often when its updates are slow (at most 5 % of the time).
 
-    The reader's clock is replaced by a scripted one (10 ms per file) so the count does not
-    depend on this machine's speed; the progress objects are napari's own."""
+    The reader's clock is scripted (10 ms per file) so the count does not depend on this
+    machine's speed; the progress objects are napari's own."""
     from napari.utils import progress
 
-    from napari_dicom._reader import _PROGRESS_EVERY, _close, _progress_bar
+    from napari_dicom._reader import (
+        _PROGRESS_EVERY,
+        _PROGRESS_FIRST,
+        _PROGRESS_SHARE,
+        _close,
+        _progress_bar,
+    )
 
     make_napari_viewer()
-    t = iter(np.arange(0.0, 100.0, 0.01))
-    state, callback = _progress_bar(0, "Reading DICOM headers", clock=lambda: float(next(t)))
-    values: list[int] = []
-    created = len(progress._all_instances)
-    for done in range(1, 15):  # the first 0.14 s: no bar yet
-        callback(done, 1000)
-    assert state["bar"] is None and len(progress._all_instances) == created
-    def watch(event: Any) -> None:
-        for bar in event.added:
-            bar.events.value.connect(lambda v: values.append(v.value))
+    now = [0.0]
+    slow_update = [0.0]  # extra seconds an update takes, added to the clock by it
 
-    progress._all_instances.events.changed.connect(watch)
-    try:
-        for done in range(15, 1001):  # 10 s of work over 1000 files
-            callback(done, 1000)
-    finally:
-        progress._all_instances.events.changed.disconnect(watch)
+    def clock() -> float:
+        return now[0]
+
+    def run(files: int) -> tuple[Any, list[int]]:
+        values: list[int] = []
+
+        def watch(event: Any) -> None:
+            for bar in event.added:
+                bar.events.value.connect(lambda v: values.append(v.value))
+                bar.events.value.connect(lambda v: now.__setitem__(0, now[0] + slow_update[0]))
+
+        now[0] = 0.0
+        state, callback = _progress_bar(0, "Reading DICOM headers", clock=clock)
+        progress._all_instances.events.changed.connect(watch)
+        try:
+            for done in range(1, files + 1):
+                now[0] += 0.01
+                callback(done, files)
+                if now[0] < _PROGRESS_FIRST - 0.01:
+                    assert state["bar"] is None
+        finally:
+            progress._all_instances.events.changed.disconnect(watch)
+        return state, values
+
+    state, values = run(1000)  # 10 s of work over 1000 files
     bar = state["bar"]
     assert bar in progress._all_instances and bar.total == 1000
-    assert 10.0 / _PROGRESS_EVERY - 2 <= len(values) <= 10.0 / _PROGRESS_EVERY  # not 1000
-    assert values == sorted(values) and values[0] <= 25 and values[-1] >= 980
+    n_max = (10.0 - _PROGRESS_FIRST) / _PROGRESS_EVERY + 1
+    assert n_max - 3 <= len(values) <= n_max  # not 1000
+    assert values == sorted(values) and values[0] <= 52 and values[-1] >= 980
     _close(state)
     assert bar not in progress._all_instances
+    # updates that take 0.1 s each (a slow repaint) come at most every 2 s
+    slow_update[0] = 0.1
+    state, values = run(1000)
+    spent = len(values) * slow_update[0]
+    assert spent <= _PROGRESS_SHARE * now[0] + slow_update[0]
+    _close(state)
 
 
 def test_a_series_warning_is_shown_once(make_napari_viewer: Any, tmp_path: Path) -> None:
