@@ -11,7 +11,7 @@ import numpy as np
 from napari.utils.colormaps import Colormap
 
 from .core.meta import curve_colormap_name, needs_curve, step_limits
-from .core.render import Display, display_curve
+from .core.render import Display, display_curve, distinct_limits
 
 
 def curve_colormap(display: Display, inverted: bool, n: int = 256) -> Colormap:
@@ -33,10 +33,10 @@ def layer_display_kwargs(display: Display, inverted: bool) -> dict[str, object]:
     """``contrast_limits`` and ``colormap`` for an image layer that shows ``display``."""
     if needs_curve(display):
         return {
-            "contrast_limits": list(step_limits(display)),
+            "contrast_limits": list(distinct_limits(*step_limits(display))),
             "colormap": curve_colormap(display, inverted),
         }
     return {
-        "contrast_limits": list(display.window.limits()),
+        "contrast_limits": list(distinct_limits(*display.window.limits())),
         "colormap": "gray_r" if inverted else "gray",
     }

@@ -20,6 +20,7 @@ from .core.pixels import (
     load_series,
     series_metadata,
 )
+from .core.render import distinct_limits
 from .core.scan import ScanResult
 
 log = logging.getLogger(__name__)
@@ -29,47 +30,33 @@ LayerData = tuple[Any, dict[str, Any], str]
 ReaderFunction = Callable[[PathLike], list[LayerData]]
 
 _SUFFIXES = (".dcm", ".dicom", ".ima")
-#: get_reader stops looking for a DICOM file in a folder after this many entries
-_PROBE_LIMIT = 5000
 #: show a napari progress bar from this many files / planes on
 _PROGRESS_FROM = 50
 
 
-def _folder_has_image(folder: Path, limit: int = _PROBE_LIMIT) -> bool:
-    """Whether a walk of ``folder`` finds a DICOM image (stops at the first one); a folder
-    of reports or structure sets only, or with no DICOM at all, is not claimed.
+def _folder_has_image(folder: Path) -> bool:
+    """Whether a walk of ``folder`` finds a DICOM image (``core.scan.has_image``: stops at
+    the first one, links followed once, only regular files opened, hidden files too); a
+    folder of reports or structure sets only, or with no DICOM at all, is not claimed."""
+    from .core.scan import has_image
 
-    Files named like DICOM (``*.dcm``...) are tried first in each folder.
-    """
-    from .core.scan import is_dicom_image
-
-    seen = 0
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        named = [f for f in files if f.lower().endswith(_SUFFIXES)]
-        others = sorted(set(files) - set(named))
-        for name in named + [f for f in others if not f.startswith(".")]:
-            if is_dicom_image(Path(root) / name):
-                return True
-            seen += 1
-            if seen >= limit:
-                return False
-    return False
+    return has_image(folder)
 
 
 def _claims(path: str | os.PathLike[str]) -> bool:
+    from .core.safety import HEADER_ERRORS
     from .core.scan import is_dicom_file
 
     p = Path(path)
     try:
         if p.is_dir():
             return _folder_has_image(p)
-        if p.name.upper() == "DICOMDIR":
-            return _folder_has_image(p.parent)
+        if p.name.upper() == "DICOMDIR" and p.is_file():
+            return True  # its folder is read; a damaged or empty one gets a clear message
         if p.is_file():
             # a single non-image object (say an SR) is claimed, to say what it is
             return is_dicom_file(p)
-    except OSError:
+    except (OSError, *HEADER_ERRORS):  # get_reader never raises
         return False
     return False
 
@@ -115,8 +102,10 @@ def _notify_scan(result: ScanResult) -> None:
     """Tell the user, in plain words, what the scan found and left out."""
     from napari.utils.notifications import show_info, show_warning
 
+    skipped = {f"skipped {s.reason}" for s in result.skipped}  # told once, below
     for w in result.warnings:
-        show_warning(w)
+        if w not in skipped:
+            show_warning(w)
     if result.skipped:
         names = "; ".join(s.reason for s in result.skipped[:3])
         more = f" (and {len(result.skipped) - 3} more)" if len(result.skipped) > 3 else ""
@@ -180,7 +169,7 @@ def read_dicom(path: PathLike) -> list[LayerData]:
         kwargs: dict[str, Any] = {"name": series.name, **layer_geometry(series),
                                   "metadata": {"dicom": meta}}
         if series.rgb:
-            kwargs["contrast_limits"] = list(display.window.limits())
+            kwargs["contrast_limits"] = list(distinct_limits(*display.window.limits()))
         else:
             kwargs.update(layer_display_kwargs(display, inverted=series.invert))
         layers.append((data, kwargs, "image"))
