@@ -880,8 +880,10 @@ def _load_eager(
             raise
         except (DicomLoadError, *_DECODE_ERRORS) as exc:
             with lock:
+                why = (one_line(exc) if isinstance(exc, DicomLoadError)
+                       else f"cannot decode the pixel data ({one_line(exc)})")
                 for k in ks:
-                    failed[k] = one_line(exc)
+                    failed[k] = why
         return len(ks)
 
     tasks = _tasks(series, jobs)

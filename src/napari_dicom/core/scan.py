@@ -532,6 +532,8 @@ def _name(path: str) -> str:
 def _sop_class_name(uid: str | None) -> str:
     if not uid:
         return "unknown SOP class"
+    if len(uid) > 64 or uid.strip("0123456789."):  # PS3.5 9.1: digits and dots, <= 64
+        return "a damaged SOP Class UID"
     name = UID(uid).name
     return name if name != uid else f"SOP class {uid}"
 
