@@ -12,6 +12,25 @@ For a 300-slice 512 x 512 int16 CT (uncompressed, and JPEG Lossless SV1) it prin
   included) against the final array (target <= 1.3x);
 * which JPEG Lossless decoder is fastest and whether it releases the GIL (the same frames
   decoded serially and on 2 threads).
+
+``--user`` measures what a user gets instead (issue 12), on series written as GE (signed
+16 bits, intercept -1024, Pixel Padding Value), Siemens (unsigned 12 of 16 bits) and
+Philips-style (unsigned 16 bits stored) headers, uncompressed and JPEG Lossless, 300 and
+1000 slices of 512 x 512 (``--user-slices``), each beside the naive loop
+``np.stack([dcmread(f).pixel_array for f in files])`` timed in the same run:
+
+* full read: ``ViewerModel().open(folder, plugin="napari-dicom")`` then
+  ``np.asarray(layer.data)`` (goals: >= 2x the naive loop uncompressed, >= 6x JPEG
+  Lossless);
+* first slice shown: ``open`` returned with the layer sliced, and that minus the header
+  scan alone (goal <= 0.3 s at 1000 slices);
+* peak memory of the user path in a fresh process (tracemalloc) against the final array
+  (goal <= 1.1x) and its dtype (goal int16 for all three);
+* ``--widget``: the Window / Level widget taking a 1000-slice layer whose volume is in
+  memory (its whole-series histogram), against the same widget on a plain copy of the
+  array (goal <= 0.2 s). Needs a display (``xvfb-run``).
+
+Run: ``xvfb-run -a python benchmarks/bench_load.py --user [--widget] [--user-slices 300 1000]``
 """
 
 from __future__ import annotations
@@ -162,13 +181,143 @@ def bench_jpeg_decoders(slices: int, size: int, repeat: int) -> None:
               f"({'releases' if serial / threaded > 1.4 else 'holds'} the GIL)")
 
 
+# --------------------------------------------------------------------------------------
+# the user's path (issue 12)
+# --------------------------------------------------------------------------------------
+
+STYLES = ("ge", "siemens", "philips")
+USER_GOALS = {"uncompressed": 2.0, "jpeg-lossless": 6.0}
+
+
+def ensure_style_series(style: str, kind: str, slices: int, size: int = 512) -> Path:
+    """A series written with ``header_style=style``, once, under ``benchmarks/_work``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_scan import ensure_bench_series
+
+    short = {"uncompressed": "raw", "jpeg-lossless": "jpegll"}[kind]
+    return Path(ensure_bench_series(short, slices, size, header_style=style))
+
+
+def _dcm_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix == ".dcm")
+
+
+def user_open(folder: Path) -> tuple[float, float, Any]:
+    """``(first slice shown, full read, array)``: ViewerModel.open, then np.asarray."""
+    from napari.components import ViewerModel
+
+    vm = ViewerModel()
+    t0 = time.perf_counter()
+    layer = vm.open(str(folder), plugin="napari-dicom")[0]
+    np.asarray(layer._slice.image.raw)  # what the canvas draws: the current plane
+    t_first = time.perf_counter() - t0
+    arr = np.asarray(layer.data)
+    t_full = time.perf_counter() - t0
+    vm.layers.clear()
+    return t_first, t_full, arr
+
+
+_USER_PEAK = """
+import sys, tracemalloc
+import numpy as np
+from napari.components import ViewerModel
+import napari_dicom._reader, napari_dicom.core.volume
+vm = ViewerModel()
+tracemalloc.start()
+layer = vm.open(sys.argv[1], plugin="napari-dicom")[0]
+a = np.asarray(layer.data)
+cur, peak = tracemalloc.get_traced_memory()
+print(a.nbytes, peak, a.dtype)
+"""
+
+
+def user_peak(folder: Path) -> tuple[int, int, str]:
+    out = subprocess.run([sys.executable, "-c", _USER_PEAK, str(folder)], check=True,
+                         capture_output=True, text=True).stdout.split()
+    return int(out[0]), int(out[1]), out[2]
+
+
+def bench_user(style: str, kind: str, slices: int, repeat: int) -> None:
+    from napari_dicom.core.scan import scan
+
+    folder = ensure_style_series(style, kind, slices)
+    files = _dcm_files(folder)
+    t_naive = best_of(lambda: np.stack([pydicom.dcmread(f).pixel_array for f in files]),
+                      repeat)
+    t_scan = best_of(lambda: scan([folder]), repeat)
+    firsts, fulls = [], []
+    for _ in range(repeat):
+        t_first, t_full, arr = user_open(folder)
+        firsts.append(t_first)
+        fulls.append(t_full)
+        dtype = arr.dtype
+        del arr
+    nbytes, peak, _ = user_peak(folder)
+    ratio = t_naive / min(fulls)
+    goal = USER_GOALS[kind]
+    print(f"{style:8s} {kind:13s} {slices:5d} | naive {t_naive:6.2f} s | user full read "
+          f"{min(fulls):6.2f} s -> {ratio:5.2f}x (goal >= {goal:g}x) | first slice "
+          f"{min(firsts):5.3f} s (scan alone {t_scan:5.3f} s, after it "
+          f"{min(firsts) - t_scan:5.3f} s) | peak {peak / nbytes:4.2f}x of "
+          f"{nbytes / 2**20:.0f} MiB | {dtype}", flush=True)
+
+
+def bench_widget(folder: Path) -> None:
+    """The Window / Level widget taking a layer whose volume is in memory."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(show=False)
+    try:
+        layer = viewer.open(str(folder), plugin="napari-dicom")[0]
+        t0 = time.perf_counter()
+        while not isinstance(layer.data, np.ndarray):  # the background load's swap
+            QApplication.processEvents()
+            time.sleep(0.005)
+        t_swap = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        viewer.window.add_plugin_dock_widget("napari-dicom", "Window / Level")
+        QApplication.processEvents()
+        t_ours = time.perf_counter() - t0
+        viewer.window.remove_dock_widget("all")
+        copy = viewer.add_image(np.array(layer.data), metadata=layer.metadata,
+                                contrast_limits=layer.contrast_limits, name="plain copy")
+        t0 = time.perf_counter()
+        viewer.window.add_plugin_dock_widget("napari-dicom", "Window / Level")
+        QApplication.processEvents()
+        t_plain = time.perf_counter() - t0
+        del copy
+        print(f"widget taking the layer, {layer.data.shape[0]} slices: {t_ours:5.3f} s "
+              f"(volume swapped in {t_swap:4.2f} s after open returned) | same widget on a "
+              f"plain numpy copy: {t_plain:5.3f} s (goal <= 0.2 s)", flush=True)
+    finally:
+        viewer.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--kinds", nargs="*", default=list(KINDS))
+    ap.add_argument("--user", action="store_true", help="the user's path (issue 12)")
+    ap.add_argument("--user-slices", type=int, nargs="*", default=[300, 1000])
+    ap.add_argument("--styles", nargs="*", default=list(STYLES))
+    ap.add_argument("--widget", action="store_true", help="the widget on 1000 slices")
     args = ap.parse_args(argv)
+    if args.user or args.widget:
+        print(f"machine: {os.cpu_count()} CPUs, load average "
+              f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
+    if args.user:
+        for slices in args.user_slices:
+            for kind in args.kinds:
+                for style in args.styles:
+                    bench_user(style, kind, slices, 2 if slices > 300 else args.repeat)
+    if args.widget:
+        for style in args.styles:
+            bench_widget(ensure_style_series(style, "uncompressed", 1000))
+    if args.user or args.widget:
+        return 0
     for kind in args.kinds:
         bench_kind(kind, args.slices, args.size, args.repeat)
     bench_jpeg_decoders(args.slices, args.size, args.repeat)

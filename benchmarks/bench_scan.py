@@ -30,15 +30,19 @@ SIZE = 512
 KINDS = {"raw": ExplicitVRLittleEndian, "jpegll": JPEGLosslessSV1}
 
 
-def ensure_bench_series(kind: str = "raw", n_slices: int = N_SLICES, size: int = SIZE) -> Path:
-    """Folder holding the benchmark series of ``kind`` (``"raw"`` or ``"jpegll"``).
+def ensure_bench_series(
+    kind: str = "raw", n_slices: int = N_SLICES, size: int = SIZE, header_style: str = "ge",
+) -> Path:
+    """Folder holding the benchmark series of ``kind`` (``"raw"`` or ``"jpegll"``), its
+    headers written as ``header_style`` does (see ``write_ct_phantom``).
 
     Written once; a ``done.json`` marker records a complete write, so an interrupted write
     is redone.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}")
-    folder = WORK / f"ct_{kind}_{n_slices}x{size}"
+    style = "" if header_style == "ge" else f"{header_style}_"
+    folder = WORK / f"ct_{style}{kind}_{n_slices}x{size}"
     marker = folder / "done.json"
     if marker.is_file():
         return folder
@@ -49,7 +53,7 @@ def ensure_bench_series(kind: str = "raw", n_slices: int = N_SLICES, size: int =
     vol = ct_phantom_volume(n_slices, size)
     write_ct_phantom(
         folder, n_slices, size, (1.0, 0.7, 0.7), transfer_syntax=KINDS[kind], volume=vol,
-        series_description=f"Bench CT {kind}", extension=".dcm",
+        series_description=f"Bench CT {kind}", extension=".dcm", header_style=header_style,
     )
     marker.write_text(json.dumps({"kind": kind, "n": n_slices, "size": size}))
     print(f"wrote {n_slices} files ({kind}) to {folder} in {time.perf_counter() - t0:.1f} s")

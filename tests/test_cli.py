@@ -585,3 +585,13 @@ def test_view_without_source_opens_sample(tmp_path: Path, qapp: object) -> None:
     assert "layers: 1 CT" in stdout  # the bundled phantom CT series
     assert "docked: Window / Level" in stdout
     assert shot.is_file()
+
+
+def test_view_extensionless_file(tmp_path: Path, qapp: object) -> None:
+    # a CR image of pydicom's DICOMDIR tree, named as on a CD: no extension
+    cr = str(Path(get_testdata_file("DICOMDIR")).parent / "77654033" / "CR1" / "6154")
+    shot = tmp_path / "cr.png"
+    code, stdout, stderr = _run(["view", cr, "--screenshot", str(shot)])
+    assert code == 0, stderr
+    assert "layers: 1 CR Cervical LAT" in stdout
+    assert shot.is_file()

@@ -59,9 +59,12 @@ def test_phantom_folder_one_layer(make_napari_viewer, phantom: Path) -> None:
     layer = viewer.layers[0]
     assert layer.data.shape == (20, 96, 96)
     np.testing.assert_array_equal(np.asarray(layer.data), ct_phantom_volume(20, 96))
-    np.testing.assert_allclose(layer.scale, (2.5, 0.7, 0.7))
-    # phantom origin centres the image: first pixel at -size/2 * spacing
+    # napari world = patient (I, P, L) = (-z, y, x) mm (core.geometry): slices go up in z,
+    # so down the I axis; rows along +y (posterior), columns along +x (patient left)
+    np.testing.assert_allclose(layer.scale, (-2.5, 0.7, 0.7))
+    # phantom origin centres the image: first pixel at -size/2 * spacing, first slice z = 0
     np.testing.assert_allclose(layer.translate, (0.0, -96 / 2 * 0.7, -96 / 2 * 0.7), atol=1e-4)
+    assert tuple(layer.axis_labels) == ("I", "P", "L")
     # stored window 40/400 (SOFT TISSUE) as LINEAR contrast limits
     assert tuple(layer.contrast_limits) == (-160.0, 239.0)
     assert layer.colormap.name == "gray"
@@ -91,10 +94,13 @@ def test_ct_small_hu_under_known_pixel(make_napari_viewer) -> None:
     layer = viewer.layers[0]
     ds = pydicom.dcmread(CT_SMALL)
     hu = apply_modality_lut(ds.pixel_array, ds)
-    assert layer.data[64, 64] == hu[64, 64]
-    assert layer.data[0, 0] == int(ds.pixel_array[0, 0]) - 1024
+    # one slice placed in patient space: a slab of one plane (core.geometry), axial so
+    # not transposed
+    assert layer.data.shape == (1, 128, 128)
+    assert layer.data[0, 64, 64] == hu[64, 64]
+    assert layer.data[0, 0, 0] == int(ds.pixel_array[0, 0]) - 1024
     # the value napari reports under the cursor at data coordinate (64, 64)
-    world = layer.data_to_world((64, 64))
+    world = layer.data_to_world((0, 64, 64))
     assert layer.get_value(world, world=True) == hu[64, 64]
 
 
@@ -109,7 +115,8 @@ def test_mixed_folder_layers_in_series_order(make_napari_viewer, tmp_path: Path)
     viewer.open(str(tmp_path), plugin=PLUGIN)
     shapes = [layer.data.shape for layer in viewer.layers]
     assert len(viewer.layers) == 3
-    assert (3, 32, 32) in shapes and (4, 32, 32) in shapes and (64, 64) in shapes
+    # MR_small is one axial slice: a slab of one plane in patient space
+    assert (3, 32, 32) in shapes and (4, 32, 32) in shapes and (1, 64, 64) in shapes
     names = [layer.name for layer in viewer.layers]
     assert names.index("2 CT Early") < names.index("3 CT Late")
 

@@ -146,12 +146,15 @@ def test_percentile_ignore_extremes_equals_numpy(setup: tuple[Any, Any, Any]) ->
     assert layer.contrast_limits == pytest.approx(ref, abs=1e-9)
     assert "whole series" in widget._status.value
     # current slice scope follows the viewer's slider
+    # (the I axis runs against the slice order, superior first: step 7 shows the 8th plane
+    # from the top, data plane n - 8)
     viewer.dims.set_current_step(0, 7)
+    k = hu.shape[0] - 8
     widget._scope.value = "current slice"
     widget._ignore.value = False
     widget._lo_q.value, widget._hi_q.value = 1.0, 99.0
     widget._apply.clicked.emit()
-    plane = hu[7][hu[7] != HU_PADDING]
+    plane = hu[k][hu[k] != HU_PADDING]
     assert layer.contrast_limits == pytest.approx(np.percentile(plane, [1, 99]), abs=1e-9)
 
 

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .core.geometry import layer_geometry
 from .core.pixels import (
     DicomLoadError,
     default_display,
-    layer_geometry,
-    load_series,
     series_metadata,
 )
 from .core.render import distinct_limits
 from .core.scan import ScanResult
+from .core.volume import SeriesVolume, open_series
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ ReaderFunction = Callable[[PathLike], list[LayerData]]
 _SUFFIXES = (".dcm", ".dicom", ".ima")
 #: show a napari progress bar from this many files / planes on
 _PROGRESS_FROM = 50
+#: seconds between two progress bar updates (and before the bar appears)
+_PROGRESS_EVERY = 0.2
 
 
 def _folder_has_image(folder: Path) -> bool:
@@ -75,15 +78,25 @@ def napari_get_reader(path: PathLike) -> ReaderFunction | None:
     return None
 
 
-def _progress_bar(total_hint: int, desc: str) -> tuple[Any, Callable[[int, int], None]]:
-    """A napari progress bar driven by ``callback(done, total)``."""
+def _progress_bar(
+    total_hint: int, desc: str, clock: Callable[[], float] = time.monotonic
+) -> tuple[Any, Callable[[int, int], None]]:
+    """A napari progress bar driven by ``callback(done, total)``, throttled by time.
+
+    In the GUI each update of a napari progress bar repaints the window (about 2 ms, far
+    more than reading a file's header), so the bar is created only once the work has run
+    :data:`_PROGRESS_EVERY` seconds and is then updated at most that often: a quick open
+    shows no bar, a long one a bar that moves a few times a second.
+    """
     from napari.utils import progress
 
-    state: dict[str, Any] = {"bar": None, "done": 0}
+    state: dict[str, Any] = {"bar": None, "done": 0, "next": clock() + _PROGRESS_EVERY}
 
     def callback(done: int, total: int) -> None:
-        if total < _PROGRESS_FROM:
+        now = clock()
+        if total < _PROGRESS_FROM or now < state["next"]:
             return
+        state["next"] = now + _PROGRESS_EVERY
         bar = state["bar"]
         if bar is None:
             bar = state["bar"] = progress(total=total, desc=desc)
@@ -123,9 +136,10 @@ def _notify_scan(result: ScanResult) -> None:
 def read_dicom(path: PathLike) -> list[LayerData]:
     """Read DICOM files / folders into one image layer per series.
 
-    Each layer carries ``metadata["dicom"]`` (see ``core.meta``), the geometry (scale,
-    translate, units, axis labels) and the file's default display (stored window, VOI LUT,
-    or min-max without padding), MONOCHROME1 shown through ``gray_r`` (data unaltered).
+    Each layer carries ``metadata["dicom"]`` (see ``core.meta``), its place in patient space
+    (``core.geometry``: scale/translate or affine, units, axis labels) and the file's
+    default display (stored window, VOI LUT, or min-max without padding), MONOCHROME1
+    shown through ``gray_r`` (data unaltered).
 
     Raises
     ------
@@ -155,30 +169,65 @@ def read_dicom(path: PathLike) -> list[LayerData]:
     layers: list[LayerData] = []
     failures: list[str] = []
     for series in result.series:
-        state, cb = _progress_bar(0, f"Loading {series.name}")
         try:
-            data = load_series(series, progress=cb)
+            data = open_series(series)
         except DicomLoadError as exc:
             failures.append(str(exc))
             show_warning(f"{series.name}: not opened: {exc}")
             continue
-        finally:
-            _close(state)
+        loading = data if isinstance(data, SeriesVolume) else None
         display, note = default_display(series, data)
         meta = series_metadata(series, display, note, dtype=data.dtype)
-        kwargs: dict[str, Any] = {"name": series.name, **layer_geometry(series),
-                                  "metadata": {"dicom": meta}}
+        data, geometry, meta["placement"] = layer_geometry(series, data)
+        kwargs: dict[str, Any] = {"name": series.name, **geometry, "metadata": {"dicom": meta}}
         if series.rgb:
             kwargs["contrast_limits"] = list(distinct_limits(*display.window.limits()))
         else:
             kwargs.update(layer_display_kwargs(display, inverted=series.invert))
         layers.append((data, kwargs, "image"))
-        for w in _unique(series.warnings):
+        for w in _unique([*series.warnings, *meta["placement"].get("warnings", [])]):
             show_warning(f"{series.name}: {w}")
+        if loading is not None:
+            _swap_when_loaded(loading, data, told=len(series.warnings))
     if not layers:
         raise DicomLoadError(f"no DICOM series could be loaded from {where}: "
                              + "; ".join(failures))
     return layers
+
+
+def _swap_when_loaded(volume: SeriesVolume, shown: Any, told: int) -> None:
+    """Once ``volume`` is in memory, give every layer showing it (as ``shown``: the volume
+    or its patient-space view) the finished numpy array, arranged the same way, on the GUI
+    thread: 3-D, the widget's statistics and ``np.asarray(layer.data)`` then run at memory
+    speed. Contrast limits, colormap and the shown plane stay as they are.
+
+    Without a Qt application (a headless ``ViewerModel``) nothing is swapped: indexing the
+    volume and ``np.asarray`` already read the finished array. Damaged planes found by the
+    background load (the series' warnings after the first ``told``) are notified then.
+    """
+    if not volume.in_memory:
+        return
+    from qtpy.QtWidgets import QApplication
+
+    if QApplication.instance() is None:
+        return
+    from superqt.utils import ensure_main_thread
+
+    @ensure_main_thread
+    def swap(_: Any) -> None:
+        from napari import Viewer
+
+        for viewer in list(getattr(Viewer, "_instances", ())):
+            for layer in viewer.layers:
+                if layer.data is shown:
+                    layer.data = volume.finished(shown)
+        from napari.utils.notifications import show_warning
+
+        series = volume.series
+        for w in _unique(series.warnings[told:]):
+            show_warning(f"{series.name}: {w}")
+
+    volume.when_loaded(swap)
 
 
 def _unique(items: Iterable[str]) -> list[str]:

@@ -26,6 +26,7 @@ import numpy.typing as npt
 from napari.utils.colormaps import Colormap, ensure_colormap
 
 from .core.export import Progress, export_stack
+from .core.geometry import restore_layer_data
 from .core.meta import (
     GREY,
     GREY_R,
@@ -79,6 +80,8 @@ def _export(
         data = data[0]  # full resolution
     rgb = bool(attributes.get("rgb", False))
     metadata = attributes.get("metadata") or {}
+    # planes as the files hold them (the layer may show them transposed into patient space)
+    data = restore_layer_data(data, dicom_meta(metadata).get("placement"), rgb)
     display = None
     if not rgb:
         display = layer_display(

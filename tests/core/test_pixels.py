@@ -303,13 +303,15 @@ def test_progress_reports_every_plane(phantom: Path) -> None:
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
 
 
-def test_lazy_default_for_large_series(phantom: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lazy_default_on_memory_not_planes(phantom: Path) -> None:
+    """lazy=None is decided on the bytes the array needs against the budget."""
     import dask.array as da
 
     s = one_series(phantom)
+    need = 12 * 64 * 64 * 2  # int16 HU
     assert isinstance(load_series(s), np.ndarray)
-    monkeypatch.setattr(pixels, "LAZY_PLANES", 10)
-    assert isinstance(load_series(s), da.Array)
+    assert isinstance(load_series(s, budget=need), np.ndarray)
+    assert isinstance(load_series(s, budget=need - 1), da.Array)
 
 
 def test_corrupt_plane_skipped_with_warning(tmp_path: Path) -> None:

@@ -13,6 +13,9 @@ Keys of ``metadata["dicom"]``:
 ``sop_instance_uids`` one per plane
 ``positions``         Image Position (Patient) per plane (or ``None``)
 ``locations``         position along the slice normal per plane, mm (or ``None``)
+``placement``         where the layer sits in patient space (``core.geometry``): ``kind``
+                      ("aligned", "affine", "index"), ``axes`` (the layer shows the
+                      acquisition array transposed so), ``matrix``, ``lead``, ``added_axis``
 ``windows``           all stored windows, ``Window.to_dict()`` (first = file default)
 ``voi_luts``          all VOI LUT Sequence items, ``LUT.to_dict()``
 ``voi_function``      the file's VOI LUT Function

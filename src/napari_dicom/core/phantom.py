@@ -38,10 +38,13 @@ __all__ = [
     "HU_PADDING",
     "RESCALE_INTERCEPT",
     "STORED_PADDING",
+    "bead_volume",
     "ct_phantom_volume",
     "encode_jpeg_lossless",
     "read_hu",
+    "voxel_positions",
     "write_ct_phantom",
+    "write_enhanced_ct",
 ]
 
 RESCALE_INTERCEPT = -1024
@@ -181,6 +184,7 @@ def write_ct_phantom(
     image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL"),
     volume: npt.NDArray[np.int16] | None = None,
     noise: float = 8.0,
+    header_style: str = "ge",
 ) -> list[Path]:
     """Write the phantom as a multi-file CT series into ``folder``; return the paths.
 
@@ -214,15 +218,26 @@ def write_ct_phantom(
         ``dz * tan(tilt)``, the orientation stays as given (positions leave the normal).
     volume
         HU values to write instead of :func:`ct_phantom_volume` (``(n, size, size)``).
+    header_style
+        How the stored values are laid out, as scanners commonly write CT (all with Rescale
+        Slope 1, Intercept -1024): ``"ge"`` signed 16 bits stored, with the Pixel Padding
+        Value; ``"siemens"`` unsigned, 12 of 16 bits stored (High Bit 11), no padding
+        (values below -1024 HU become -1024); ``"philips"`` unsigned, 16 bits stored,
+        no padding (values below -1024 HU become -1024), slope and intercept written as
+        ``"1.0"`` and ``"-1024.0"``.
 
     Returns
     -------
     list of Path
         The written files, in slice-position order (skipped slices left out).
     """
+    if header_style not in ("ge", "siemens", "philips"):
+        raise ValueError(f"header_style must be 'ge', 'siemens' or 'philips', not {header_style!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ts = UID(transfer_syntax)
+    signed = header_style == "ge"
+    bits = 12 if header_style == "siemens" else 16
     dz, dr, dc = (float(v) for v in spacing)
     row_cos = np.asarray(orientation[:3], dtype=float)
     col_cos = np.asarray(orientation[3:], dtype=float)
@@ -297,24 +312,28 @@ def write_ct_phantom(
         ds.Columns = size
         ds.PixelSpacing = [f"{dr:g}", f"{dc:g}"]
         ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.add_new(0x00280120, "SS", STORED_PADDING)  # Pixel Padding Value
+        ds.BitsStored = bits
+        ds.HighBit = bits - 1
+        ds.PixelRepresentation = 1 if signed else 0
+        if signed:
+            ds.add_new(0x00280120, "SS", STORED_PADDING)  # Pixel Padding Value
         ds.WindowCenter = ["40", "-600"]
         ds.WindowWidth = ["400", "1500"]
         ds.WindowCenterWidthExplanation = ["SOFT TISSUE", "LUNG"]
-        ds.RescaleIntercept = str(RESCALE_INTERCEPT)
-        ds.RescaleSlope = "1"
+        philips = header_style == "philips"
+        ds.RescaleIntercept = f"{RESCALE_INTERCEPT}.0" if philips else str(RESCALE_INTERCEPT)
+        ds.RescaleSlope = "1.0" if philips else "1"
         ds.RescaleType = "HU"
-        stored = (hu[k].astype(np.int32) - RESCALE_INTERCEPT).astype(np.int16)
+        sv = hu[k].astype(np.int32) - RESCALE_INTERCEPT
+        stored = sv.astype(np.int16) if signed else np.clip(sv, 0, (1 << bits) - 1).astype(
+            np.uint16)
         if ts in _LJPEG_SYNTAXES:
-            ds.PixelData = encapsulate([encode_jpeg_lossless(stored, 16)])
+            ds.PixelData = encapsulate([encode_jpeg_lossless(stored, bits)])
             ds["PixelData"].VR = "OB"
             ds["PixelData"].is_undefined_length = True
         elif ts in _NATIVE_SYNTAXES:
             ds.PixelData = stored.tobytes() if ts != ExplicitVRBigEndian else (
-                stored.astype(">i2").tobytes())
+                stored.astype(stored.dtype.newbyteorder(">")).tobytes())
             ds["PixelData"].VR = "OW"
         else:
             ds.PixelData = stored.tobytes()
@@ -352,5 +371,139 @@ def write_text_sr(path: str | os.PathLike[str], patient_id: str = "PHANTOM") -> 
     ds.SeriesInstanceUID = generate_uid()
     ds.ValueType = "CONTAINER"
     out = Path(path)
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def voxel_positions(
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    orientation: Sequence[float],
+    origin: Sequence[float],
+) -> npt.NDArray[np.float64]:
+    """Patient (LPS) position of every voxel centre, ``(*shape, 3)`` mm, by the definition
+    of Image Position / Orientation (Patient) (PS3.3 C.7.6.2.1.1): slice ``k`` starts at
+    ``origin + k * dz * normal``; row ``r`` moves along the column cosine by the row
+    spacing, column ``c`` along the row cosine by the column spacing."""
+    dz, dr, dc = spacing
+    row_cos = np.asarray(orientation[:3], dtype=float)
+    col_cos = np.asarray(orientation[3:6], dtype=float)
+    normal = np.cross(row_cos, col_cos)
+    k, r, c = (np.arange(n, dtype=float) for n in shape)
+    out: npt.NDArray[np.float64] = (
+        np.asarray(origin, dtype=float)
+        + k[:, None, None, None] * dz * normal
+        + r[None, :, None, None] * dr * col_cos
+        + c[None, None, :, None] * dc * row_cos
+    )
+    return out
+
+
+def bead_volume(
+    beads: Sequence[Sequence[float]],
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    orientation: Sequence[float],
+    origin: Sequence[float],
+    radius: float = 2.5,
+) -> npt.NDArray[np.int16]:
+    """A geometry phantom in HU: bead ``j`` (a ball of ``radius`` mm around the patient
+    point ``beads[j]``) is ``100 * (j + 1)``, and the one voxel nearest its centre (the
+    bead's voxel) ``100 * (j + 1) + 50``; 0 elsewhere. Sampled on the grid that
+    :func:`write_ct_phantom` writes with the same ``spacing``/``orientation``/``origin``, so
+    any orientation of one set of beads can be written as a series."""
+    pos = voxel_positions(shape, spacing, orientation, origin)
+    out = np.zeros(shape, dtype=np.int16)
+    for j, b in enumerate(beads):
+        d = np.linalg.norm(pos - np.asarray(b, dtype=float), axis=-1)
+        out[d <= radius] = 100 * (j + 1)
+        out[np.unravel_index(int(np.argmin(d)), shape)] = 100 * (j + 1) + 50
+    return out
+
+
+def write_enhanced_ct(
+    path: str | os.PathLike[str],
+    volume: npt.NDArray[np.int16],
+    spacing: tuple[float, float, float],
+    orientation: Sequence[float],
+    origin: Sequence[float],
+    *,
+    study_uid: str,
+    frame_uid: str | None = None,
+    series_number: int = 9,
+    frame_order: Sequence[int] | None = None,
+) -> Path:
+    """``volume`` (HU) as one Enhanced CT Image Storage file (PS3.3 A.38): positions per
+    frame in the Per-frame Functional Groups (Plane Position), orientation, pixel
+    measures and rescale in the Shared Functional Groups (C.7.6.16); the frames stored in
+    ``frame_order`` (default reversed, so only the positions sort them)."""
+    n, rows, cols = volume.shape
+    dz, dr, dc = (float(v) for v in spacing)
+    row_cos = np.asarray(orientation[:3], dtype=float)
+    col_cos = np.asarray(orientation[3:6], dtype=float)
+    normal = np.cross(row_cos, col_cos)
+    o = np.asarray(origin, dtype=float)
+    order = list(frame_order) if frame_order is not None else list(range(n))[::-1]
+    series_uid = _default_uid(study_uid, "enhanced", series_number)
+    sop_uid = _default_uid(series_uid, "instance")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.2.1")
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = frame_uid or _default_uid(study_uid, "frame", 0)
+    ds.Modality = "CT"
+    ds.PatientID = "PHANTOM"
+    ds.PatientName = "Phantom^CT"
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = "Enhanced CT"
+    ds.InstanceNumber = 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = rows, cols
+    ds.NumberOfFrames = n
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    shared = Dataset()
+    pm = Dataset()
+    pm.PixelSpacing = [f"{dr:g}", f"{dc:g}"]
+    pm.SliceThickness = f"{dz:g}"
+    shared.PixelMeasuresSequence = [pm]
+    po = Dataset()
+    po.ImageOrientationPatient = [f"{v:.6g}" for v in orientation]
+    shared.PlaneOrientationSequence = [po]
+    pvt = Dataset()
+    pvt.RescaleIntercept = str(RESCALE_INTERCEPT)
+    pvt.RescaleSlope = "1"
+    pvt.RescaleType = "HU"
+    shared.PixelValueTransformationSequence = [pvt]
+    voi = Dataset()
+    voi.WindowCenter = "40"
+    voi.WindowWidth = "400"
+    shared.FrameVOILUTSequence = [voi]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    per = []
+    for i, k in enumerate(order):
+        item = Dataset()
+        pp = Dataset()
+        pp.ImagePositionPatient = [f"{v:.6g}" for v in o + k * dz * normal]
+        item.PlanePositionSequence = [pp]
+        fc = Dataset()
+        fc.InStackPositionNumber = k + 1
+        fc.DimensionIndexValues = [i + 1]
+        item.FrameContentSequence = [fc]
+        per.append(item)
+    ds.PerFrameFunctionalGroupsSequence = per
+    stored = (volume[order].astype(np.int32) - RESCALE_INTERCEPT).astype(np.int16)
+    ds.PixelData = stored.tobytes()
+    ds["PixelData"].VR = "OW"
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(out, enforce_file_format=True)
     return out

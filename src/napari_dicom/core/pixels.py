@@ -11,7 +11,9 @@ A :class:`~napari_dicom.core.series.Series` (headers only) becomes an array of s
   looked up in its palette (C.7.6.3.1.5, 16-bit palettes scaled to 8 bits).
 
 Loading is eager (decode spread over threads, written straight into one preallocated
-array) or lazy (a dask array, one chunk per plane, decoded when napari shows it).
+array, :func:`~.volume.load_now`) or lazy (a dask array, one chunk per plane); what the
+reader shows (first plane at once, the volume filled in the background, each plane
+decoded once) is :mod:`~.volume`.
 :func:`default_display` and :func:`series_metadata` build what the reader (and the CLI)
 attach to a layer.
 
@@ -35,21 +37,21 @@ import logging
 import math
 import os
 import struct
+import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 from pydicom import dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import (  # type: ignore[attr-defined]
     apply_color_lut,
     get_decoder,
-    iter_pixels,
     pixel_array,
 )
 from pydicom.uid import (
@@ -81,8 +83,6 @@ if TYPE_CHECKING:
     from .series import Plane, Series
 
 __all__ = [
-    "LAZY_BYTES",
-    "LAZY_PLANES",
     "DicomLoadError",
     "PlaneStack",
     "default_display",
@@ -98,10 +98,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: ``lazy=None`` loads lazily above this many bytes (of the value array) ...
-LAZY_BYTES = 256 * 1024 * 1024
-#: ... or above this many planes (a 1000-slice series shows its first slice at once)
-LAZY_PLANES = 300
 #: planes decoded to choose a min-max display of a lazily loaded series
 SAMPLE_PLANES = 9
 
@@ -250,7 +246,8 @@ def _int_dtype_for(lo: float, hi: float) -> np.dtype[Any] | None:
 def value_dtype(series: Series, stored: tuple[float, float] | None = None) -> np.dtype[Any]:
     """dtype of the modality values of the whole series.
 
-    * Colour: ``uint8`` (``uint16`` for 16-bit RGB/YBR; a palette is scaled to 8 bits).
+    * Colour: ``uint8`` (``uint16`` for 16-bit, ``uint32`` for 32-bit RGB/YBR, the
+      samples as stored; a palette is scaled to 8 bits).
     * Every plane with an identity Modality LUT (slope 1, intercept 0, no LUT): the stored
       dtype itself (``uint8``, ``int16``, ``uint16``...), no conversion at all.
     * Integer slopes/intercepts and Modality LUT Sequences: ``int16`` where the result over
@@ -264,7 +261,8 @@ def value_dtype(series: Series, stored: tuple[float, float] | None = None) -> np
     if series.rgb:
         if series.photometric.startswith("PALETTE"):
             return np.dtype(np.uint8)
-        return np.dtype(np.uint16 if int(series.bits_allocated) > 8 else np.uint8)
+        alloc = int(series.bits_allocated)
+        return np.dtype(np.uint8 if alloc <= 8 else np.uint16 if alloc <= 16 else np.uint32)
     if all(_identity(p) for p in series.planes):
         return _stored_dtype(series)
     s_lo, s_hi = stored if stored is not None else stored_range(series)
@@ -299,6 +297,45 @@ def _modality_values(
     return apply_rescale(stored, float(plane.slope), float(plane.intercept), dtype)
 
 
+#: Palette Color Lookup Table Data (C.7.6.3.1.6), read by ``apply_color_lut``
+_PALETTE_DATA = tuple(f"{c}PaletteColorLookupTableData" for c in ("Red", "Green", "Blue", "Alpha"))
+
+
+def _palette_in_native_order(ds: Dataset) -> Dataset:
+    """``ds``, or a data set holding its palette with 16-bit entries in this machine's
+    byte order.
+
+    pydicom 3.0.2's ``apply_color_lut`` reads (non-segmented) 16-bit Palette Color LUT
+    Data with ``np.frombuffer`` in native order, but an OW value of an Explicit VR Big
+    Endian file is big endian (PS3.5 7.3): such a palette came out as ``v << 8 | v >> 8``,
+    i.e. black for ``x << 8`` tables. Its segmented path does honour the syntax.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    little: bool | None = UID(syntax).is_little_endian if syntax else None
+    if little is None:
+        little = getattr(ds, "original_encoding", (None, None))[1]
+    if little is None or little == (sys.byteorder == "little"):
+        return ds
+    desc = ds.get("RedPaletteColorLookupTableDescriptor")
+    entries = (int(desc[0]) or 65536) if desc is not None and len(desc) == 3 else 0
+    swap = [kw for kw in _PALETTE_DATA
+            if entries and len(ds.get(kw) or b"") == 2 * entries]  # 16-bit entries
+    if not swap:
+        return ds
+    fixed = Dataset()
+    for elem in ds.group_dataset(0x0028):
+        fixed.add(elem)
+    if "PixelPresentation" in ds:
+        fixed.PixelPresentation = ds.PixelPresentation
+    order = "<u2" if little else ">u2"
+    for kw in swap:  # new elements: ``ds``'s own (shared by ``fixed.add``) stay as read
+        elem = ds[kw]
+        fixed[elem.tag] = DataElement(elem.tag, elem.VR,
+                                      np.frombuffer(elem.value, order).astype("=u2").tobytes())
+    return fixed
+
+
 def _palette_to_rgb8(arr: npt.NDArray[Any], ds: Dataset) -> npt.NDArray[np.uint8]:
     """PALETTE COLOR (C.7.6.3.1.5) -> 8-bit RGB.
 
@@ -306,7 +343,7 @@ def _palette_to_rgb8(arr: npt.NDArray[Any], ds: Dataset) -> npt.NDArray[np.uint8
     written as ``x * 257`` (full range) and as ``x << 8`` (8-bit values shifted up), where
     ``v * 255 / 65535`` would turn 255 << 8 into 254.
     """
-    rgb = apply_color_lut(arr, ds)
+    rgb = apply_color_lut(arr, _palette_in_native_order(ds))
     if rgb.dtype == np.uint8:
         return rgb
     return (rgb >> 8).astype(np.uint8)
@@ -372,6 +409,44 @@ def _fast_decode(
     return _stored_bits(arr, series)
 
 
+#: JPEG Baseline (Process 1) and Extended (Processes 2 & 4: 12-bit), PS3.5 A.4.1
+_JPEG_LOSSY = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+#: colour space of the JPEG components, by Photometric Interpretation (PS3.5 8.2.1: RGB
+#: means no colour transform was applied; YBR_FULL(_422) means YCbCr)
+_JPEG_COLOUR = {"RGB": "RGB", "YBR_FULL": "YCbCr", "YBR_FULL_422": "YCbCr"}
+
+
+def _turbo_decode(
+    path: str, frame: int | None, series: Series, plane: Plane | None = None,
+) -> npt.NDArray[Any]:
+    """A lossy JPEG frame (8 or 12 bit, grey or colour) through libjpeg-turbo
+    (imagecodecs): stored grey values, or RGB.
+
+    Lossy decoders may differ (the IDCT and the chroma upsampling are left to them);
+    libjpeg-turbo with its default accurate integer IDCT is what DCMTK (IJG), browsers
+    and most viewers show. pylibjpeg-libjpeg, pydicom's first choice, differs from it by
+    up to 7 levels on YBR images and cannot decode some 12-bit Extended streams (error
+    -1038) that libjpeg-turbo and DCMTK decode.
+
+    The colour transform follows the Photometric Interpretation, not the JPEG markers:
+    RGB is decoded without one, YBR_FULL / YBR_FULL_422 from YCbCr (as DCMTK does by
+    default); libjpeg's guess from the markers turns RGB streams without an Adobe marker
+    into false colours.
+    """
+    ic = _imagecodecs()
+    data = _jpeg_frame(path, frame, plane)
+    _check_codestream(path, series, [data[:8192]])
+    if int(series.samples_per_pixel) == 3:
+        space = getattr(ic.JPEG8.CS, _JPEG_COLOUR[series.photometric])
+        rgb: npt.NDArray[Any] = np.asarray(
+            ic.jpeg8_decode(data, colorspace=space, outcolorspace=ic.JPEG8.CS.RGB))
+        return rgb
+    arr = np.asarray(ic.jpeg8_decode(data))
+    if int(series.pixel_representation) == 1:
+        arr = arr.view(f"i{arr.dtype.itemsize}")
+    return _stored_bits(arr, series)
+
+
 #: Explicit and Implicit VR Little Endian (PS3.5 A.2, A.1)
 _NATIVE_LE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 
@@ -420,6 +495,10 @@ def _stored_bits(arr: npt.NDArray[Any], series: Series) -> npt.NDArray[Any]:
 
 
 def _fast_kind(series: Series) -> str | None:
+    if series.transfer_syntax in _JPEG_LOSSY and _imagecodecs() is not None:
+        spp = int(series.samples_per_pixel)
+        if (spp == 1 and not series.rgb) or (spp == 3 and series.photometric in _JPEG_COLOUR):
+            return "turbo"
     if series.rgb or int(series.samples_per_pixel) != 1:
         return None
     if series.transfer_syntax in _JPEG_LOSSLESS and _imagecodecs() is not None:
@@ -445,10 +524,12 @@ def _fast_signature(series: Series, kind: str) -> tuple[Any, ...] | None:
             int(series.samples_per_pixel))
 
 
-def _use_fast(series: Series) -> str | None:
+def _use_fast(series: Series, keep: dict[int, Any] | None = None) -> str | None:
     """The fast decode that applies ("native": tail read; "jpeg": imagecodecs for JPEG
     Lossless), checked on the series' first plane; ``None`` when none applies or the
-    check fails (pydicom then decodes the series).
+    check fails (pydicom then decodes the series). Lossy JPEG ("turbo",
+    :func:`_turbo_decode`) is not checked: libjpeg-turbo is the reference decoder there,
+    and pydicom's may legitimately differ.
 
     The check for "jpeg" asks a second, independent decoder first: imagecodecs' SOF3
     decoder (dcm2niix's lossless JPEG code). When both agree, the plane is right; only
@@ -459,21 +540,27 @@ def _use_fast(series: Series) -> str | None:
     layout (:func:`_fast_signature`), as it holds for a series' other planes: a folder
     of 60 single-image JPEG Lossless radiographs from one device is checked once, not 60
     times (each check costs two more decodes of the image). A failed check is not kept.
+
+    ``keep``: when given, a check that passed leaves the first plane's fast decode in it
+    (``keep[0]``), so the loader does not decode that plane again.
     """
     kind = _fast_kind(series)
-    if kind is None:
-        return None
+    if kind is None or kind == "turbo":  # lossy JPEG: libjpeg-turbo is the reference
+        return kind
     signature = _fast_signature(series, kind)
     if signature is not None and signature in _FAST_CHECKED:
         return _FAST_CHECKED[signature]
-    checked = _check_fast(series, kind)
+    checked = _check_fast(series, kind, keep)
     if checked is not None and signature is not None:
         _FAST_CHECKED[signature] = checked
     return checked
 
 
-def _check_fast(series: Series, kind: str) -> str | None:
-    """``kind`` when the fast decode of the series' first plane is right, else ``None``."""
+def _check_fast(
+    series: Series, kind: str, keep: dict[int, Any] | None = None
+) -> str | None:
+    """``kind`` when the fast decode of the series' first plane is right, else ``None``
+    (that decode is left in ``keep[0]`` when it is right)."""
     p = series.planes[0]
     try:
         fast, _ = _decode(p.path, p.frame, series, fast=kind, plane=p)
@@ -483,6 +570,8 @@ def _check_fast(series: Series, kind: str) -> str | None:
         try:
             other = _fast_decode(p.path, p.frame, series, p, decoder="jpegsof3_decode")
             if other.shape == fast.shape and np.array_equal(other, fast):
+                if keep is not None:
+                    keep[0] = fast
                 return kind
         except (*_DECODE_ERRORS, AttributeError):  # AttributeError: a build without SOF3
             pass
@@ -491,6 +580,8 @@ def _check_fast(series: Series, kind: str) -> str | None:
     except (*_DECODE_ERRORS, DicomLoadError):
         return None
     if fast.shape == ref.shape and np.array_equal(fast, ref):
+        if keep is not None:
+            keep[0] = fast
         return kind
     log.info("%s: the fast %s decode differs from pydicom's; using pydicom", p.path, kind)
     return None
@@ -505,11 +596,19 @@ def _decode(
     YBR_* is converted to RGB by pydicom (``as_rgb=True``, its default). ``fast`` is
     the fast path :func:`_use_fast` chose for the series; ``plane`` (the plane being
     decoded) lets the JPEG fast path read the frame without a parse.
+
+    A data set encoded otherwise than its transfer syntax says (Implicit VR under an
+    explicit VR JPEG syntax: ``dcmread`` reads it, warning) defeats pydicom's file-based
+    pixel reader, which trusts the syntax; when that reader fails, the file is read whole
+    with ``dcmread`` and decoded from the data set (the first error stands if that fails
+    too).
     """
     if fast:
         try:
             if fast == "native":
                 return _native_tail(path, series), None
+            if fast == "turbo":
+                return _turbo_decode(path, frame, series, plane), None
             return _fast_decode(path, frame, series, plane), None
         except _DECODE_ERRORS as exc:  # imagecodecs' errors are RuntimeError subclasses
             log.info("%s: imagecodecs could not decode (%s); trying pydicom", path, exc)
@@ -522,13 +621,33 @@ def _decode(
                 ds_out = whole
                 arr = pixel_array(whole, index=frame)
             else:
-                arr = pixel_array(path, index=frame, ds_out=ds_out)
+                try:
+                    arr = pixel_array(path, index=frame, ds_out=ds_out)
+                except _DECODE_ERRORS as first:
+                    ds_out = _reparsed(path)
+                    if ds_out is None:
+                        raise
+                    try:
+                        arr = pixel_array(ds_out, index=frame)
+                    except _DECODE_ERRORS:
+                        raise first from None
     except NotImplementedError as exc:  # no decoder for the syntax at all
         msg = missing_decoder_message(series.transfer_syntax or _file_syntax(path), path)
         raise _MissingDecoder(msg or f"{path}: {exc}") from exc
     if frame is None and arr.ndim == (3 if series.rgb else 2) + 1:
         arr = arr[0]  # a multi-frame file listed as a single plane: take frame 0
     return arr, ds_out
+
+
+def _reparsed(path: str) -> Dataset | None:
+    """The whole data set of ``path`` read by ``dcmread`` (see :func:`_decode`), or
+    ``None`` when it cannot be read. (pydicom does not record that it found the data set
+    in another encoding than the transfer syntax's: ``original_encoding`` still gives the
+    syntax's, so the whole read is simply tried.)"""
+    try:
+        return dcmread(path)
+    except _DECODE_ERRORS:
+        return None
 
 
 def _deflated(series: Series) -> bool:
@@ -639,6 +758,13 @@ def _check_shape(arr: npt.NDArray[Any], series: Series, path: str) -> None:
         )
 
 
+def _reason(exc: BaseException) -> str:
+    """Why a plane was not decoded, on one line (a DicomLoadError names its file)."""
+    if isinstance(exc, DicomLoadError):
+        return one_line(exc)
+    return f"cannot decode the pixel data ({one_line(exc)})"
+
+
 @contextlib.contextmanager
 def _naming_the_file(path: str) -> Iterator[None]:
     """A decoder's error inside the block becomes a :class:`DicomLoadError` that names
@@ -713,6 +839,7 @@ def load_series(
     lazy: bool | None = None,
     jobs: int | None = None,
     progress: Progress | None = None,
+    budget: int | None = None,
 ) -> npt.NDArray[Any] | dask.array.Array:
     """The modality values of ``series`` as one array of shape ``series.shape``.
 
@@ -720,31 +847,34 @@ def load_series(
     ----------
     lazy
         ``True``: a dask array, one chunk per plane, decoded on demand. ``False``: decode
-        everything now. ``None``: lazy when the array would exceed :data:`LAZY_BYTES`
-        (256 MiB) or the series has more than :data:`LAZY_PLANES` (300) planes.
+        everything now. ``None``: lazy when the array needs more memory than ``budget``.
     jobs
         Decoding threads for an eager load (default: the number of CPUs).
     progress
         ``progress(done, total)`` called after each decoded plane (eager) from the calling
         thread.
+    budget
+        Bytes the array may take (default :func:`~.volume.memory_budget`: a share of the
+        memory available now).
 
-    Planes whose file fails to decode are filled with the lowest value (eager: the lowest
+    Values are in the smallest dtype that holds them exactly (:mod:`~.volume`). Planes
+    whose file fails to decode are filled with the lowest value (eager: the lowest
     decoded value; lazy: the lowest value the series can hold) and named in
     ``series.warnings``; the rest loads. Raises :class:`DicomLoadError` when nothing can
     be decoded or no installed decoder handles the transfer syntax.
     """
+    from .volume import array_bytes, load_now, memory_budget
+
     _check_series(series)
-    nbytes = int(np.prod(series.shape, dtype=np.int64)) * value_dtype(series).itemsize
     if lazy is None:
-        lazy = nbytes > LAZY_BYTES or len(series.planes) > LAZY_PLANES
-    problem = too_large(nbytes if not lazy else nbytes // max(1, len(series.planes)),
-                        f"series {series.name!r}" if not lazy else
-                        f"one image of series {series.name!r}")
-    if problem:
-        raise DicomLoadError(problem)
+        lazy = array_bytes(series) > (memory_budget() if budget is None else budget)
+    if not lazy and budget is None:  # asked for in memory: within the budget or refused
+        problem = too_large(array_bytes(series), f"series {series.name!r}")
+        if problem:
+            raise DicomLoadError(problem)
     if lazy:
         return _load_lazy(series)
-    return _load_eager(series, jobs=jobs, progress=progress)
+    return load_now(series, jobs=jobs, progress=progress)
 
 
 def _fail_note(series: Series, path: str, exc: BaseException) -> str:
@@ -817,116 +947,6 @@ def _tasks(series: Series, jobs: int) -> list[tuple[str, list[int]]]:
         step = max(1, math.ceil(len(ks) / max(1, jobs)))
         tasks.extend((path, ks[i : i + step]) for i in range(0, len(ks), step))
     return tasks
-
-
-def _load_eager(
-    series: Series, *, jobs: int | None, progress: Progress | None
-) -> npt.NDArray[Any]:
-    jobs = max(1, jobs or os.cpu_count() or 1)
-    safe = value_dtype(series)
-    # integer rescale whose header range needs int32: try int16 on the decoded values and
-    # widen only if some plane does not fit (CT with Bits Stored 16 is int16 HU in practice)
-    dt = np.dtype(np.int16) if safe == np.int32 and not series.rgb else safe
-    pshape = _plane_shape(series)
-    n = len(series.planes)
-    out = np.empty((n, *pshape), dt)
-    failed: dict[int, str] = {}
-    overflow: set[int] = set()
-    lock = threading.Lock()
-    info = np.iinfo(dt) if dt.kind in "iu" else None
-
-    def put(k: int, arr: npt.NDArray[Any], ds: Dataset | None) -> None:
-        plane = series.planes[k]
-        if series.rgb:
-            rgb = _colour(arr, series, ds)
-            _check_shape(rgb, series, plane.path)
-            out[k] = rgb
-            return
-        _check_shape(arr, series, plane.path)
-        if info is not None and dt != safe:
-            lo, hi = _plane_range(arr, plane)
-            if lo < info.min or hi > info.max:
-                with lock:
-                    overflow.add(k)
-                return
-        out[k] = _modality_values(arr, plane, dt)
-
-    fast = _use_fast(series)
-
-    def run(path: str, ks: list[int]) -> int:
-        try:
-            if len(ks) == 1 or fast:
-                for k in ks:
-                    arr, ds = _decode(path, series.planes[k].frame, series, fast,
-                                      series.planes[k])
-                    put(k, arr, ds)
-            else:
-                frames = [series.planes[k].frame or 0 for k in ks]
-                ds_out = Dataset() if series.photometric.startswith("PALETTE") else None
-                try:
-                    _check_codestream(path, series, _fragment_heads(path, series.planes[ks[0]]))
-                    src: str | Dataset = path
-                    with _panics_as_errors():
-                        whole = _read_whole(series, path)
-                        if whole is not None:
-                            src = ds_out = whole
-                        it = iter_pixels(src, indices=frames, ds_out=ds_out)
-                        for k, arr in zip(ks, it, strict=True):
-                            put(k, arr, ds_out)
-                except NotImplementedError as exc:
-                    msg = missing_decoder_message(series.transfer_syntax, path)
-                    raise _MissingDecoder(msg or f"{path}: {exc}") from exc
-        except _MissingDecoder:
-            raise
-        except (DicomLoadError, *_DECODE_ERRORS) as exc:
-            with lock:
-                why = (one_line(exc) if isinstance(exc, DicomLoadError)
-                       else f"cannot decode the pixel data ({one_line(exc)})")
-                for k in ks:
-                    failed[k] = why
-        return len(ks)
-
-    tasks = _tasks(series, jobs)
-    done = 0
-    if jobs == 1 or len(tasks) == 1:
-        for path, ks in tasks:
-            done += run(path, ks)
-            if progress is not None:
-                progress(done, n)
-    else:
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="dicom-decode") as pool:
-            futures: list[Future[int]] = [pool.submit(run, path, ks) for path, ks in tasks]
-            try:
-                for fut in futures:
-                    done += fut.result()
-                    if progress is not None:
-                        progress(done, n)
-            except BaseException:
-                for fut in futures:
-                    fut.cancel()
-                raise
-
-    if len(failed) == n:
-        first = series.planes[0].path
-        raise DicomLoadError(
-            f"none of the {n} images of series {series.name!r} could be decoded; "
-            f"first file {first}: {failed[0]}"
-        )
-    if overflow:
-        out = _widen(series, out, overflow, failed, safe)
-    if failed:
-        ok = np.ones(n, bool)
-        ok[list(failed)] = False
-        fill = out[ok].min() if not series.rgb else 0
-        for k, why in sorted(failed.items()):
-            out[k] = fill
-            series.damaged[k] = str(why)
-            series.warnings.append(
-                f"skipped damaged image {series.planes[k].path} ({why}); "
-                f"its plane is filled with the lowest value {fill}"
-            )
-            log.warning(series.warnings[-1])
-    return out.reshape(series.shape)
 
 
 class PlaneStack:
@@ -1053,23 +1073,6 @@ def _plane_range(stored: npt.NDArray[Any], plane: Plane) -> tuple[float, float]:
     return min(ends), max(ends)
 
 
-def _widen(
-    series: Series, out: npt.NDArray[Any], overflow: set[int], failed: dict[int, str],
-    dt: np.dtype[Any],
-) -> npt.NDArray[Any]:
-    """Redo the planes that did not fit the narrow dtype in ``dt`` (rare; 1.5x peak)."""
-    wide = np.empty(out.shape, dt)
-    for k in range(out.shape[0]):
-        if k in overflow:
-            try:
-                wide[k] = load_plane(series, k, dt)
-            except DicomLoadError as exc:
-                failed[k] = str(exc)
-        else:
-            wide[k] = out[k]
-    return wide
-
-
 # --------------------------------------------------------------------------------------
 # default display and layer metadata (used by the reader and the CLI)
 # --------------------------------------------------------------------------------------
@@ -1107,7 +1110,7 @@ def default_display(series: Series, data: Any) -> tuple[Display, str]:
     """
     invert = series.invert
     if series.rgb:
-        top = 255.0 if np.dtype(data.dtype).itemsize == 1 else 65535.0
+        top = float((1 << (8 * np.dtype(data.dtype).itemsize)) - 1)  # 255, 65535, 2^32-1
         return Display.from_limits(0.0, top), "colour image, full range"
     w = _first_window(series)
     if w is not None:
@@ -1217,17 +1220,6 @@ def series_metadata(
         "display": dict(step),
         "default_source": display_note,
         "summary": describe_series(series, dt, display_note or "its default display"),
-    }
-
-
-def layer_geometry(series: Series) -> dict[str, Any]:
-    """``scale``, ``translate``, ``units``, ``axis_labels`` and ``rgb`` for an image layer."""
-    return {
-        "scale": [float(v) for v in series.scale],
-        "translate": [float(v) for v in series.translate],
-        "units": list(series.units),
-        "axis_labels": list(series.axis_labels),
-        "rgb": bool(series.rgb),
     }
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "codestream_size",
     "is_deflated_part10",
     "is_panic",
+    "memory_available",
     "memory_budget",
     "one_line",
     "pixel_bytes",
@@ -80,7 +81,7 @@ def _parse_size(text: str) -> int:
     return int(float(t[:-1] if mult > 1 else t) * mult)
 
 
-def _available() -> int:
+def memory_available() -> int:
     """Free memory now: MemAvailable (Linux) or free pages, within an RLIMIT_AS."""
     avail = 0
     try:
@@ -113,10 +114,11 @@ def _available() -> int:
     return avail
 
 
-def memory_budget() -> int:
-    """Bytes one file's pixel data may take in memory (see the module docstring).
-
-    Re-read at most once a second (the scan asks for every file).
+def memory_budget(available: int | None = None) -> int:
+    """Bytes one file's pixel data (or a series array) may take in memory (see the module
+    docstring): ``NAPARI_DICOM_MEMORY_BUDGET``, else :data:`BUDGET_FRACTION` of
+    ``available`` (default :func:`memory_available`, re-read at most once a second: the
+    scan asks for every file).
     """
     global _cache
     env = os.environ.get(BUDGET_ENV)
@@ -125,9 +127,11 @@ def memory_budget() -> int:
             return max(1, _parse_size(env))
         except ValueError:
             pass  # a malformed setting falls back to the default
+    if available is not None:
+        return max(1, int(available * BUDGET_FRACTION))
     now = time.monotonic()
     if now - _cache[0] > 1.0:
-        _cache = (now, max(1 << 20, int(_available() * BUDGET_FRACTION)))
+        _cache = (now, max(1 << 20, int(memory_available() * BUDGET_FRACTION)))
     return _cache[1]
 
 

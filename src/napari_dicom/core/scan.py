@@ -635,7 +635,7 @@ def _pixel_check(path: str, fp: Any, ds: Dataset, size: int) -> tuple[str | None
         return None, (pos + hdr if tag == 0x7FE00010 and little else None)
     if ts and ts not in _NATIVE_TS:
         return None, None
-    expected, desc = _claim(ds)
+    expected, desc = _claim(ds, ts)
     available = max(0, size - pos - hdr)
     held = min(length, available)
     if held < expected:
@@ -644,16 +644,21 @@ def _pixel_check(path: str, fp: Any, ds: Dataset, size: int) -> tuple[str | None
     return None, None
 
 
-def _claim(ds: Dataset) -> tuple[int, str]:
-    """Bytes of pixel data the header claims, and the claim in words."""
+def _claim(ds: Dataset, ts: str = "") -> tuple[int, str]:
+    """Bytes of pixel data the header claims (as stored, for transfer syntax ``ts``), and
+    the claim in words."""
     rows = _uint(ds, _TAG["Rows"]) or 0
     cols = _uint(ds, _TAG["Columns"]) or 0
     spp = _uint(ds, _TAG["SamplesPerPixel"]) or 1
     bits = _uint(ds, _TAG["BitsAllocated"]) or 16
     nf = _uint(ds, _TAG["NumberOfFrames"]) or 1
+    samples = spp
+    photometric = (_str(ds, _TAG["PhotometricInterpretation"]) or "").upper()
+    if spp == 3 and photometric == "YBR_FULL_422" and (not ts or ts in _NATIVE_TS):
+        samples = 2  # 4:2:2 native: Y Y Cb Cr for each pair of pixels (PS3.3 C.7.6.3.1.2)
     desc = (f"{rows} x {cols}{' x ' + str(spp) if spp != 1 else ''} x {nf} "
             f"frame{'s' if nf != 1 else ''} x {bits} bits")
-    return pixel_bytes(rows, cols, spp, nf, bits), desc
+    return pixel_bytes(rows, cols, samples, nf, bits), desc
 
 
 def _claim_problem(path: str, ds: Dataset, size: int, deflated: bool) -> str | None:
@@ -1333,7 +1338,7 @@ def _make_series_quiet(
                 if tilt > TILT_TOLERANCE_DEG:
                     warns.append(
                         f"{ser_desc or name}: gantry tilt of {tilt:.1f} degrees (slice positions "
-                        "do not advance along the slice normal); shown without shear correction")
+                        "do not advance along the slice normal)")
             else:
                 dz = r0.spacing_between or r0.thickness or 1.0
             z_scale, z_unit = abs(dz) or 1.0, "mm"

@@ -21,6 +21,8 @@ and keeps the results.
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -37,6 +39,37 @@ FLOAT_SAMPLE_MAX = 1 << 22
 PLANE_CACHE_BYTES = 64 << 20
 #: a dask slab (planes computed together) holds about this many bytes
 SLAB_BYTES = 64 << 20
+
+#: exact histograms of arrays the loader filled: id -> (weak reference, histogram)
+_KNOWN: dict[int, tuple[weakref.ref[Any], IntHistogram]] = {}
+_KNOWN_LOCK = threading.Lock()
+
+
+def remember_histogram(arr: npt.NDArray[Any], hist: IntHistogram) -> None:
+    """Keep ``hist`` (every value of ``arr``, nothing left out) for :class:`LayerStats` of
+    ``arr``: the loader sums it while it decodes the planes, so the series histogram does
+    not read the volume again. Forgotten when ``arr`` is.
+
+    The array must not be changed in place afterwards (nothing in napari-dicom does).
+    """
+    key = id(arr)
+
+    def forget(_: Any, key: int = key) -> None:
+        with _KNOWN_LOCK:
+            _KNOWN.pop(key, None)
+
+    with _KNOWN_LOCK:
+        _KNOWN[key] = (weakref.ref(arr, forget), hist)
+
+
+def known_histogram(arr: Any) -> IntHistogram | None:
+    """The histogram :func:`remember_histogram` kept for this very array, or ``None``."""
+    with _KNOWN_LOCK:
+        entry = _KNOWN.get(id(arr))
+    if entry is None or entry[0]() is not arr:
+        return None
+    return entry[1]
+
 
 Scope = str  # "slice" or "series"
 SCOPES = ("slice", "series")
@@ -167,6 +200,14 @@ class LayerStats:
         if not self.integer:
             raise WindowError("exact histograms need integer data")
         if self._series is None:
+            known = known_histogram(self.data)
+            if known is None and hasattr(self.data, "series_histogram"):
+                known = self.data.series_histogram()  # a SeriesVolume: summed as it loads
+            if known is not None:
+                for r0, r1 in self.padding:
+                    known = known.without(r0, r1)
+                self._series = known.trimmed()
+                return self._series
             total = IntHistogram(0, np.zeros(0, np.int64))
             for _, slab in self._slabs():
                 total = total + self._hist_of(slab)

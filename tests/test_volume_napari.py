@@ -1,0 +1,98 @@
+"""Loading through napari (viewer.open): the background load swaps the finished array into
+the layer without changing what is shown, each plane is decoded once whatever reads the
+series (widget histogram, 3-D), and a series over the memory budget stays lazy."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from napari_dicom.core import pixels, volume
+from napari_dicom.core.phantom import ct_phantom_volume, write_ct_phantom
+from napari_dicom.core.volume import SeriesVolume
+
+PLUGIN = "napari-dicom"
+N, SIZE = 24, 64
+
+
+@pytest.fixture(scope="module")
+def series_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ge_series")
+    write_ct_phantom(folder, n_slices=N, size=SIZE, spacing=(2.0, 0.7, 0.7))
+    return folder
+
+
+def test_background_load_swaps_in_the_same_picture(
+    make_napari_viewer: Any, qtbot: Any, series_folder: Path, monkeypatch: pytest.MonkeyPatch,
+    decodes: Counter[tuple[str, Any, Any]],
+) -> None:
+    monkeypatch.setattr(volume, "BACKGROUND_BYTES", 0)  # this small series loads behind too
+    # the background threads start their work when the test says so (a 24-slice series
+    # would otherwise be loaded before the test looks at the lazy data)
+    gate = threading.Event()
+    run = volume._Planes.run
+
+    def gated_run(self: Any, *args: Any, **kwargs: Any) -> None:
+        gate.wait(30)
+        run(self, *args, **kwargs)
+
+    monkeypatch.setattr(volume._Planes, "run", gated_run)
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(series_folder), plugin=PLUGIN)[0]
+    lazy = layer.data
+    assert isinstance(lazy, SeriesVolume) and lazy.in_memory
+    assert lazy.dtype == np.int16  # GE header allows int32; the values fit int16
+    shown = viewer.screenshot(canvas_only=True, flash=False)
+    limits, cmap, step = tuple(layer.contrast_limits), layer.colormap.name, viewer.dims.point
+    planes = np.stack([np.asarray(lazy[k]) for k in range(0, N, 2)])  # decoded on demand
+    assert not lazy.loaded
+    gate.set()  # the background threads decode the other half
+
+    qtbot.waitUntil(lambda: isinstance(layer.data, np.ndarray), timeout=30000)
+    assert layer.data is lazy.result()
+    np.testing.assert_array_equal(layer.data[::2], planes)
+    np.testing.assert_array_equal(layer.data, ct_phantom_volume(N, SIZE))
+    assert layer.data.dtype == np.int16
+    assert tuple(layer.contrast_limits) == limits and layer.colormap.name == cmap
+    assert viewer.dims.point == step
+    np.testing.assert_array_equal(viewer.screenshot(canvas_only=True, flash=False), shown)
+
+    # the widget's whole-series histogram and 3-D read the array in memory: no file again
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Window / Level")
+    assert widget._scope.value == "whole series"
+    _edges, counts = widget._stats_for(layer).histogram(256, "series")
+    assert counts.sum() == int((layer.data != -3024).sum())  # padding left out
+    viewer.dims.ndisplay = 3
+    qtbot.wait(50)
+    fast = pixels._fast_kind(lazy.series)
+    ours = {key[:2]: n for key, n in decodes.items() if key[2] == fast}
+    assert len(ours) == N and set(ours.values()) == {1}
+
+
+def test_over_the_memory_budget_stays_lazy(
+    make_napari_viewer: Any, qtbot: Any, series_folder: Path, monkeypatch: pytest.MonkeyPatch,
+    decodes: Counter[tuple[str, Any, Any]],
+) -> None:
+    need = N * SIZE * SIZE * 2
+    monkeypatch.setattr(volume, "memory_budget", lambda: need // 2)
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(series_folder), plugin=PLUGIN)[0]
+    data = layer.data
+    assert isinstance(data, SeriesVolume) and not data.in_memory
+    qtbot.wait(300)
+    assert layer.data is data  # nothing swapped in: it stays lazy
+    ref = ct_phantom_volume(N, SIZE)
+    k = int(viewer.dims.current_step[0])
+    np.testing.assert_array_equal(np.asarray(data[k]), ref[k])
+    fast = pixels._fast_kind(data.series)
+    shown = [key for key, n in decodes.items() if key[2] == fast]
+    assert len(shown) < N  # only what was shown (and sampled) was decoded
+    before = sum(decodes.values())
+    viewer.dims.set_current_step(0, k)  # the same plane again: from the cache
+    np.testing.assert_array_equal(np.asarray(layer.data[k]), ref[k])
+    assert sum(decodes.values()) == before
