@@ -208,3 +208,30 @@ def test_axial_and_sagittal_overlay_and_radiological_reformats(
     assert frac_dark[:quarter].mean() > 0.2 > frac_dark[-quarter:].mean()
     # the slice slider reads mm: P = 0 is the middle of the phantom
     assert viewer.dims.point[1] == pytest.approx(0.0, abs=1.5)
+
+
+def test_writer_exports_planes_as_acquired(make_napari_viewer, study: Path, tmp_path: Path):
+    """A sagittal layer is shown transposed into (I, P, L); File > Save still writes its
+    sagittal planes, byte for byte what ``napari-dicom export`` writes for the folder,
+    with the same manifest (positions in mm)."""
+    from napari_dicom.cli import main
+
+    viewer = make_napari_viewer()
+    (sag,) = viewer.open(str(study / "sagittal"), plugin=PLUGIN)
+    assert sag.metadata["dicom"]["placement"]["axes"] == [1, 2, 0]
+    viewer.layers.selection.active = sag
+    written = viewer.layers.save(str(tmp_path / "napari" / "sag.png"), selected=True,
+                                 plugin=PLUGIN)
+    assert main(["export", str(study / "sagittal"), "-o", str(tmp_path / "cli"), "-q"]) == 0
+    ours = sorted(p for p in map(Path, written) if p.suffix == ".png")
+    cli = sorted((tmp_path / "cli").rglob("*.png"))
+    assert len(ours) == len(cli) == SIZE
+    for a, b in zip(ours, cli, strict=True):
+        assert a.read_bytes() == b.read_bytes(), (a, b)
+    manifest = next(p for p in map(Path, written) if p.name == "manifest.csv").read_text()
+    cli_manifest = next(p for p in (tmp_path / "cli").rglob("manifest.csv")
+                        if p.parent != tmp_path / "cli").read_text()  # the series' one
+    assert manifest.splitlines()[0] == cli_manifest.splitlines()[0]
+    col = manifest.splitlines()[0].split(",").index("location_mm")
+    assert ([r.split(",")[col] for r in manifest.splitlines()[1:]]
+            == [r.split(",")[col] for r in cli_manifest.splitlines()[1:]])

@@ -179,3 +179,46 @@ def test_offered_for_image_png_not_for_labels_or_points(make_napari_viewer: Any,
     writer = next(w for w in pm.iter_compatible_writers(["image"])
                   if w.command.startswith(PLUGIN))
     assert writer.filename_extensions == [".png"]
+
+
+def test_files_napari_dicom_did_not_write_are_refused_in_one_line(
+        make_napari_viewer: Any, ct_hu: np.ndarray, tmp_path: Path) -> None:
+    """Save Selected Layers into a folder holding the user's own manifest.csv: refused,
+    the file untouched, nothing written; napari shows the one-line message as the
+    notification of the failed save."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_dicom.core.export import ExportRefused
+
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    (folder / "manifest.csv").write_text("my,own,table\n")
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.stack([ct_hu, ct_hu]), contrast_limits=(-160, 239))
+    with pytest.raises(ExportRefused) as info:
+        save(viewer, layer, tmp_path / "ct.png")
+    message = str(info.value)
+    assert "\n" not in message and "Errno" not in message
+    assert message == (f"{folder} holds manifest.csv, not written by napari-dicom: "
+                       "not overwritten")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["ct", "manifest.csv"]
+    assert (folder / "manifest.csv").read_text() == "my,own,table\n"
+    # what napari's exception hook does with an error raised by File > Save
+    notification_manager.receive_error(type(info.value), info.value, info.value.__traceback__)
+    assert notification_manager.records[-1].message == message
+
+
+def test_saving_again_replaces_the_own_earlier_export_whole(
+        make_napari_viewer: Any, ct_hu: np.ndarray, tmp_path: Path) -> None:
+    viewer = make_napari_viewer()
+    big = viewer.add_image(np.stack([ct_hu] * 5), contrast_limits=(-160, 239))
+    save(viewer, big, tmp_path / "ct.png")
+    small = viewer.add_image(np.stack([ct_hu] * 2), contrast_limits=(-1000, 400))
+    written = save(viewer, small, tmp_path / "ct.png")
+    folder = tmp_path / "ct"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "ct_0001.png", "ct_0002.png", "manifest.csv"]
+    assert sorted(Path(p).name for p in written) == sorted(p.name for p in folder.iterdir())
+    px, _ = read_png(folder / "ct_0002.png")
+    np.testing.assert_array_equal(px, render_uint8(ct_hu, Display(Window.from_limits(-1000, 400))))
+    assert [p.name for p in tmp_path.iterdir()] == ["ct"]  # no staging folder left

@@ -160,7 +160,9 @@ def read_dicom(path: PathLike) -> list[LayerData]:
         _close(state)
     _notify_scan(result)
     where = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
-    if not result.series:
+    if result.objects:
+        _add_referenced_series(result)
+    if not result.series and not result.objects:
         why = [s.reason for s in [*result.skipped, *result.non_image][:3]]
         raise DicomLoadError(
             f"no DICOM image could be read from {where}: {'; '.join(why) or result.summary()}"
@@ -189,10 +191,93 @@ def read_dicom(path: PathLike) -> list[LayerData]:
             show_warning(f"{series.name}: {w}")
         if loading is not None:
             _swap_when_loaded(loading, data, told=len(series.warnings))
+    if result.objects:
+        layers.extend(_object_layers(result.objects, result.series))
     if not layers:
         raise DicomLoadError(f"no DICOM series could be loaded from {where}: "
-                             + "; ".join(failures))
+                             + "; ".join(failures or [result.summary()]))
     return layers
+
+
+def _add_referenced_series(result: ScanResult) -> None:
+    """A SEG / RTSTRUCT opened without its images: add the series it refers to from its
+    own folder (header scan; only those series are opened)."""
+    from napari.utils.notifications import show_warning
+
+    from .core.objects import find_referenced_series
+    from .core.scan import scan
+
+    found, warns = find_referenced_series(result.objects, result.series,
+                                          lambda folder: scan([folder]).series)
+    for w in warns:
+        show_warning(w)
+    result.series.extend(found)
+    result.series.sort(key=lambda s: s.sort_key())
+
+
+def _object_layers(objects: Sequence[str], series: Sequence[Any]) -> list[LayerData]:
+    """SEG and RTSTRUCT layers, each placed by the function that places its image."""
+    from napari.utils.notifications import show_warning
+
+    from .core.objects import object_layers
+
+    layers, warns = object_layers(objects, series)
+    for w in _unique(warns):
+        show_warning(w)
+    return [label_layer_data(layer) for layer in layers]
+
+
+def label_layer_data(layer: Any) -> LayerData:
+    """A :class:`~napari_dicom.core.labels.LabelLayer` as napari LayerData, placed by its
+    image's own geometry (:func:`napari_dicom.core.labels.placed`)."""
+    from .core.labels import placed
+    from .core.objects import label_metadata
+
+    data, geometry, stored = placed(layer)
+    meta = {**label_metadata(layer), "placement": stored}
+    kwargs: dict[str, Any] = {"name": layer.name, **geometry, "visible": layer.visible,
+                              "metadata": {"segmentation": meta}}
+    colours = _segment_colours(layer.segments)
+    if layer.kind == "labels":
+        kwargs["colormap"] = {0: (0.0, 0.0, 0.0, 0.0), None: (1.0, 1.0, 0.0, 1.0),
+                              **{v: (*c, 1.0) for v, c in colours.items()}}
+        kwargs["features"] = _features(layer.segments)
+        kwargs["opacity"] = 0.6
+        return (data, kwargs, "labels")
+    if layer.kind == "image":
+        from napari.utils.colormaps import Colormap
+
+        rgb = colours[layer.segments[0].value]
+        kwargs["colormap"] = Colormap([[*rgb, 0.0], [*rgb, 1.0]],
+                                      name=f"{layer.segments[0].label} fraction")
+        kwargs["contrast_limits"] = [0.0, 1.0]
+        kwargs["blending"] = "translucent"
+        return (data, kwargs, "image")
+    by_value = {s.value: s for s in layer.segments}
+    kwargs["shape_type"] = "polygon"
+    kwargs["edge_color"] = [(*colours[v], 1.0) for v in layer.shape_values]
+    kwargs["face_color"] = "transparent"
+    kwargs["edge_width"] = 1.0
+    kwargs["features"] = {"value": list(layer.shape_values),
+                          "roi": [by_value[v].label for v in layer.shape_values]}
+    return (data, kwargs, "shapes")
+
+
+def _segment_colours(segments: Sequence[Any]) -> dict[int, tuple[float, float, float]]:
+    """Each segment's own colour; napari's label colour for those without one."""
+    from napari.utils.colormaps import label_colormap
+
+    cycle = label_colormap()
+    out: dict[int, tuple[float, float, float]] = {}
+    for s in segments:
+        r, g, b = s.colour if s.colour is not None else cycle.map(s.value)[:3]
+        out[s.value] = (float(r), float(g), float(b))
+    return out
+
+
+def _features(segments: Sequence[Any]) -> dict[str, list[Any]]:
+    return {"index": [s.value for s in segments], "label": [s.label for s in segments],
+            "description": [s.description for s in segments]}
 
 
 def _swap_when_loaded(volume: SeriesVolume, shown: Any, told: int) -> None:

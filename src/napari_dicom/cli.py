@@ -1,8 +1,9 @@
 """The ``napari-dicom`` command: ``export``, ``info`` and ``view``.
 
 ``main(argv)`` is a plain function returning an exit code (0 everything converted, 1 some
-input skipped or failed, 2 usage error), so it is tested as ``main([...])``. It holds no
-state between calls. napari is imported only by ``view``.
+input skipped or failed, or the disk full, 2 usage error or a refusal to overwrite files
+napari-dicom did not write, 130 interrupted), so it is tested as ``main([...])``. It
+holds no state between calls. napari is imported only by ``view``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
 import textwrap
 import threading
@@ -44,7 +46,13 @@ output layout (names made portable, unique on collision, always inside OUT):
   OUT/<PatientID>/<StudyDate>_<StudyDescription>/<SeriesNumber>_<SeriesDescription>/
       <PNG stack>, manifest.csv                      one row per image
 
-exit status: 0 all converted, 1 some files or series skipped (listed), 2 usage error
+existing files: napari-dicom's own earlier export of a series (known by its
+manifest.csv) is replaced as a whole once the new one is complete (PNGs the new one
+does not have are removed); an interrupted or failed export leaves it as it was.
+Files it did not write are never overwritten unless --overwrite is given.
+
+exit status: 0 all converted, 1 some files or series skipped or refused (listed) or
+the disk full, 2 usage error or OUT/manifest.csv not napari-dicom's, 130 interrupted
 
 examples:
   napari-dicom export /data/CT -o png
@@ -153,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="parallel decode/encode workers (default: all cores)")
     ex.add_argument("--skip-existing", action="store_true",
                     help="resume: PNGs already present are not rewritten")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="replace files in OUT that napari-dicom did not write (a "
+                    "manifest.csv, PNGs under the names it writes); without it they make "
+                    "the export refuse")
     ex.add_argument("-q", "--quiet", action="store_true",
                     help="no progress bar (it is off anyway when stderr is not a terminal)")
 
@@ -248,6 +260,7 @@ class ProgressBar:
         if self.enabled and self._shown:
             self.stream.write("\n")
             self.stream.flush()
+            self._shown = False
 
 
 # --------------------------------------------------------------------------------------
@@ -337,6 +350,7 @@ def _nothing_found(scanned: Any, sources: Sequence[Path]) -> str:
 
 def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
     from .core.batch import ExportOptions, MissingDependencyError, export_all, require_cv2
+    from .core.output import ExportRefused
 
     sources = _check_sources(args.src)
     request = _window_request(args)
@@ -349,7 +363,8 @@ def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> in
     if out.exists() and not out.is_dir():
         raise UsageError(f"{PROG} export: error: output {out} exists and is not a folder")
     jobs = args.jobs or os.cpu_count() or 1
-    options = ExportOptions(request, args.frames, args.clahe, jobs, args.skip_existing)
+    options = ExportOptions(request, args.frames, args.clahe, jobs, args.skip_existing,
+                            args.overwrite)
     show = not args.quiet and stderr.isatty()
     bar = ProgressBar(stderr, show)
     # the loader logs damaged images; this command reports them itself (below)
@@ -358,6 +373,9 @@ def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> in
     logger.addHandler(quiet_log)
     try:
         batch = export_all(sources, out, options, progress=bar, series_progress=bar.series)
+    except ExportRefused as exc:
+        raise UsageError(f"{PROG} export: error: {exc}; choose another output folder or "
+                         "pass --overwrite") from None
     finally:
         logger.removeHandler(quiet_log)
         bar.close()
@@ -367,11 +385,15 @@ def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> in
     for r in batch.results:
         for i, reason in sorted(r.damaged.items()):
             print(f"skipped: {r.series.planes[i].path}: {reason}", file=stderr)
-        if r.status == "failed":
+        if r.status in ("failed", "refused"):
             src = r.series.planes[0].path if r.series.planes else r.series.uid
-            print(f"failed: series {r.series.name} ({src}): {r.message}", file=stderr)
+            hint = "; pass --overwrite to replace them" if r.status == "refused" else ""
+            print(f"{r.status}: series {r.series.name} ({src}): {r.message}{hint}",
+                  file=stderr)
     for w in _scan_warnings(scanned):
         print(f"warning: {w}", file=stderr)
+    if batch.error:
+        print(f"{PROG} export: error: {batch.error}", file=stderr)
     ok = [r for r in batch.results if r.ok]
     elapsed = time.perf_counter() - bar.start
     rate = batch.written / elapsed if elapsed > 0 else 0.0
@@ -397,11 +419,12 @@ def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> in
     if not_walked:
         print(f"not opened: {not_walked} (named pipes, devices, link loops; see the warnings)",
               file=stdout)
-    print(f"output: {batch.out}  (run manifest: {batch.manifest})", file=stdout)
-    if not batch.results:
+    manifest = batch.manifest if batch.manifest is not None else "not written"
+    print(f"output: {batch.out}  (run manifest: {manifest})", file=stdout)
+    if not batch.results and not batch.error:
         print(f"{PROG} export: {_nothing_found(scanned, sources)}", file=stderr)
         return 1
-    return 0 if batch.complete else 1
+    return 0 if batch.complete and batch.results else 1
 
 
 def _series_info(s: Any) -> dict[str, Any]:
@@ -587,12 +610,25 @@ def _import_pydicom_without_download_extras() -> None:
 
 
 def run() -> NoReturn:
-    """Entry point of the ``napari-dicom`` program (and ``python -m napari_dicom``)."""
-    if sys.argv[1:2] == ["export"]:
-        _tune_allocator()
-    if sys.argv[1:2] in (["export"], ["info"]):
-        _import_pydicom_without_download_extras()
-    sys.exit(main())
+    """Entry point of the ``napari-dicom`` program (and ``python -m napari_dicom``).
+
+    ``export`` stops on SIGINT (exit status 130) also when started with SIGINT ignored,
+    as a non-interactive shell starts a background job (``napari-dicom export ... &``):
+    Python then installs no handler, and ``kill -INT`` would be ignored. A stopped
+    export loses nothing already written (:mod:`napari_dicom.core.output`).
+    """
+    try:
+        if sys.argv[1:2] == ["export"]:
+            if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            _tune_allocator()
+        if sys.argv[1:2] in (["export"], ["info"]):
+            _import_pydicom_without_download_extras()
+        code = main()
+    except KeyboardInterrupt:  # during the imports, before main() catches it
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -105,16 +105,28 @@ def test_encode_png_non_latin1_text_uses_itxt(tmp_path: Path) -> None:
     assert read_png(tmp_path / "t.png")[1] == {"Explanation": "Fenêtre → poumon"}
 
 
+def test_encode_png_16_bit_grey(tmp_path: Path) -> None:
+    """A 2-D uint16 array (a label map past 255 labels) is a 16-bit grey PNG that Pillow
+    reads back value for value."""
+    from PIL import Image
+
+    img = np.arange(0, 65536, 97, dtype=np.uint16)[:600].reshape(20, 30)
+    (tmp_path / "m.png").write_bytes(encode_png(img))
+    with Image.open(tmp_path / "m.png") as im:
+        assert im.mode in ("I;16", "I;16B", "I")
+        np.testing.assert_array_equal(np.asarray(im), img)
+
+
 @pytest.mark.parametrize(
     ("img", "text", "error"),
     [
-        (np.zeros((4, 4), np.uint16), {}, TypeError),
+        (np.zeros((4, 4, 3), np.uint16), {}, TypeError),
         (np.zeros((4, 4, 2), np.uint8), {}, ValueError),
         (np.zeros((0, 4), np.uint8), {}, ValueError),
         (np.zeros((4, 4), np.uint8), {"": "x"}, ValueError),
         (np.zeros((4, 4), np.uint8), {"k" * 80: "x"}, ValueError),
     ],
-    ids=["uint16", "two-channels", "empty", "empty-key", "long-key"],
+    ids=["uint16-rgb", "two-channels", "empty", "empty-key", "long-key"],
 )
 def test_encode_png_refuses_bad_input(img: np.ndarray, text: dict[str, str],
                                       error: type[Exception]) -> None:

@@ -288,3 +288,128 @@ def test_colour_lossy_jpeg_decoded_like_dcmtk(name: str, tmp_path: Path) -> None
     np.testing.assert_array_equal(data.reshape(want.shape), want)
     pngs = exported(path, tmp_path / "out")
     np.testing.assert_array_equal(pngs[0], want.reshape(-1, *want.shape[-3:])[0])
+
+
+# --------------------------------------------------------------------------------------
+# 8, 9. multi-frame files with frames that do not decode: the others load
+# --------------------------------------------------------------------------------------
+
+
+def _multiframe(path: Path, frames: list[np.ndarray], syntax: str, size: int = 32,
+                cut: int = 0) -> None:
+    """A multi-frame MR of uint16 ``frames`` (header: ``size`` x ``size``) in ``syntax``,
+    each frame encoded at its own size; ``cut`` bytes taken off the end of the file."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels.encoders import RLELosslessEncoder
+    from pydicom.uid import MRImageStorage, generate_uid
+
+    from napari_dicom.core.phantom import encode_jpeg_lossless
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "MR", 1, 1
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.NumberOfFrames = len(frames)
+    ds.WindowCenter, ds.WindowWidth = 2000, 4000
+    if syntax == pydicom.uid.ExplicitVRLittleEndian:
+        ds.PixelData = b"".join(f.astype("<u2").tobytes() for f in frames)
+        ds["PixelData"].VR = "OW"
+    else:
+        def encode(f: np.ndarray) -> bytes:
+            if syntax == pydicom.uid.RLELossless:
+                return bytes(RLELosslessEncoder.encode(
+                    f, rows=f.shape[0], columns=f.shape[1], samples_per_pixel=1,
+                    bits_allocated=16, bits_stored=16, pixel_representation=0,
+                    photometric_interpretation="MONOCHROME2", number_of_frames=1))
+            return encode_jpeg_lossless(f, 16)
+
+        ds.PixelData = encapsulate([encode(f) for f in frames], has_bot=True)
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(path, enforce_file_format=True)
+    if cut:
+        path.write_bytes(path.read_bytes()[:-cut])
+
+
+def _frames(n: int, size: int = 32) -> list[np.ndarray]:
+    rng = np.random.default_rng(n)
+    return [rng.integers(100 * k, 100 * k + 3000, (size, size), dtype=np.uint16)
+            for k in range(n)]
+
+
+@pytest.mark.parametrize("syntax", [pydicom.uid.JPEGLosslessSV1, pydicom.uid.RLELossless],
+                         ids=["jpeg-lossless", "rle"])
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_multiframe_with_frames_of_another_size(tmp_path: Path, syntax: str, jobs: int) -> None:
+    frames = _frames(7)
+    odd = {2, 3, 5}  # frames 3, 4 and 6 are encoded at 16 x 16, the header says 32 x 32
+    encoded = [f[:16, :16] if k in odd else f for k, f in enumerate(frames)]
+    path = tmp_path / "mixed.dcm"
+    _multiframe(path, encoded, syntax)
+    s = one_series(path)
+    data = load_series(s, lazy=False, jobs=jobs)
+    lowest = min(int(frames[k].min()) for k in range(7) if k not in odd)
+    for k, p in enumerate(s.planes):
+        if p.frame in odd:
+            assert (data[k] == lowest).all()
+        else:
+            np.testing.assert_array_equal(data[k], frames[p.frame])
+    assert sorted(s.planes[k].frame for k in s.damaged) == sorted(odd)
+    told = [w for w in s.warnings if "damaged" in w]
+    assert told and all(str(path) in w for w in told)
+    if jobs == 1:  # one run over the file: one warning naming the frames
+        assert len(told) == 1 and "frames 3-4, 6 of" in told[0]
+
+    # the export writes the frames that decode and names the others (exit 1: not every
+    # image was converted)
+    out = tmp_path / "out"
+    assert cli.main(["export", str(path), "-o", str(out), "-q"]) == 1
+    pngs = sorted(out.rglob("*.png"))
+    assert len(pngs) == 4
+
+
+def test_truncated_multiframe_decodes_its_complete_frames(tmp_path: Path) -> None:
+    frames = _frames(5)
+    path = tmp_path / "cut.dcm"
+    # 5 frames of 2048 bytes; 3000 bytes cut: frame 4 is incomplete, frame 5 gone
+    _multiframe(path, frames, pydicom.uid.ExplicitVRLittleEndian, cut=3000)
+    why = ("the file is truncated: 3000 of the 10240 bytes of its pixel data are missing; "
+           "frames 4-5 of 5 are incomplete")
+    for jobs, lazy in ((1, False), (2, False), (1, True)):
+        s = one_series(path)
+        data = np.asarray(load_series(s, lazy=lazy, jobs=jobs))
+        for k in range(3):
+            np.testing.assert_array_equal(data[k], frames[k])
+        assert sorted(s.damaged) == [3, 4]
+        assert all(why in reason for reason in s.damaged.values())
+        assert not any("reshape" in w for w in s.warnings)
+        if not lazy:  # one warning naming the frames, not one per frame
+            told = [w for w in s.warnings if "truncated" in w]
+            assert told == [f"skipped damaged frames 4-5 of {path} ({why}); their planes "
+                            f"are filled with the lowest value {min(f.min() for f in frames[:3])}"]
+
+    out = tmp_path / "out"
+    assert cli.main(["export", str(path), "-o", str(out), "-q"]) == 1  # 2 images left out
+    pngs = sorted(out.rglob("*.png"))
+    assert len(pngs) == 3  # the complete frames, windowed as the file says (C 2000 W 4000)
+    lo = 2000 - 0.5 - 3999 / 2
+    want = np.clip(np.floor(((frames[0] - lo) / 3999) * 255 + 0.5), 0, 255)
+    assert np.abs(np.asarray(Image.open(pngs[0])).astype(int) - want).max() <= 1
+
+
+def test_truncated_single_frame_says_how_much_is_missing(tmp_path: Path) -> None:
+    path = tmp_path / "cut1.dcm"
+    _multiframe(path, _frames(1), pydicom.uid.ExplicitVRLittleEndian, cut=100)
+    res = scan([path])
+    assert res.series == []
+    assert [s.reason for s in res.skipped] == [
+        "cut1.dcm: the file is truncated: header says 2048 bytes of pixel data "
+        "(32 x 32 x 1 frame x 16 bits), the file holds 1948 (100 missing)"]

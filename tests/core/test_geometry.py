@@ -77,7 +77,18 @@ def test_small_obliquity_is_snapped_and_said() -> None:
     # the true affine: voxel (k, r, c) where DICOM puts it
     want = _voxel(ori, [0, 0, 0], (1, 1, 1), 3, 10, 20)
     np.testing.assert_allclose(pl.to_world([3, 10, 20]), want)
-    assert "oblique, 5.0 degrees" in pl.warnings[0] and "3-D" in pl.warnings[0]
+    # a rotation within the axial plane: napari slices it exactly in the axial 2-D view
+    assert "within the axial plane" in pl.warnings[0] and "exact in napari's axial 2-D" in (
+        pl.warnings[0])
+    # one slice tilted about x (rows rise 5 degrees out of the axial plane)
+    ori = [1, 0, 0, 0, np.cos(a), np.sin(a)]
+    pl = place(64, 64, ori, [[0.0, 0.0, 0.0]], (1.0, 1.0), 1.0)
+    assert pl.kind == "affine" and "oblique, 5.0 degrees" in pl.warnings[0]
+    # what napari's 2-D view draws (napari_2d_offset): the slice through the I axis, whose
+    # first row is at P = 0, drawn flat by its in-plane projection (P = r cos 5 deg, true):
+    # its last row is 63 * sin(5 deg) = 5.49 mm out of the viewed plane
+    assert 63 * np.sin(a) == pytest.approx(5.49, abs=0.005)
+    assert "up to 5.49 mm from their true place" in pl.warnings[0], pl.warnings[0]
 
 
 def test_gantry_tilt_keeps_the_shear() -> None:

@@ -44,7 +44,9 @@ def _series(
         ("Thorax 1.0 (Lung)", "Thorax_1.0_Lung"),
         ("Crâne élevé", "Crane_eleve"),
         ("CON", "CON_"),
-        ("nul.txt", "nul.txt_"),
+        ("nul.txt", "nul_.txt"),  # Windows: NUL with any extension is the device
+        ("com9.png", "com9_.png"),
+        ("LPT1.tar.gz", "LPT1_.tar.gz"),
         ("", "x"),
         ("   ", "x"),
     ],

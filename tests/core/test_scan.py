@@ -97,8 +97,8 @@ def test_mixed_folder(mixed_folder: Path):
     assert reasons[1] == "report.dcm: Basic Text SR Storage (no pixel data)"
     assert len(res.skipped) == 1
     assert res.skipped[0].reason == (
-        "broken.dcm: header says 2048 bytes of pixel data (32 x 32 x 1 frame x 16 bits), "
-        "the file holds 1548"
+        "broken.dcm: the file is truncated: header says 2048 bytes of pixel data "
+        "(32 x 32 x 1 frame x 16 bits), the file holds 1548 (500 missing)"
     )
     assert calls[-1] == (calls[-1][1], calls[-1][1]) and calls[-1][1] >= 23
     assert res.summary() == (
@@ -301,8 +301,8 @@ def test_truncated_file_skipped_with_figures():
     res = scan([MR_TRUNCATED])
     assert res.series == []
     assert [s.reason for s in res.skipped] == [
-        "MR_truncated.dcm: header says 8192 bytes of pixel data (64 x 64 x 1 frame x 16 bits), "
-        "the file holds 8130"
+        "MR_truncated.dcm: the file is truncated: header says 8192 bytes of pixel data "
+        "(64 x 64 x 1 frame x 16 bits), the file holds 8130 (62 missing)"
     ]
 
 

@@ -7,7 +7,16 @@ Files -> :func:`~napari_dicom.core.scan.scan` -> one folder per series
 the PNGs are the same bytes) -> a run manifest.
 
 Nothing here parses arguments or prints: :mod:`napari_dicom.cli` does that. A series that
-cannot be loaded or exported is recorded with its reason and the batch goes on.
+cannot be loaded or exported is recorded with its reason and the batch goes on. Two
+things stop the batch instead: a full disk (every later series would fail the same way;
+the :class:`OSError` is raised, with the run manifest left as it was) and an interrupt.
+Either way the series already exported stay, and the one being written when it stopped
+keeps its earlier export (:mod:`~napari_dicom.core.output`).
+
+Files napari-dicom did not write are never overwritten unless ``overwrite`` is set: a
+``manifest.csv`` in ``out`` that is not a run manifest refuses the whole run before
+anything is read (:class:`~napari_dicom.core.output.ExportRefused`); such files in a
+series folder refuse that series (status ``refused``).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .naming import OutputNamer, UnsafePathError
+from .output import ExportRefused, is_disk_full, manifest_header, plan_stack
 from .presets import get_preset
 from .render import (
     Display,
@@ -255,6 +265,7 @@ class ExportOptions:
     clahe: bool = False
     jobs: int | None = None
     skip_existing: bool = False
+    overwrite: bool = False
 
 
 @dataclass
@@ -267,6 +278,7 @@ class SeriesResult:
     written: int = 0
     display: Display | None = None
     #: ok | ok (resumed) | skipped-existing | partial (damaged planes left out) | failed
+    #: | refused (files napari-dicom did not write are in the way)
     status: str = "ok"
     message: str = ""
     note: str = ""
@@ -274,7 +286,7 @@ class SeriesResult:
 
     @property
     def ok(self) -> bool:
-        return self.status not in ("failed", "partial")
+        return self.status not in ("failed", "partial", "refused")
 
 
 @dataclass
@@ -283,6 +295,8 @@ class BatchResult:
     results: list[SeriesResult]
     scan: Any  # core.scan.ScanResult
     manifest: Path | None = None
+    #: why the batch stopped early or the run manifest was not written ("" when neither)
+    error: str = ""
 
     @property
     def images(self) -> int:
@@ -303,7 +317,8 @@ class BatchResult:
     @property
     def complete(self) -> bool:
         """Every input converted: no file skipped, no damaged plane, no series failed."""
-        return not self.failed and not self.skipped_files and bool(self.results)
+        return (not self.failed and not self.skipped_files and bool(self.results)
+                and not self.error)
 
 
 #: progress callback of the batch: (images done, images in total, label)
@@ -393,11 +408,18 @@ def export_one(
     The folder always holds a stack (``<folder name>_0001.png`` ...) and its
     ``manifest.csv``, also for a single image.
     """
-    from .export import export_stack
+    from .export import STACK_MANIFEST_HEADERS, export_stack, plane_file_names
     from .pixels import DicomLoadError, series_metadata
 
     result = SeriesResult(series, folder)
     existing = {p.name for p in folder.glob("*.png")} if options.skip_existing else set()
+    try:  # files in the way: refuse now, before decoding (export_stack checks again)
+        plan_stack(folder, plane_file_names((len(selected_planes(series, options.frames)),),
+                                            folder.name),
+                   overwrite=options.overwrite, resume=options.skip_existing,
+                   manifest_headers=STACK_MANIFEST_HEADERS)
+    except ExportRefused as exc:
+        return _failed(result, exc)
     if streamable(series, options):
         streamed = _export_streaming(series, folder, options, result, decode_progress)
         if streamed is not None:
@@ -438,17 +460,26 @@ def export_one(
             skip_existing=options.skip_existing,
             series_uid=series.uid,
             rgb=series.rgb,
+            overwrite=options.overwrite,
         )
     except (DicomLoadError, WindowError, OSError, ValueError) as exc:
-        result.status = "failed"
-        result.message = str(exc)
-        return result
+        return _failed(result, exc)
     if damaged:
         result.status = "partial"
         result.message = "; ".join(
             f"{series.planes[i].path}: {reason}" for i, reason in sorted(damaged.items())
         ) + (" (left out)" if keep else "")
     return _finish(result, paths, existing)
+
+
+def _failed(result: SeriesResult, exc: Exception) -> SeriesResult:
+    """``result`` as failed (or refused) because of ``exc``; a full disk is re-raised: it
+    stops the batch."""
+    if is_disk_full(exc):
+        raise exc
+    result.status = "refused" if isinstance(exc, ExportRefused) else "failed"
+    result.message = str(exc)
+    return result
 
 
 def _finish(result: SeriesResult, paths: Sequence[Path], existing: set[str]) -> SeriesResult:
@@ -503,12 +534,12 @@ def _export_streaming(
         paths = export_stack(
             stack, display, folder, meta=meta, jobs=options.jobs, progress=tick,
             skip_existing=options.skip_existing, series_uid=series.uid, rgb=series.rgb,
+            overwrite=options.overwrite,
         )
     except DicomLoadError:
         return None
     except (WindowError, OSError, ValueError) as exc:
-        result.status = "failed"
-        result.message = str(exc)
+        _failed(result, exc)
         return []
     result.display, result.note = display, note
     return paths
@@ -551,9 +582,20 @@ def export_all(
     ``series_progress(count, n_series)`` as series are taken up (small series, run side
     by side, when they finish). All callbacks run on the calling thread. Results and the
     run manifest keep the scan's series order.
+
+    Raises
+    ------
+    ExportRefused
+        ``out/manifest.csv`` exists and is not a run manifest napari-dicom wrote (and
+        ``options.overwrite`` is false); raised before anything is read or written.
+
+    A full disk stops the batch and the run manifest is then not written; that, or a
+    run manifest that cannot be written, is said in :attr:`BatchResult.error`. The
+    series exported so far stay.
     """
     from .scan import scan
 
+    check_run_manifest(out, options.overwrite)
     jobs = options.jobs or os.cpu_count() or 1
     scanned = scan([Path(s) for s in sources], progress=scan_progress, processes=jobs)
     namer = OutputNamer(out)
@@ -581,37 +623,52 @@ def export_all(
         if progress is not None:
             progress(done, total, label)
 
-    small = [p for p in plan if jobs > 1 and p[3] < SMALL_SERIES_PER_JOB * jobs]
-    if small:
-        single = replace(options, jobs=1)
-        with ThreadPoolExecutor(jobs, thread_name_prefix="napari-dicom-series") as pool:
-            futures = {pool.submit(export_one, series, folder, single): (index, folder, k)
-                       for index, series, folder, k in small}
-            try:
-                for fut in as_completed(futures):
-                    index, folder, k = futures[fut]
-                    slots[index] = fut.result()
-                    taken += 1
-                    if series_progress is not None:
-                        series_progress(taken, n_series)
-                    step(k, folder.name)
-            except BaseException:
-                pool.shutdown(cancel_futures=True)
-                raise
-    chosen = {p[0] for p in small}
-    for index, series, folder, n_images in plan:
-        if index in chosen:
-            continue
-        taken += 1
-        if series_progress is not None:
-            series_progress(taken, n_series)
-        decode_tick = _ticker(progress, done, total, f"{folder.name}: reading")
-        write_tick = _ticker(progress, done + n_images, total, f"{folder.name}: writing")
-        slots[index] = export_one(series, folder, options, write_tick, decode_tick)
-        step(n_images, folder.name)
+    def run_series() -> None:
+        nonlocal taken
+        small = [p for p in plan if jobs > 1 and p[3] < SMALL_SERIES_PER_JOB * jobs]
+        if small:
+            single = replace(options, jobs=1)
+            with ThreadPoolExecutor(jobs, thread_name_prefix="napari-dicom-series") as pool:
+                futures = {pool.submit(export_one, series, folder, single): (index, folder, k)
+                           for index, series, folder, k in small}
+                try:
+                    for fut in as_completed(futures):
+                        index, folder, k = futures[fut]
+                        slots[index] = fut.result()
+                        taken += 1
+                        if series_progress is not None:
+                            series_progress(taken, n_series)
+                        step(k, folder.name)
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)
+                    raise
+        chosen = {p[0] for p in small}
+        for index, series, folder, n_images in plan:
+            if index in chosen:
+                continue
+            taken += 1
+            if series_progress is not None:
+                series_progress(taken, n_series)
+            decode_tick = _ticker(progress, done, total, f"{folder.name}: reading")
+            write_tick = _ticker(progress, done + n_images, total, f"{folder.name}: writing")
+            slots[index] = export_one(series, folder, options, write_tick, decode_tick)
+            step(n_images, folder.name)
+
+    error = ""
+    try:
+        run_series()
+    except OSError as exc:  # export_one lets only a full disk through: stop the batch
+        error = " ".join(str(exc).split()) + (
+            " (stopped: the series exported before are kept, this one keeps its earlier "
+            "export; the run manifest is as it was)")
     results = [r for r in slots if r is not None]
-    batch = BatchResult(namer.root, results, scanned)
-    batch.manifest = write_run_manifest(namer.root, results)
+    batch = BatchResult(namer.root, results, scanned, error=error)
+    if not error:
+        path = namer.root / "manifest.csv"
+        try:
+            batch.manifest = write_run_manifest(namer.root, results)
+        except OSError as exc:
+            batch.error = f"cannot write the run manifest {path}: {exc.strerror or exc}"
     return batch
 
 
@@ -645,6 +702,22 @@ def _row(r: SeriesResult, root: Path) -> dict[str, str]:
         "modality": s.modality,
         "series_instance_uid": s.uid,
     }
+
+
+RUN_MANIFEST_HEADER = ",".join(RUN_MANIFEST_COLUMNS)
+
+
+def check_run_manifest(out: str | os.PathLike[str], overwrite: bool = False) -> None:
+    """Raise :class:`ExportRefused` when ``out/manifest.csv`` exists and napari-dicom did
+    not write it as a run manifest (unless ``overwrite``)."""
+    path = Path(out) / "manifest.csv"
+    if overwrite or not (path.exists() or path.is_symlink()):
+        return
+    if path.is_file() and manifest_header(path) == RUN_MANIFEST_HEADER:
+        return
+    raise ExportRefused(
+        f"{path} exists and was not written by napari-dicom: not overwritten", [path.name]
+    )
 
 
 def write_run_manifest(root: Path, results: Sequence[SeriesResult]) -> Path:

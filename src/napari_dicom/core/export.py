@@ -21,10 +21,15 @@ so the same data and display give byte-identical files whichever door was used.
   deterministic. (ISA-L, 3x faster still, is not: its level-1 output for the same plane
   changed with the thread that ran it, about 3 planes in 1000 with work between calls,
   so two exports of one series could differ.)
-* Files: every file is written to a temporary name in its final folder and renamed
-  (:func:`write_atomic`): a PNG never exists truncated under its final name. When an
-  export fails, the files this call wrote (and the folders it created) are removed;
-  nothing else is touched.
+* Files (the rules live in :mod:`~napari_dicom.core.output`): a file napari-dicom did
+  not write is never overwritten unless ``overwrite`` is given (:class:`ExportRefused`,
+  before anything is written); its own earlier output is recognised by its manifest
+  (a single PNG by its ``Software`` text). A stack is written into a hidden folder beside
+  its target and swapped in once complete, replacing napari-dicom's earlier export of it
+  as a whole (planes it no longer has included); a single PNG through a temporary name
+  and a rename (:func:`write_atomic`). A PNG never exists truncated under its final
+  name, and an export that fails or is interrupted leaves what was there before as it
+  was: only what this call wrote (and the folders it created) is removed.
 
 Layout: a 2-D image is written to the given path. An N-D stack ``(..., H, W)`` goes to a
 folder named after the file (``scan.png`` -> ``scan/``) holding one PNG per plane along
@@ -58,6 +63,15 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import __version__
+from .output import (
+    ExportError,
+    ExportRefused,
+    StackPlan,
+    is_own_png,
+    plan_stack,
+    remove_leftovers,
+    staging_folder,
+)
 from .render import Display, render_uint8
 
 
@@ -79,6 +93,7 @@ DEFLATE_ENGINE, PNG_LEVEL, _compress = _deflate_engine()
 __all__ = [
     "DEFLATE_ENGINE",
     "ExportError",
+    "ExportRefused",
     "encode_png",
     "export_stack",
     "grey_palette",
@@ -97,10 +112,6 @@ _COLOR_TYPE = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (grey, RGB, RGBA
 _tmp_counter = itertools.count()
 
 Progress = Callable[[int, int], object]
-
-
-class ExportError(OSError):
-    """A PNG export that could not be written; the message names the file or folder."""
 
 
 # --------------------------------------------------------------------------------------
@@ -136,12 +147,13 @@ def _text_chunk(key: str, value: str) -> bytes:
 
 
 def encode_png(img: npt.NDArray[np.uint8], text: Mapping[str, str] | None = None) -> bytes:
-    """Encode an 8-bit image as PNG bytes, deterministically.
+    """Encode an 8-bit image (or a 16-bit grey one) as PNG bytes, deterministically.
 
     Parameters
     ----------
     img
-        ``(H, W)`` grey, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA, ``uint8``.
+        ``(H, W)`` grey, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA, ``uint8``; or ``(H, W)``
+        ``uint16`` grey, written with bit depth 16 (label maps past 255 labels).
     text
         Keyword -> text, written as ``tEXt`` chunks (``iTXt`` for non-Latin-1 text) in
         the mapping's order, before the image data.
@@ -154,9 +166,16 @@ def encode_png(img: npt.NDArray[np.uint8], text: Mapping[str, str] | None = None
         bytes.
     """
     a = np.asarray(img)
-    if a.dtype != np.uint8:
-        raise TypeError(f"encode_png needs uint8 pixels, got {a.dtype}")
-    if a.ndim == 2:
+    depth = 8
+    if a.dtype == np.uint16 and a.ndim == 2:
+        # 16-bit samples are big-endian (PNG 7.1); the Sub filter works on bytes with a
+        # 2-byte pixel, which is what 2 "channels" of bytes give below
+        depth = 16
+        a = a.astype(">u2").view(np.uint8).reshape(a.shape[0], a.shape[1], 2)
+        channels = 2
+    elif a.dtype != np.uint8:
+        raise TypeError(f"encode_png needs uint8 (or 2-D uint16) pixels, got {a.dtype}")
+    elif a.ndim == 2:
         channels = 1
     elif a.ndim == 3 and a.shape[2] in (3, 4):
         channels = a.shape[2]
@@ -173,7 +192,8 @@ def encode_png(img: npt.NDArray[np.uint8], text: Mapping[str, str] | None = None
     raw[:, 1 : 1 + channels] = row[:, :channels]
     np.subtract(row[:, channels:], row[:, :-channels], out=raw[:, 1 + channels :])
     idat = bytes(_compress(raw, PNG_LEVEL))
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, _COLOR_TYPE[channels], 0, 0, 0)
+    color_type = 0 if depth == 16 else _COLOR_TYPE[channels]
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, 0)
     parts = [_PNG_SIGNATURE, _chunk(b"IHDR", ihdr)]
     for key, value in (text or {}).items():
         parts.append(_text_chunk(key, value))
@@ -204,6 +224,21 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     except BaseException:
         try:
             os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file (inside a staging folder: no temporary name needed,
+    the folder is not in place yet); a failed write leaves no file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except BaseException:
+        try:
+            os.unlink(path)
         except FileNotFoundError:
             pass
         raise
@@ -309,6 +344,11 @@ def manifest_columns(n_leading: int) -> list[str]:
         "invert",
         "gamma",
     ]
+
+
+#: the header lines of the stack manifests napari-dicom writes (1 to 8 leading axes): how
+#: its own earlier export is recognised
+STACK_MANIFEST_HEADERS = frozenset(",".join(manifest_columns(k)) for k in range(1, 9))
 
 
 def _per_plane(meta: Mapping[str, Any] | None, key: str, n: int) -> list[Any] | None:
@@ -489,6 +529,7 @@ def export_stack(
     skip_existing: bool = False,
     series_uid: str | None = None,
     rgb: bool | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write modality values as 8-bit PNG(s) exactly as ``display`` shows them.
 
@@ -514,13 +555,17 @@ def export_stack(
         ``progress(done, total)`` after each plane, on the calling thread. Raising from
         it cancels the export (the files written so far are removed).
     skip_existing
-        Leave PNGs that already exist under their final name (a previous, interrupted
-        export of the same stack: our files are only ever complete) and write the rest.
+        Leave PNGs that already exist under their final name (napari-dicom's files are
+        only ever complete there) and write the missing ones in place; planes of the
+        earlier export that the stack no longer has are removed.
     series_uid
         Series Instance UID for the PNG text; default ``meta["series_instance_uid"]``.
     rgb
         Whether the last axis holds colour; default: guessed like napari (last axis of
         length 3 or 4 on data with at least 3 axes). The writer passes the layer's flag.
+    overwrite
+        Replace files napari-dicom did not write that are in the way (a PNG, a
+        ``manifest.csv``, a plane name); by default they make the export refuse.
 
     Returns
     -------
@@ -530,9 +575,12 @@ def export_stack(
 
     Raises
     ------
+    ExportRefused
+        A file that napari-dicom did not write is in the way (and ``overwrite`` is
+        false); nothing was written.
     ExportError
         The file or folder cannot be created or written (the message names it); nothing
-        this call wrote is left behind.
+        this call wrote is left behind, and an earlier export of the stack is as it was.
     """
     is_rgb = _is_rgb(data, rgb)
     shape = tuple(int(n) for n in data.shape)
@@ -550,13 +598,24 @@ def export_stack(
     base = _base_text(display, is_rgb, uid)
 
     out = Path(out_path)
+    plan: StackPlan | None = None
     if not leading:
         target = out if out.suffix.lower() == ".png" else out.with_name(out.name + ".png")
         folder = target.parent
         names = [target.name]
+        if (target.is_file() and not overwrite and not (skip_existing or is_own_png(target))):
+            raise ExportRefused(
+                f"{target} exists and was not written by napari-dicom: not overwritten",
+                [target.name],
+            )
     else:
         folder = out.with_suffix("") if out.suffix.lower() == ".png" else out
         names = plane_file_names(leading, folder.name)
+        if folder.exists() and not folder.is_dir():
+            raise ExportError(f"cannot write into {folder}: it exists and is not a folder")
+        remove_leftovers(folder)
+        plan = plan_stack(folder, names, overwrite=overwrite, resume=skip_existing,
+                          manifest_headers=STACK_MANIFEST_HEADERS)
     n = len(names)
     paths = [folder / name for name in names]
     uids = _per_plane(meta, "sop_instance_uids", n)
@@ -573,7 +632,19 @@ def export_stack(
     # other threads' rendering and compression (perf: ~7 % of the CPU time was spinning)
     dir_lock = threading.Lock()
     stop = threading.Event()
-    _make_dirs(folder, created)
+    staged = plan is not None and plan.mode != "resume"
+    if plan is not None and staged:
+        _make_dirs(folder.parent, created)
+        plan.staging = staging_folder(folder, "partial")
+        try:
+            plan.staging.mkdir()
+        except OSError as e:
+            raise _export_error("create the folder", plan.staging, e) from e
+    else:
+        _make_dirs(folder, created)
+    write_dir = plan.write_folder if plan is not None else folder
+    targets = [write_dir / name for name in names]
+    save = _write_new if staged else write_atomic
 
     def one(batch: tuple[int, int]) -> int:
         """Render, encode and write planes ``batch[0]:batch[1]`` (flat indices, all on
@@ -600,11 +671,11 @@ def export_stack(
             png = encode_png(imgs[i - i0], _plane_text(base, i, uids, locations))
             try:
                 with dir_lock:
-                    write_atomic(paths[i], png)
+                    save(targets[i], png)
             except OSError as e:
                 raise _export_error("write", paths[i], e) from e
             with lock:
-                written.append(paths[i])
+                written.append(targets[i])
         return i1 - i0
 
     n_jobs = max(1, int(jobs) if jobs else (os.cpu_count() or 1))
@@ -619,16 +690,23 @@ def export_stack(
                     progress(done, n)
         else:
             _run_threads(one, batches, n, n_jobs, progress, stop)
-        if leading:
+        if plan is not None:
             manifest = folder / MANIFEST
             try:
-                write_atomic(manifest, _manifest_bytes(names, leading, meta, display, is_rgb))
+                save(write_dir / MANIFEST,
+                     _manifest_bytes(names, leading, meta, display, is_rgb))
             except OSError as e:
                 raise _export_error("write", manifest, e) from e
-            written.append(manifest)
+            written.append(write_dir / MANIFEST)
             paths.append(manifest)
+            try:
+                plan.install()
+            except OSError as e:
+                raise _export_error("replace", folder, e) from e
     except BaseException:
         stop.set()
+        if plan is not None:
+            plan.discard()
         _cleanup(written, created)
         raise
     return paths

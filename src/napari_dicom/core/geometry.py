@@ -194,7 +194,7 @@ def _unit(v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 
 def _cosines(
-    orientation: Sequence[float], name: str, warns: list[str]
+    orientation: Sequence[float], pre: str, warns: list[str]
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
     """Row and column direction cosines, orthonormalised when the header's are not
     (reported); ``None`` when they are unusable (zero or parallel)."""
@@ -202,14 +202,14 @@ def _cosines(
     col = np.asarray(orientation[3:6], dtype=np.float64)
     nr, nc = float(np.linalg.norm(row)), float(np.linalg.norm(col))
     if not (nr > 0.5 and nc > 0.5) or float(np.linalg.norm(np.cross(row / nr, col / nc))) < 0.5:
-        warns.append(f"{name}: Image Orientation (Patient) {list(orientation)} is not two "
+        warns.append(f"{pre}Image Orientation (Patient) {list(orientation)} is not two "
                      "perpendicular directions; placed by index, not in patient space")
         return None
     dot = float(row @ col) / (nr * nc)
     if abs(nr - 1) > _ORTHO_TOL or abs(nc - 1) > _ORTHO_TOL or abs(dot) > _ORTHO_TOL:
         angle = math.degrees(math.acos(max(-1.0, min(1.0, dot))))
         warns.append(
-            f"{name}: Image Orientation (Patient) is not orthonormal (row length {_fmt(nr)}, "
+            f"{pre}Image Orientation (Patient) is not orthonormal (row length {_fmt(nr)}, "
             f"column length {_fmt(nc)}, angle {angle:.2f} degrees); "
             "orthonormalised (row kept, column made perpendicular)")
     r = row / nr
@@ -247,7 +247,7 @@ def place(
         its direction comes from the first and last positions. For one slice: the slab's
         thickness (Spacing Between Slices or Slice Thickness), default 1.
     name
-        How warnings name the series.
+        How warnings name the series (``""``: they do not, the caller prefixes them).
 
     Returns
     -------
@@ -255,10 +255,11 @@ def place(
         ``matrix`` maps array indices ``(k, r, c)`` to world ``(I, P, L)`` mm.
     """
     warns: list[str] = []
+    pre = f"{name}: " if name else ""
     n = len(positions)
     dr, dc = (float(pixel_spacing[0]), float(pixel_spacing[1])) if pixel_spacing else (1.0, 1.0)
     dz = abs(float(slice_spacing)) if slice_spacing else 1.0
-    cos = _cosines(orientation, name, warns) if orientation is not None else None
+    cos = _cosines(orientation, pre, warns) if orientation is not None else None
     pos = [p for p in positions if p is not None]
     if cos is None or len(pos) != n or n == 0:
         # (slices without a position are reported by core.scan)
@@ -277,7 +278,7 @@ def place(
             # positions, so a gantry tilt (positions sheared off the normal) is kept
             step = span * (dz / along)
         else:
-            warns.append(f"{name}: slice positions do not advance along the slice normal; "
+            warns.append(f"{pre}slice positions do not advance along the slice normal; "
                          "slices stacked along the normal")
     # LPS columns for array axes (k, r, c): DICOM's row direction is the way column index
     # grows (C.7.6.2.1.1), so rows (r) go along the column cosine and columns (c) along
@@ -310,7 +311,7 @@ def place(
             axes = (nearest.index(0), nearest.index(1), nearest.index(2))
             scale = tuple(float(snapped[i, axes[i]]) for i in range(3))
             if err > 1e-3:
-                warns.append(f"{name}: orientation {obliquity:.2f} degrees off {plane}: placed "
+                warns.append(f"{pre}orientation {obliquity:.2f} degrees off {plane}: placed "
                              f"as {plane} (no voxel moves more than {_fmt(err)} mm)")
             snapped_m = np.eye(4)
             snapped_m[:3, :3] = snapped
@@ -325,20 +326,68 @@ def place(
     tilt = 0.0
     if n > 1:
         tilt = math.degrees(math.acos(min(1.0, abs(float(_unit(step) @ normal)))))
-    corners = np.array([[ck, cr, cc] for ck in (0, shape[0] - 1)
-                        for cr in (0, shape[1] - 1) for cc in (0, shape[2] - 1)], dtype=float)
-    world = corners @ a.T
-    offset = float(np.max(np.ptp(world, axis=0))) if not math.isfinite(err) else err
     what = (f"slice positions sheared {tilt:.1f} degrees off the slice normal (gantry tilt)"
             if tilt > 0.05 and obliquity - tilt < 0.05 else
             f"oblique, {obliquity:.1f} degrees from the nearest axial/coronal/sagittal axes")
+    off = napari_2d_offset(matrix, (n, rows, columns))
+    in_plane = bool(np.all(np.abs(a[0, 1:]) < 1e-9 * lengths[1:])
+                    and np.all(np.abs(a[1:, 0]) < 1e-9 * lengths[0]))
+    if in_plane:
+        warns.append(
+            f"{pre}rotated {obliquity:.1f} degrees within the axial plane: placed by its true "
+            "affine, exact in napari's axial 2-D view and in 3-D; napari's coronal and "
+            "sagittal 2-D reformats of it are drawn flat, without the rotation (napari warns "
+            "'Non-orthogonal slicing')")
+        return Placement("affine", matrix, plane="oblique", obliquity_deg=obliquity,
+                         warnings=tuple(warns))
+    if off is None:
+        shown = ("shows none of its slices at any slider position (the slice it picks, where "
+                 "the viewed plane crosses the patient's I axis, lies outside the series)")
+    else:
+        shown = ("draws the acquired slice that the viewed plane crosses on the patient's I "
+                 "axis, flat, without its out-of-plane rotation: its pixels are up to "
+                 f"{_fmt(off)} mm from their true place")
     warns.append(
-        f"{name}: {what}: placed by its true affine, exact in napari's 3-D view. In 2-D, "
-        "napari 0.9 cannot slice a rotated volume: it shows one acquired slice drawn flat on "
-        f"the screen plane, up to {_fmt(offset)} mm from its true place at the edges "
-        "(napari warns 'Non-orthogonal slicing')")
+        f"{pre}{what}: placed by its true affine, exact in napari's 3-D view. In the 2-D "
+        f"view napari 0.9 cannot reslice a rotated volume (it warns 'Non-orthogonal "
+        f"slicing'): it {shown}")
     return Placement("affine", matrix, plane="oblique", obliquity_deg=obliquity,
                      warnings=tuple(warns))
+
+
+def napari_2d_offset(matrix: npt.NDArray[np.float64], shape: Sequence[int]) -> float | None:
+    """How far (mm) napari 0.9's default 2-D view (slider on I, the (P, L) plane shown)
+    draws pixels of an affine-placed ``shape`` array from their true world position;
+    ``None`` when it shows no slice at any slider position.
+
+    What napari does (``napari/layers/utils/_slice_input.py``, ``_SliceInput.data_slice``
+    with a non-orthogonal transform): the slice index comes from the not-displayed part of
+    the world-to-data transform alone, i.e. the acquired slice through the world point
+    ``(I, 0, 0)``, and the slice is drawn with the displayed part of the data-to-world
+    transform alone, i.e. without the slice index's and the out-of-plane contributions.
+    """
+    a, t = matrix[:3, :3], matrix[:3, 3]
+    inv = np.linalg.inv(a)
+    n, rows, cols = (int(v) for v in shape)
+    corners = np.array([[0, 0, 0], [0, rows - 1, 0], [0, 0, cols - 1], [0, rows - 1, cols - 1]],
+                       dtype=float)
+    ends = np.array([[k, r, c] for k in (0, n - 1) for r, c in corners[:, 1:]], dtype=float)
+    i_lo, i_hi = (ends @ a.T + t)[:, 0].min(), (ends @ a.T + t)[:, 0].max()
+    worst: float | None = None
+    if abs(inv[0, 0]) < 1e-12:
+        return None
+    for k in range(n):
+        # the slider position at which napari picks slice k exactly
+        i_world = (k + float(inv[0] @ t)) / float(inv[0, 0])
+        if not i_lo - 1e-6 <= i_world <= i_hi + 1e-6:
+            continue
+        px = corners.copy()
+        px[:, 0] = k
+        true = px @ a.T + t
+        drawn = np.column_stack([np.full(4, i_world), px[:, 1:] @ a[1:, 1:].T + t[1:]])
+        err = float(np.max(np.linalg.norm(true - drawn, axis=1)))
+        worst = err if worst is None else max(worst, err)
+    return worst
 
 
 # ---------------------------------------------------------------------------------------
@@ -372,8 +421,9 @@ def series_placement(series: Series) -> tuple[Placement, int] | None:
         return None
     pixel = series.scale[-2:] if series.units[-1] == "mm" else None
     positions = [p.position for p in series.planes[:nz]]
+    # (no name in the warnings: the reader prefixes the layer name)
     return place(series.rows, series.columns, series.orientation, positions, pixel, spacing,
-                 name=series.name), lead
+                 name=""), lead
 
 
 def layer_geometry(series: Series, data: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:

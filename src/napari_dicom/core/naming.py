@@ -6,12 +6,12 @@ Every series gets its own folder::
 
 Each component is made portable by :func:`napari_dicom.core.series.sanitize` (letters,
 digits, ``.``, ``_``, ``-``; no separators, never ``.`` or ``..``) after folding accents
-to ASCII (``é`` -> ``e``); names Windows reserves (``CON``, ``NUL``, ``COM1``...) get a
-trailing ``_``. Two different studies (Study Instance UID, PS3.3 C.7.2.1) or series
-(Series Instance UID, C.7.3.1) that would share a name get ``_2``, ``_3``... in the order
-they are asked for; the comparison ignores case so that the layout survives a
-case-insensitive file system. Every folder is checked, after resolving symbolic links, to
-lie inside the root.
+to ASCII (``é`` -> ``e``); names Windows reserves (``CON``, ``NUL``, ``COM1``..., also
+with an extension: ``NUL.txt`` is NUL) get ``_`` after that part (``NUL_.txt``). Two
+different studies (Study Instance UID, PS3.3 C.7.2.1) or series (Series Instance UID,
+C.7.3.1) that would share a name get ``_2``, ``_3``... in the order they are asked for;
+the comparison ignores case so that the layout survives a case-insensitive file system.
+Every folder is checked, after resolving symbolic links, to lie inside the root.
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ def component(text: str | None, fallback: str, max_len: int = 64) -> str:
     folded = "".join(ch for ch in folded if not unicodedata.combining(ch))
     folded = _DOTS.sub("_", folded)  # "a/../b" -> "a_b", not "a_.._b"
     name = sanitize(folded, fallback=fallback, max_len=max_len)
-    if name.split(".")[0].upper() in _RESERVED:
-        name += "_"
+    stem, dot, rest = name.partition(".")
+    if stem.upper() in _RESERVED:  # "NUL.txt" is NUL too: the stem itself must change
+        name = f"{stem}_{dot}{rest}"
     return name
 
 

@@ -627,8 +627,11 @@ def _decode(
                     ds_out = _reparsed(path)
                     if ds_out is None:
                         raise
+                    cut = _truncation(ds_out, series)
+                    if cut is not None and (frame or 0) >= cut[0]:
+                        raise DicomLoadError(f"{path}: {cut[2]}") from None
                     try:
-                        arr = pixel_array(ds_out, index=frame)
+                        arr = pixel_array(_padded(ds_out, cut), index=frame)
                     except _DECODE_ERRORS:
                         raise first from None
     except NotImplementedError as exc:  # no decoder for the syntax at all
@@ -648,6 +651,53 @@ def _reparsed(path: str) -> Dataset | None:
         return dcmread(path)
     except _DECODE_ERRORS:
         return None
+
+
+def _truncation(ds: Dataset, series: Series) -> tuple[int, int, str] | None:
+    """``(complete frames, expected bytes, message)`` when the native Pixel Data of
+    ``ds`` (read whole) holds fewer bytes than its header says (PS3.5 8.1.1), else
+    ``None``.
+
+    The message says that the file is truncated, how many bytes are missing and which
+    frames are incomplete; it is the same for every such frame of the file, so the loader
+    tells it once.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is not None and UID(syntax).is_compressed:
+        return None
+    value = ds.get("PixelData")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    if value is None or bits % 8 or not rows or not cols:
+        return None
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples == 3 and str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        samples = 2  # native 4:2:2: Y Y Cb Cr per pair of pixels
+    nf = int(ds.get("NumberOfFrames", 1) or 1)
+    per_frame = rows * cols * samples * bits // 8
+    expected, held = per_frame * nf, len(value)
+    if held >= expected:
+        return None
+    complete = held // per_frame
+    if nf == 1:
+        which = "its only frame is"
+    elif complete == nf - 1:
+        which = f"frame {nf} of {nf} is"
+    else:
+        which = f"frames {complete + 1}-{nf} of {nf} are"
+    return complete, expected, (
+        f"the file is truncated: {expected - held} of the {expected} bytes of its pixel "
+        f"data are missing; {which} incomplete")
+
+
+def _padded(ds: Dataset, cut: tuple[int, int, str] | None) -> Dataset:
+    """``ds`` with truncated native Pixel Data padded to its full size (zeros), so that
+    pydicom decodes the complete frames from it (it refuses a short value as a whole)."""
+    if cut is not None:
+        raw = ds.PixelData
+        ds.PixelData = raw + bytes(max(0, cut[1] - len(raw)))
+    return ds
 
 
 def _deflated(series: Series) -> bool:
@@ -947,6 +997,17 @@ def _tasks(series: Series, jobs: int) -> list[tuple[str, list[int]]]:
         step = max(1, math.ceil(len(ks) / max(1, jobs)))
         tasks.extend((path, ks[i : i + step]) for i in range(0, len(ks), step))
     return tasks
+
+
+def _ranges(nums: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``."""
+    parts: list[str] = []
+    for v in sorted(nums):
+        if parts and v == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{v}"
+        else:
+            parts.append(str(v))
+    return ", ".join(parts)
 
 
 class PlaneStack:

@@ -74,6 +74,12 @@ _NATIVE_TS = frozenset(
     {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 )
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+#: Segmentation, Label Map Segmentation and RT Structure Set Storage: shown as label /
+#: shape layers on their referenced series (``core.objects``), never as images
+OBJECT_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7",
+    "1.2.840.10008.5.1.4.1.1.481.3",
+})
 #: explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2)
 _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _SHORT_VRS = _VALID_VRS - _LONG_VRS
@@ -108,8 +114,11 @@ class ScanResult:
     series: list[Series] = field(default_factory=list)
     #: corrupt, truncated or unreadable DICOM files
     skipped: list[Skipped] = field(default_factory=list)
-    #: DICOM objects without an image (SR, RTSTRUCT, PR, KOS, DICOMDIR, ...)
+    #: DICOM objects without an image (SR, PR, KOS, DICOMDIR, ...)
     non_image: list[Skipped] = field(default_factory=list)
+    #: segmentations and structure sets (SEG, LABELMAP SEG, RTSTRUCT): not image series of
+    #: their own but layers placed on the series they refer to (``core.objects``)
+    objects: list[str] = field(default_factory=list)
     #: files that are not DICOM (counted, not listed)
     non_dicom: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -124,6 +133,8 @@ class ScanResult:
                                                    if n else "")]
         if self.skipped:
             parts.append(f"{len(self.skipped)} skipped")
+        if self.objects:
+            parts.append(f"{len(self.objects)} segmentations / structure sets")
         if self.non_image:
             parts.append(f"{len(self.non_image)} non-image DICOM objects")
         if self.non_dicom:
@@ -636,11 +647,16 @@ def _pixel_check(path: str, fp: Any, ds: Dataset, size: int) -> tuple[str | None
     if ts and ts not in _NATIVE_TS:
         return None, None
     expected, desc = _claim(ds, ts)
+    nf = _uint(ds, _TAG["NumberOfFrames"]) or 1
     available = max(0, size - pos - hdr)
     held = min(length, available)
     if held < expected:
-        return (f"{_name(path)}: header says {expected} bytes of pixel data ({desc}), "
-                f"the file holds {held}"), None
+        if nf > 1 and held >= expected // nf:
+            # complete frames are decoded; the loader names the incomplete ones
+            return None, None
+        return (f"{_name(path)}: the file is truncated: header says {expected} bytes of "
+                f"pixel data ({desc}), the file holds {held} ({expected - held} missing)"
+                ), None
     return None, None
 
 
@@ -842,6 +858,8 @@ def _read_record_quiet(
             if meta_class == _DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
                 return ("non-image", f"{_name(path)}: Media Storage Directory Storage "
                                      "(DICOMDIR); its folder is scanned instead")
+            if sop_class in OBJECT_CLASSES:
+                return ("object", path)
             size = os.fstat(fp.fileno()).st_size
             problem, fragments_at = _pixel_check(path, fp, ds, size)
     except HEADER_ERRORS as exc:
@@ -1481,6 +1499,8 @@ def scan(
             result.non_dicom += 1
         elif isinstance(r, Skipped):
             result.skipped.append(r)
+        elif isinstance(r, tuple) and r[0] == "object":
+            result.objects.append(f)
         elif isinstance(r, tuple):
             result.non_image.append(Skipped(f, r[1]))
         else:
@@ -1531,6 +1551,12 @@ def _read_chunk(paths: list[str]) -> list[_ReadResult]:
     return [_read_record(p, cache) for p in paths]
 
 
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _read_records_forked(
     files: list[str], progress: Callable[[int, int], None] | None, n_proc: int,
 ) -> list[_ReadResult]:
@@ -1548,12 +1574,19 @@ def _read_records_forked(
             # Python >= 3.12 warns about forking a process with threads: numpy's BLAS
             # threads are idle, and the children only parse headers (no BLAS, no locks)
             warnings.simplefilter("ignore", DeprecationWarning)
-            pool = ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("fork"))
+            # a Ctrl-C reaches the whole process group: the parent stops the scan (the
+            # pool's shutdown ends the children); children ignoring it print no tracebacks
+            pool = ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=_ignore_sigint)
             with pool:
-                for part in pool.map(_read_chunk, chunks):
-                    out.extend(part)
-                    if progress is not None:
-                        progress(len(out), len(files))
+                try:
+                    for part in pool.map(_read_chunk, chunks):
+                        out.extend(part)
+                        if progress is not None:
+                            progress(len(out), len(files))
+                except KeyboardInterrupt:  # stop now: the chunks not started are dropped
+                    pool.shutdown(cancel_futures=True)
+                    raise
     except BrokenProcessPool:
         cache = _WindowCache()
         for f in files[len(out) :]:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
-from pydicom.pixels import iter_pixels  # type: ignore[attr-defined]
+from pydicom.pixels import iter_pixels, pixel_array  # type: ignore[attr-defined]
 
 from . import pixels as px
 from . import safety
@@ -150,37 +150,77 @@ class _Planes:
 
     def decode(self, ks: Sequence[int], path: str | None = None) -> None:
         """Decode the claimed planes ``ks`` (of one file when ``path`` is given: a run of
-        a multi-frame file is read in one pass) and store them."""
+        a multi-frame file is read in one pass) and store them.
+
+        Each plane fails on its own: one frame of another size, or one a decoder
+        refuses, is named and filled while the others load (a run read in one pass that
+        breaks off goes on with :meth:`_rest_of_file`)."""
         series = self.series
-        done: set[int] = set()
-        try:
-            if path is None or len(ks) == 1 or self.fast:
-                for k in ks:
+        if path is None or len(ks) == 1 or self.fast:
+            for i, k in enumerate(ks):
+                try:
                     arr, ds = self._decode_one(k)
                     self._store(k, arr, ds)
-                    done.add(k)
-            else:
-                frames = [series.planes[k].frame or 0 for k in ks]
-                ds_out = Dataset() if series.photometric.startswith("PALETTE") else None
-                src: str | Dataset = path
-                px._check_codestream(path, series, px._fragment_heads(path, series.planes[ks[0]]))
-                try:
-                    with px._panics_as_errors():
-                        whole = px._read_whole(series, path)
-                        if whole is not None:
-                            src = ds_out = whole
-                        it = iter_pixels(src, indices=frames, ds_out=ds_out)
-                        for k, arr in zip(ks, it, strict=True):
-                            self._store(k, arr, ds_out)
-                            done.add(k)
-                except NotImplementedError as exc:
-                    msg = px.missing_decoder_message(series.transfer_syntax, path)
-                    raise px._MissingDecoder(msg or f"{path}: {exc}") from exc
-        except px._MissingDecoder:
-            self._give_up([k for k in ks if k not in done], "no decoder")
-            raise
+                except px._MissingDecoder:
+                    self._give_up(ks[i:], "no decoder")
+                    raise
+                except (px.DicomLoadError, *px._DECODE_ERRORS) as exc:
+                    self._give_up([k], px._reason(exc))
+            return
+        frames = [series.planes[k].frame or 0 for k in ks]
+        ds_out = Dataset() if series.photometric.startswith("PALETTE") else None
+        read = 0
+        try:  # a codestream larger than the header is not decoded at all (core.safety)
+            px._check_codestream(path, series, px._fragment_heads(path, series.planes[ks[0]]))
+        except px.DicomLoadError as exc:
+            self._give_up(ks, px._reason(exc))
+            return
+        try:
+            src: str | Dataset = path
+            with px._panics_as_errors():
+                whole = px._read_whole(series, path)
+                if whole is not None:
+                    src = ds_out = whole
+                for k, arr in zip(ks, iter_pixels(src, indices=frames, ds_out=ds_out),
+                                  strict=True):
+                    read += 1
+                    try:
+                        self._store(k, arr, ds_out)
+                    except (px.DicomLoadError, *px._DECODE_ERRORS) as exc:  # another size
+                        self._give_up([k], px._reason(exc))
+        except NotImplementedError as exc:
+            self._give_up(ks[read:], "no decoder")
+            msg = px.missing_decoder_message(series.transfer_syntax, path)
+            raise px._MissingDecoder(msg or f"{path}: {exc}") from exc
         except (px.DicomLoadError, *px._DECODE_ERRORS) as exc:
-            self._give_up([k for k in ks if k not in done], px._reason(exc))
+            self._rest_of_file(path, ks[read:], exc)
+
+    def _rest_of_file(self, path: str, ks: Sequence[int], first: BaseException) -> None:
+        """Frames ``ks`` of a multi-frame file whose read in one pass broke off: the file
+        is read once more, whole, and each frame decoded from the data set on its own,
+        so the frames that decode load and the others are named (a truncated file: the
+        frames past its end, with the bytes missing)."""
+        series = self.series
+        ds = px._reparsed(path)
+        if ds is None:
+            self._give_up(ks, px._reason(first))
+            return
+        cut = px._truncation(ds, series)
+        ds = px._padded(ds, cut)
+        for i, k in enumerate(ks):
+            frame = series.planes[k].frame or 0
+            if cut is not None and frame >= cut[0]:
+                self._give_up([k], cut[2])
+                continue
+            try:
+                with px._panics_as_errors():
+                    self._store(k, pixel_array(ds, index=frame), ds)
+            except NotImplementedError as exc:
+                self._give_up(ks[i:], "no decoder")
+                msg = px.missing_decoder_message(series.transfer_syntax, path)
+                raise px._MissingDecoder(msg or f"{path}: {exc}") from exc
+            except (px.DicomLoadError, *px._DECODE_ERRORS) as exc:
+                self._give_up([k], px._reason(exc))
 
     def _decode_one(self, k: int) -> tuple[npt.NDArray[Any], Dataset | None]:
         first = self._first.pop(k, None)  # plane 0 as the fast-decode check decoded it
@@ -284,11 +324,20 @@ class _Planes:
 
 
 def _fail_notes(series: Series, failed: dict[int, str], fill: float) -> None:
+    """One warning per file and reason: a damaged image, or the damaged frames of a
+    multi-frame file (e.g. "skipped damaged frames 4-5 of F (the file is truncated
+    ...)")."""
+    told: dict[tuple[str, str], list[int]] = {}
     for k, why in sorted(failed.items()):
-        series.warnings.append(
-            f"skipped damaged image {series.planes[k].path} ({why}); "
-            f"its plane is filled with the lowest value {fill}"
-        )
+        told.setdefault((series.planes[k].path, str(why)), []).append(k)
+    for (path, why), ks in told.items():
+        if len(ks) == 1 and series.planes[ks[0]].frame is None:
+            what, its = f"skipped damaged image {path}", "its plane is"
+        else:
+            nums = px._ranges([(series.planes[k].frame or 0) + 1 for k in ks])
+            what = f"skipped damaged frame{'s' if len(ks) > 1 else ''} {nums} of {path}"
+            its = "their planes are" if len(ks) > 1 else "its plane is"
+        series.warnings.append(f"{what} ({why}); {its} filled with the lowest value {fill}")
         log.warning(series.warnings[-1])
 
 

@@ -1,0 +1,335 @@
+"""Who wrote what is already in an output folder, and how a new export replaces it.
+
+The rules every export door follows (the napari writer, the widget's export button and
+``napari-dicom export`` all reach them through :func:`~napari_dicom.core.export.export_stack`
+and :mod:`~napari_dicom.core.batch`):
+
+* **Never overwrite a file napari-dicom did not write** unless told to (``overwrite``,
+  the CLI's ``--overwrite``). napari-dicom's own earlier output is recognised by its
+  manifest: a ``manifest.csv`` whose header is one napari-dicom writes, and the PNG names
+  it lists that follow the export's naming pattern. A single PNG (2-D export) is
+  recognised by its ``Software`` text chunk (``napari-dicom <version>``).
+* **A stack is replaced as a whole, once the new one is complete.** Planes are written
+  into a hidden folder beside the target (:func:`staging_folder`), then
+  :meth:`StackPlan.install` swaps it in with renames: a half-written PNG never carries a
+  final name, and an export that fails or is interrupted leaves the earlier one as it was.
+  Planes of the earlier export that the new one does not have (a series that now has
+  fewer planes) go with it.
+* When the target folder also holds files that are not napari-dicom's (that the new
+  export does not collide with, or that ``overwrite`` allows it to replace), the new
+  files are moved in one by one (each rename is atomic; the manifest last) and the
+  earlier export's stale planes are removed; the other files stay.
+* Staging folders left behind by a process that was killed (SIGKILL, power loss) are
+  removed by the next export of the same target once their process is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import re
+import shutil
+import signal
+import threading
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Literal
+
+__all__ = [
+    "DISK_FULL",
+    "ExportError",
+    "ExportRefused",
+    "StackPlan",
+    "interrupts_deferred",
+    "is_disk_full",
+    "is_own_png",
+    "manifest_header",
+    "plan_stack",
+]
+
+#: errno values that mean "the disk (or the user's quota) is full"
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+_TAG = "napari-dicom"
+_counter = itertools.count()
+_STAGE_RE = re.compile(r"\.napari-dicom-(\d+)-\d+\.(partial|old)$")
+
+
+class ExportError(OSError):
+    """A PNG export that could not be written; the message names the file or folder.
+
+    ``str()`` is the message alone, also when ``errno`` / ``filename`` are set (the
+    message already says both, in one line)."""
+
+    def __str__(self) -> str:
+        if len(self.args) in (1, 2) and isinstance(self.args[-1], str):
+            return self.args[-1]
+        return super().__str__()
+
+
+class ExportRefused(ExportError):
+    """An export that would overwrite files napari-dicom did not write; nothing was
+    written. ``names`` lists (some of) those files."""
+
+    def __init__(self, message: str, names: Sequence[str] = ()) -> None:
+        super().__init__(errno.EEXIST, message)
+        self.names = list(names)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is an :class:`OSError` saying the disk or the quota is full."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL
+
+
+# --------------------------------------------------------------------------------------
+# Recognising our own files
+# --------------------------------------------------------------------------------------
+
+
+def manifest_header(path: str | os.PathLike[str]) -> str | None:
+    """The first line of a CSV file (without its line end), or None when the file is
+    missing, not a regular file or not UTF-8 text."""
+    try:
+        with open(path, "rb") as f:
+            if not os.path.isfile(path):
+                return None
+            line = f.readline(4096)
+    except OSError:
+        return None
+    try:
+        return line.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        return None
+
+
+def is_own_png(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a PNG napari-dicom wrote: its ``Software`` text chunk (before
+    the image data, where :func:`~napari_dicom.core.export.encode_png` puts it) starts
+    with ``napari-dicom``."""
+    try:
+        with open(path, "rb") as f:
+            if not os.path.isfile(path):
+                return False
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    if head[:8] != b"\x89PNG\r\n\x1a\n":
+        return False
+    pos = 8
+    while pos + 8 <= len(head):
+        length = int.from_bytes(head[pos : pos + 4], "big")
+        kind = head[pos + 4 : pos + 8]
+        body = head[pos + 8 : pos + 8 + length]
+        if kind in (b"IDAT", b"IEND"):
+            return False
+        if kind == b"tEXt" and body.startswith(b"Software\0"):
+            return body[len(b"Software\0") :].startswith(_TAG.encode())
+        pos += 12 + length
+    return False
+
+
+def _own_names(folder: Path, headers: Collection[str], pattern: re.Pattern[str]) -> set[str]:
+    """Names of ``folder/manifest.csv`` and the files it lists when the manifest's header
+    is one of ``headers`` (napari-dicom's); only listed names matching ``pattern`` count.
+    Empty when the manifest is missing or someone else's."""
+    manifest = folder / "manifest.csv"
+    if manifest_header(manifest) not in headers:
+        return set()
+    import csv
+
+    names = {"manifest.csv"}
+    try:
+        with manifest.open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                name = row.get("file") or ""
+                if pattern.fullmatch(name):
+                    names.add(name)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return set()
+    return names
+
+
+# --------------------------------------------------------------------------------------
+# Staging and replacing a stack
+# --------------------------------------------------------------------------------------
+
+
+def staging_folder(folder: Path, kind: Literal["partial", "old"]) -> Path:
+    """A new hidden name beside ``folder``: ``.<name>.napari-dicom-<pid>-<n>.<kind>``."""
+    return folder.with_name(f".{folder.name}.{_TAG}-{os.getpid()}-{next(_counter)}.{kind}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Remove staging folders beside ``folder`` left by napari-dicom processes that are
+    gone (killed mid-export); those of running processes are left alone."""
+    prefix = f".{folder.name}.{_TAG}-"
+    try:
+        entries = os.listdir(folder.parent)
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.startswith(prefix):
+            continue
+        m = _STAGE_RE.search(entry)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        path = folder.parent / entry
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block is done.
+
+    A swap is two renames; an interrupt between them would leave the target missing.
+    Only the main thread receives KeyboardInterrupt, and only while Python's default
+    handler is installed is it touched here (napari's event loop installs its own).
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+@dataclass
+class StackPlan:
+    """How one stack export goes into ``folder``.
+
+    ``mode``:
+
+    * ``swap``: ``folder`` is missing, empty or holds only napari-dicom's earlier export;
+      the new stack is written into :attr:`staging` and replaces the folder as a whole;
+    * ``merge``: ``folder`` also holds other files; the new files are moved in one by one
+      from :attr:`staging`, then the earlier export's stale planes are removed;
+    * ``resume``: ``skip_existing``: files already present under their final name are
+      kept, the missing ones are written in place (each atomically).
+    """
+
+    folder: Path
+    names: list[str]
+    mode: Literal["swap", "merge", "resume"]
+    #: files of napari-dicom's earlier export in ``folder`` (its manifest included)
+    previous: set[str] = field(default_factory=set)
+    staging: Path | None = None
+
+    @property
+    def write_folder(self) -> Path:
+        """Where the planes are written now."""
+        return self.staging if self.staging is not None else self.folder
+
+    def install(self) -> None:
+        """Put the complete stack in :attr:`staging` in place (see the module docstring).
+
+        Raises OSError when a rename fails; the earlier export is then as it was
+        (``swap``) or holds some new files beside the old ones (``merge``)."""
+        stale = self.previous - set(self.names) - {"manifest.csv"}
+        if self.mode == "resume":
+            self._remove(stale)
+            return
+        assert self.staging is not None
+        with interrupts_deferred():
+            if self.mode == "swap":
+                self._swap()
+            else:
+                for name in [*self.names, "manifest.csv"]:
+                    os.replace(self.staging / name, self.folder / name)
+                self._remove(stale)
+                with contextlib.suppress(OSError):
+                    self.staging.rmdir()
+
+    def _swap(self) -> None:
+        assert self.staging is not None
+        try:
+            os.rename(self.staging, self.folder)  # no folder yet (or an empty one)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.EPERM,
+                               errno.EACCES):
+                raise
+        old = staging_folder(self.folder, "old")
+        os.rename(self.folder, old)
+        try:
+            os.rename(self.staging, self.folder)
+        except BaseException:
+            os.rename(old, self.folder)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _remove(self, names: set[str]) -> None:
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / name).unlink()
+
+    def discard(self) -> None:
+        """Remove the staging folder (a failed or interrupted export)."""
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def plan_stack(
+    folder: Path,
+    names: Sequence[str],
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    manifest_headers: Collection[str],
+) -> StackPlan:
+    """Decide how a stack of ``names`` (+ ``manifest.csv``) goes into ``folder``.
+
+    Raises
+    ------
+    ExportRefused
+        ``folder`` holds files napari-dicom did not write under names the export needs
+        (and ``overwrite`` is false); nothing is written.
+    """
+    stem = re.escape(folder.name)
+    pattern = re.compile(rf"{stem}(_\d{{4,}})+\.png")
+    if not folder.is_dir():
+        return StackPlan(folder, list(names), "resume" if resume else "swap")
+    previous = _own_names(folder, manifest_headers, pattern)
+    try:
+        present = set(os.listdir(folder))
+    except OSError:
+        present = set()
+    previous &= present
+    foreign = present - previous
+    wanted = {"manifest.csv"} if resume else {*names, "manifest.csv"}
+    clash = sorted(foreign & wanted)
+    if clash and not overwrite:
+        shown = ", ".join(clash[:3]) + (f" and {len(clash) - 3} more" if len(clash) > 3 else "")
+        raise ExportRefused(
+            f"{folder} holds {shown}, not written by napari-dicom: not overwritten", clash
+        )
+    if resume:
+        return StackPlan(folder, list(names), "resume", previous)
+    mode: Literal["swap", "merge"] = "merge" if foreign else "swap"
+    return StackPlan(folder, list(names), mode, previous)
