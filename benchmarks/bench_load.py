@@ -202,10 +202,18 @@ def _dcm_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix == ".dcm")
 
 
+def _discover_plugins() -> None:
+    """What napari does at start-up (a bare ViewerModel does not): find npe2 plugins."""
+    import npe2
+
+    npe2.PluginManager.instance().discover(include_npe1=False)
+
+
 def user_open(folder: Path) -> tuple[float, float, Any]:
     """``(first slice shown, full read, array)``: ViewerModel.open, then np.asarray."""
     from napari.components import ViewerModel
 
+    _discover_plugins()
     vm = ViewerModel()
     t0 = time.perf_counter()
     layer = vm.open(str(folder), plugin="napari-dicom")[0]
@@ -222,6 +230,8 @@ import sys, tracemalloc
 import numpy as np
 from napari.components import ViewerModel
 import napari_dicom._reader, napari_dicom.core.volume
+import npe2
+npe2.PluginManager.instance().discover(include_npe1=False)
 vm = ViewerModel()
 tracemalloc.start()
 layer = vm.open(sys.argv[1], plugin="napari-dicom")[0]

@@ -43,9 +43,12 @@ def test_background_load_swaps_in_the_same_picture(
 
     monkeypatch.setattr(volume._Planes, "run", gated_run)
     viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Window / Level")
     layer = viewer.open(str(series_folder), plugin=PLUGIN)[0]
     lazy = layer.data
     assert isinstance(lazy, SeriesVolume) and lazy.in_memory
+    assert widget._layer_combo.value is layer
+    assert widget._scope.value == "current slice", (widget._scope.value, type(layer.data))
     assert lazy.dtype == np.int16  # GE header allows int32; the values fit int16
     shown = viewer.screenshot(canvas_only=True, flash=False)
     limits, cmap, step = tuple(layer.contrast_limits), layer.colormap.name, viewer.dims.point
@@ -62,8 +65,8 @@ def test_background_load_swaps_in_the_same_picture(
     assert viewer.dims.point == step
     np.testing.assert_array_equal(viewer.screenshot(canvas_only=True, flash=False), shown)
 
-    # the widget's whole-series histogram and 3-D read the array in memory: no file again
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Window / Level")
+    # the widget goes to the whole series once the volume is in memory; its histogram
+    # and 3-D read the array in memory: no file again
     assert widget._scope.value == "whole series"
     _edges, counts = widget._stats_for(layer).histogram(256, "series")
     assert counts.sum() == int((layer.data != -3024).sum())  # padding left out

@@ -18,6 +18,7 @@ from .core.geometry import layer_geometry
 from .core.pixels import (
     DicomLoadError,
     default_display,
+    plane_windows_note,
     series_metadata,
 )
 from .core.render import distinct_limits
@@ -31,6 +32,8 @@ LayerData = tuple[Any, dict[str, Any], str]
 ReaderFunction = Callable[[PathLike], list[LayerData]]
 
 _SUFFIXES = (".dcm", ".dicom", ".ima")
+#: URLs of series on a DICOMweb server (``core.dicomweb``)
+_URL_SCHEMES = ("dicomweb+http://", "dicomweb+https://")
 #: show a napari progress bar from this many files / planes on
 _PROGRESS_FROM = 50
 #: seconds between two progress bar updates (and before the bar appears)
@@ -50,6 +53,8 @@ def _claims(path: str | os.PathLike[str]) -> bool:
     from .core.safety import HEADER_ERRORS
     from .core.scan import is_dicom_file
 
+    if isinstance(path, str) and path.lower().startswith(_URL_SCHEMES):
+        return True  # a DICOMweb study or series (checked when read)
     p = Path(path)
     try:
         if p.is_dir():
@@ -146,13 +151,13 @@ def read_dicom(path: PathLike) -> list[LayerData]:
     DicomLoadError
         When nothing readable is found; napari shows the message as a notification.
     """
-    from napari.utils.notifications import show_warning
+    from napari.utils.notifications import show_info, show_warning
 
     from ._colormaps import layer_display_kwargs
     from .core.scan import scan
 
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
-    sources = [Path(p) for p in paths]
+    sources = [os.fspath(p) for p in paths]
     state, cb = _progress_bar(0, "Reading DICOM headers")
     try:
         result = scan(sources, progress=cb)
@@ -189,6 +194,9 @@ def read_dicom(path: PathLike) -> list[LayerData]:
         layers.append((data, kwargs, "image"))
         for w in _unique([*series.warnings, *meta["placement"].get("warnings", [])]):
             show_warning(f"{series.name}: {w}")
+        own = plane_windows_note(series)  # per-frame windows: say what the layer shows
+        if own:
+            show_info(f"{series.name}: {own}")
         if loading is not None:
             _swap_when_loaded(loading, data, told=len(series.warnings))
     if result.objects:

@@ -100,6 +100,7 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         self._window: Window | None = None
         self._updating = False
         self._stats: dict[int, LayerStats] = {}
+        self._scope_for_lazy = False
         self._functions: dict[int, str] = {}
         self._drag_layer: ImageLayer | None = None
         self._drag_saved_pan: bool | None = None
@@ -323,6 +324,9 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
             self._preset.value = CUSTOM
             self._invert.value = _is_inverted(layer.colormap.name)
             self._scope.value = "current slice" if _is_lazy(layer) else "whole series"
+        # a layer still loading starts on its current slice; once its volume is swapped
+        # in (_on_data) it goes to the whole series unless the user chose a scope
+        self._scope_for_lazy = _is_lazy(layer)
         self._load_from_layer()
         if self._drag.value:
             self._start_drag()
@@ -331,6 +335,11 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
     def _on_data(self, event: Any = None) -> None:
         if self._layer is not None:
             self._stats.pop(id(self._layer), None)
+            if self._scope_for_lazy and not _is_lazy(self._layer):
+                self._scope_for_lazy = False
+                with self._guard():
+                    self._scope.value = "whole series"
+                self._update_ranges()
             self._update_histogram()
 
     # ------------------------------------------------------------------ state from layer
@@ -682,6 +691,8 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         self._say(f"percentiles {lo_q:g} / {hi_q:g} of the {self._scope.value} ({method})")
 
     def _on_scope(self, value: Any = None) -> None:
+        if not self._updating:
+            self._scope_for_lazy = False  # the user's choice stays
         self._update_histogram()
 
     def _on_step(self, event: Any = None) -> None:

@@ -9,6 +9,7 @@ holds no state between calls. napari is imported only by ``view``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -76,7 +77,12 @@ examples:
 
 
 class UsageError(Exception):
-    """A mistake in the command line found after parsing (exit status 2)."""
+    """A mistake in the command line found after parsing (exit status 2), or an input
+    that ends the command with a message (``status``)."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class _Parser(argparse.ArgumentParser):
@@ -128,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXPORT_EPILOG + "\npresets: " + ", ".join(preset_names()),
     )
     ex.add_argument("src", nargs="+", metavar="SRC",
-                    help="DICOM files, folders (searched recursively) or DICOMDIR files")
+                    help="DICOM files, folders (searched recursively), DICOMDIR files or "
+                    "DICOMweb URLs (dicomweb+http://HOST:PORT/ROOT/studies/UID[/series/UID])")
     ex.add_argument("-o", "--output", required=True, metavar="OUT", type=Path,
                     help="output folder (created)")
     win = ex.add_argument_group("window")
@@ -268,13 +275,33 @@ class ProgressBar:
 # --------------------------------------------------------------------------------------
 
 
-def _check_sources(sources: Sequence[str]) -> list[Path]:
-    missing = [s for s in sources if not Path(s).exists()]
+def _is_url(source: str) -> bool:
+    return source.lower().startswith(("dicomweb+http://", "dicomweb+https://"))
+
+
+def _check_sources(sources: Sequence[str]) -> list[Path | str]:
+    """Files and folders that exist, and DICOMweb URLs (kept as text)."""
+    missing = [s for s in sources if not _is_url(s) and not Path(s).exists()]
     if missing:
         raise UsageError(
             f"{PROG}: error: no such file or folder: {', '.join(missing)}"
         )
-    return [Path(s) for s in sources]
+    return [s if _is_url(s) else Path(s) for s in sources]
+
+
+@contextlib.contextmanager
+def _source_faults(command: str, sources: Sequence[Path | str]) -> Iterator[None]:
+    """A DICOMweb fault (server down, refused credentials, unknown UID...) ends the
+    command with its one-line message, not a traceback."""
+    if not any(isinstance(s, str) for s in sources):
+        yield
+        return
+    from .core.pixels import SourceError
+
+    try:
+        yield
+    except SourceError as exc:
+        raise UsageError(f"{PROG} {command}: error: {exc}", status=1) from None
 
 
 def _window_request(args: argparse.Namespace) -> Any:
@@ -337,13 +364,14 @@ def _scan_warnings(scanned: Any) -> list[str]:
             if not any(r and r in str(w) for r in reasons)]
 
 
-def _nothing_found(scanned: Any, sources: Sequence[Path]) -> str:
+def _nothing_found(scanned: Any, sources: Sequence[Path | str]) -> str:
     """Why no image was found, on one line naming the sources and what they held."""
     why = [str(s.reason) for s in list(getattr(scanned, "non_image", []) or [])[:2]]
     n_other = int(getattr(scanned, "non_dicom", 0) or 0)
     if n_other:
         why.append(f"{n_other} file(s) that are not DICOM" if n_other > 1 or len(sources) > 1
-                   else f"{sources[0].name if sources[0].is_file() else '1 file'} is not DICOM")
+                   else f"{Path(sources[0]).name if Path(sources[0]).is_file() else '1 file'}"
+                   " is not DICOM")
     return (f"no DICOM images found in {', '.join(map(str, sources))}"
             + (f" ({'; '.join(why)})" if why else ""))
 
@@ -372,7 +400,9 @@ def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> in
     logger = logging.getLogger("napari_dicom")
     logger.addHandler(quiet_log)
     try:
-        batch = export_all(sources, out, options, progress=bar, series_progress=bar.series)
+        with _source_faults("export", sources):
+            batch = export_all(sources, out, options, progress=bar,
+                               series_progress=bar.series)
     except ExportRefused as exc:
         raise UsageError(f"{PROG} export: error: {exc}; choose another output folder or "
                          "pass --overwrite") from None
@@ -471,7 +501,8 @@ def cmd_info(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
     from .core.scan import scan
 
     sources = _check_sources(args.src)
-    scanned = scan(sources, processes=os.cpu_count() or 1)
+    with _source_faults("info", sources):
+        scanned = scan(sources, processes=os.cpu_count() or 1)
     series = [_series_info(s) for s in scanned.series]
     skipped = [{"path": str(s.path), "reason": s.reason} for s in scanned.skipped]
     if args.json:
@@ -526,6 +557,7 @@ def cmd_info(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
 def cmd_view(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
     sources = _check_sources(args.src) if args.src else None
     import napari
+    from napari.errors import ReaderPluginError
 
     if sources is None:
         from ._sample_data import sample_series_folder
@@ -533,7 +565,12 @@ def cmd_view(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
         sources = [sample_series_folder()]
     viewer = napari.Viewer(title=f"napari-dicom {__version__}")
     for src in sources:
-        viewer.open(str(src), plugin="napari-dicom")
+        try:
+            viewer.open(str(src), plugin="napari-dicom")
+        except ReaderPluginError as exc:  # e.g. a DICOMweb server that does not answer
+            viewer.close()
+            cause = exc.__cause__ or exc
+            raise UsageError(f"{PROG} view: error: {cause}", status=1) from None
     dock, _widget = viewer.window.add_plugin_dock_widget("napari-dicom", "Window / Level")
     if args.screenshot is not None:
         shot = Path(args.screenshot)
@@ -643,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args, stdout, stderr)
     except UsageError as exc:
         print(str(exc), file=stderr)
-        return 2
+        return exc.status
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=stderr)
         return 130

@@ -413,3 +413,130 @@ def test_truncated_single_frame_says_how_much_is_missing(tmp_path: Path) -> None
     assert [s.reason for s in res.skipped] == [
         "cut1.dcm: the file is truncated: header says 2048 bytes of pixel data "
         "(32 x 32 x 1 frame x 16 bits), the file holds 1948 (100 missing)"]
+
+
+# --------------------------------------------------------------------------------------
+# 6. per-frame VOI of Enhanced multi-frame images (C.7.6.16.2.10)
+# --------------------------------------------------------------------------------------
+
+#: (centre, width) of each frame's Frame VOI LUT: far apart, so that one frame's window
+#: on another frame is plainly a different picture
+FRAME_WINDOWS = [(1531.0, 2784.0), (600.0, 400.0), (2400.0, 1000.0), (1200.0, 2000.0)]
+
+
+def write_enhanced_mr(path: Path, frames: np.ndarray,
+                      windows: list[tuple[float, float]] = FRAME_WINDOWS) -> None:
+    """An Enhanced MR Image Storage file (PS3.3 A.36.2): positions and the Frame VOI LUT
+    (window) per frame in the Per-frame Functional Groups, orientation, pixel measures
+    and an identity rescale in the Shared Functional Groups (C.7.6.16)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence as Seq
+    from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    def item(**kw: object) -> Dataset:
+        d = Dataset()
+        for k, v in kw.items():
+            setattr(d, k, v)
+        return d
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = EnhancedMRImageStorage, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "MR", 5, 1
+    ds.Rows, ds.Columns = frames.shape[1:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.NumberOfFrames = len(frames)
+    ds.SharedFunctionalGroupsSequence = Seq([item(
+        PlaneOrientationSequence=Seq([item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])]),
+        PixelMeasuresSequence=Seq([item(PixelSpacing=[0.8, 0.8], SliceThickness=3.0)]),
+        PixelValueTransformationSequence=Seq([item(
+            RescaleSlope=1, RescaleIntercept=0, RescaleType="US")]),
+    )])
+    ds.PerFrameFunctionalGroupsSequence = Seq([item(
+        PlanePositionSequence=Seq([item(ImagePositionPatient=[0, 0, 3.0 * k])]),
+        FrameContentSequence=Seq([item(InStackPositionNumber=k + 1)]),
+        FrameVOILUTSequence=Seq([item(WindowCenter=c, WindowWidth=w)]),
+    ) for k, (c, w) in enumerate(windows)])
+    ds.PixelData = frames.astype("<u2").tobytes()
+    ds["PixelData"].VR = "OW"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(path, enforce_file_format=True)
+
+
+def linear_window_8bit(x: np.ndarray, c: float, w: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1 LINEAR into 0..255, rounded to nearest (its note's intent)."""
+    x = x.astype(np.float64)
+    y = ((x - (c - 0.5)) / (w - 1) + 0.5) * 255
+    y = np.where(x <= c - 0.5 - (w - 1) / 2, 0, np.where(x > c - 0.5 + (w - 1) / 2, 255, y))
+    return np.floor(y + 0.5).astype(np.uint8)
+
+
+def enhanced_frames() -> np.ndarray:
+    yy, xx = np.mgrid[0:48, 0:40]
+    return np.stack([(xx * 90 + yy * 7 + 150 * k) % 4096 for k in range(4)]).astype(np.uint16)
+
+
+def assert_frames_windowed_each(pngs: list[np.ndarray], frames: np.ndarray) -> None:
+    assert len(pngs) == len(frames)
+    for k, (c, w) in enumerate(FRAME_WINDOWS):
+        want = linear_window_8bit(frames[k], c, w)
+        diff = np.abs(pngs[k].astype(int) - want)
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.99  # float ties only
+        if k:  # frame 1's window on this frame is another picture
+            other = linear_window_8bit(frames[k], *FRAME_WINDOWS[0])
+            assert np.abs(pngs[k].astype(int) - other).mean() > 20
+
+
+def test_enhanced_per_frame_window_in_the_cli_export(tmp_path: Path) -> None:
+    frames = enhanced_frames()
+    path = tmp_path / "emr.dcm"
+    write_enhanced_mr(path, frames)
+    s = one_series(path)
+    assert [p.frame for p in s.planes] == [0, 1, 2, 3]
+    pngs = exported(path, tmp_path / "out")
+    assert_frames_windowed_each(pngs, frames)
+    # the manifest names each frame's window
+    manifest = next((tmp_path / "out").rglob("*/manifest.csv")).read_text().splitlines()
+    rows = [r.split(",") for r in manifest[1:]]
+    head = manifest[0].split(",")
+    got = [(float(r[head.index("window_center")]), float(r[head.index("window_width")]))
+           for r in rows]
+    assert got == FRAME_WINDOWS
+    # an explicit window is one window for every frame
+    pngs = exported(path, tmp_path / "out2", "--window", "600,400")
+    for k in range(4):
+        assert np.abs(pngs[k].astype(int) - linear_window_8bit(frames[k], 600, 400)).max() <= 1
+
+
+def test_enhanced_per_frame_window_in_the_core_export(tmp_path: Path) -> None:
+    """The napari writer's path: export_stack with the layer's values and metadata."""
+    from napari_dicom.core.export import export_stack
+    from napari_dicom.core.pixels import plane_windows_note, series_metadata
+
+    frames = enhanced_frames()
+    path = tmp_path / "emr.dcm"
+    write_enhanced_mr(path, frames)
+    s = one_series(path)
+    data = load_series(s, lazy=False)
+    display, note = default_display(s, data)
+    assert (display.window.center, display.window.width) == FRAME_WINDOWS[0]
+    meta = series_metadata(s, display, note)
+    assert [(w["center"], w["width"]) for w in meta["plane_windows"]] == FRAME_WINDOWS
+    assert "its 4 frames carry their own stored windows (W 400 to 2784 / L 600 to 2400)" in (
+        plane_windows_note(s) or "")
+    export_stack(data, display, tmp_path / "w", meta=meta)
+    pngs = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "w").glob("*.png"))]
+    assert_frames_windowed_each(pngs, frames)
+    # once the user shows another window, that window is exported on every plane
+    from napari_dicom.core.render import Display
+
+    export_stack(data, Display.from_limits(0, 4095), tmp_path / "v", meta=meta)
+    pngs = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "v").glob("*.png"))]
+    for k in range(4):
+        want = linear_window_8bit(frames[k], 2048.5, 4096)
+        assert np.abs(pngs[k].astype(int) - want).max() <= 1

@@ -139,3 +139,49 @@ def test_single_plane_is_a_slab_in_patient_space() -> None:
     (dx,) = scan([get_testdata_file("RG3_UNCR.dcm")]).series
     shown, _kw, stored = layer_geometry(dx, np.zeros(dx.shape, np.uint16))
     assert shown.ndim == 2 and stored["kind"] == "index"
+
+
+def test_enhanced_file_with_two_orientations_is_two_placed_series(tmp_path) -> None:
+    """An Enhanced CT whose per-frame Plane Orientation differs (axial frames, then
+    sagittal frames) becomes one series per orientation, each placed by its own frames:
+    every bead's marked voxel is where the bead is."""
+    import pydicom
+
+    from napari_dicom.core.geometry import series_placement
+    from napari_dicom.core.phantom import bead_volume, write_enhanced_ct
+    from napari_dicom.core.pixels import load_series
+
+    n, sp = 12, (2.0, 2.0, 2.0)
+    centre = np.array([5.0, 7.0, -9.0])
+    beads = centre + np.array([[-3.0, 5.0, 7.0], [9.0, -1.0, -5.0]])
+    axial, sag = (1.0, 0, 0, 0, 1.0, 0), (0, 1.0, 0, 0, 0, -1.0)
+
+    def origin(o: tuple[float, ...]) -> np.ndarray:
+        row, col = np.asarray(o[:3]), np.asarray(o[3:])
+        return centre - (n - 1) / 2 * sp[0] * (row + col + np.cross(row, col))
+
+    vols = [bead_volume(beads, (n, n, n), sp, o, origin(o)) for o in (axial, sag)]
+    path = write_enhanced_ct(tmp_path / "two.dcm", np.concatenate(vols), sp, axial,
+                             origin(axial), study_uid="1.2.3.4", frame_order=range(2 * n))
+    ds = pydicom.dcmread(path)
+    normal = np.cross(sag[:3], sag[3:])
+    for k in range(n):
+        item = ds.PerFrameFunctionalGroupsSequence[n + k]
+        item.PlanePositionSequence[0].ImagePositionPatient = list(origin(sag) + k * 2 * normal)
+        po = pydicom.Dataset()
+        po.ImageOrientationPatient = list(sag)
+        item.PlaneOrientationSequence = [po]
+    ds.save_as(path)
+    result = scan([path])
+    assert any("2 different orientations; one layer per orientation" in w
+               for w in result.warnings)
+    assert len(result.series) == 2
+    planes = set()
+    for s in result.series:
+        pl, lead = series_placement(s)
+        planes.add(pl.plane)
+        data = np.asarray(load_series(s))
+        for j, b in enumerate(beads):
+            k, r, c = np.round(pl.to_index(patient_to_world(b))).astype(int)
+            assert data[k, r, c] == 100 * (j + 1) + 50, (pl.plane, j)
+    assert planes == {"axial", "sagittal"}

@@ -346,7 +346,8 @@ def series_source(series: Series) -> str:
 #: left out of the export); larger ones are read plane by plane while exporting
 EAGER_BYTES = 1 << 30
 
-_META_PER_PLANE = ("files", "frames", "sop_instance_uids", "positions", "locations")
+_META_PER_PLANE = ("files", "frames", "sop_instance_uids", "positions", "locations",
+                   "plane_windows")
 
 
 
@@ -597,7 +598,7 @@ def export_all(
 
     check_run_manifest(out, options.overwrite)
     jobs = options.jobs or os.cpu_count() or 1
-    scanned = scan([Path(s) for s in sources], progress=scan_progress, processes=jobs)
+    scanned = scan([os.fspath(s) for s in sources], progress=scan_progress, processes=jobs)
     namer = OutputNamer(out)
     n_series = len(scanned.series)
     slots: list[SeriesResult | None] = [None] * n_series

@@ -63,6 +63,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import __version__
+from .meta import plane_displays
 from .output import (
     ExportError,
     ExportRefused,
@@ -389,6 +390,7 @@ def _manifest_bytes(
     meta: Mapping[str, Any] | None,
     display: Display | None,
     rgb: bool,
+    per: Sequence[Display] | None = None,
 ) -> bytes:
     n = len(names)
     locations = _per_plane(meta, "locations", n)
@@ -408,7 +410,7 @@ def _manifest_bytes(
                 _fmt(None if uids is None else uids[i]),
                 _fmt(None if files is None else files[i]),
                 _fmt(None if frames is None else frames[i]),
-                *disp,
+                *(disp if per is None else _display_columns(per[i], rgb)),
             ]
         )
     return buf.getvalue().encode("utf-8")
@@ -596,6 +598,11 @@ def export_stack(
     header = meta.get("header") if isinstance(meta.get("header"), Mapping) else {}
     bits = _int_or_none(header.get("BitsStored")) if header else None
     base = _base_text(display, is_rgb, uid)
+    n_planes = int(np.prod(leading, dtype=np.int64)) if leading else 1
+    # the file's window on planes that carry their own (Enhanced per-frame VOI): each
+    # plane with its own (core.meta.plane_displays)
+    per = None if is_rgb else plane_displays(meta, display, n_planes)
+    bases = ({id(d): _base_text(d, is_rgb, uid) for d in per} if per is not None else {})
 
     out = Path(out_path)
     plan: StackPlan | None = None
@@ -646,6 +653,17 @@ def export_stack(
     targets = [write_dir / name for name in names]
     save = _write_new if staged else write_atomic
 
+    def render(i0: int, i1: int, shown: Display | None) -> npt.NDArray[np.uint8]:
+        """Planes ``i0:i1`` (flat indices, on the last leading axis) as shown."""
+        if not leading:
+            return _plane_to_uint8(_materialise(data)[np.newaxis], shown, is_rgb, bits)
+        prefix = np.unravel_index(i0, leading)[:-1]
+        last0 = int(np.unravel_index(i0, leading)[-1])
+        key = (*prefix, slice(last0, last0 + i1 - i0))
+        if by_stack and shown is not None:  # a PlaneStack renders itself: same bytes
+            return _grey_bytes(data.render_uint8(key[-1], shown), shown)
+        return _plane_to_uint8(_materialise(data[key]), shown, is_rgb, bits)
+
     def one(batch: tuple[int, int]) -> int:
         """Render, encode and write planes ``batch[0]:batch[1]`` (flat indices, all on
         the last leading axis): one lookup table per batch, not per plane."""
@@ -655,20 +673,15 @@ def export_stack(
         todo = [i for i in range(i0, i1) if not (skip_existing and paths[i].is_file())]
         if not todo:
             return i1 - i0
-        if leading:
-            prefix = np.unravel_index(i0, leading)[:-1]
-            last0 = int(np.unravel_index(i0, leading)[-1])
-            key = (*prefix, slice(last0, last0 + i1 - i0))
-            if by_stack and display is not None:  # a PlaneStack renders itself: same bytes
-                imgs = _grey_bytes(data.render_uint8(key[-1], display), display)
-            else:
-                imgs = _plane_to_uint8(_materialise(data[key]), display, is_rgb, bits)
-        else:
-            imgs = _plane_to_uint8(_materialise(data)[np.newaxis], display, is_rgb, bits)
+        if per is None:
+            imgs: Sequence[npt.NDArray[np.uint8]] = list(render(i0, i1, display))
+        else:  # each plane its own window
+            imgs = [render(i, i + 1, per[i])[0] for i in range(i0, i1)]
         for i in todo:
             if stop.is_set():
                 break
-            png = encode_png(imgs[i - i0], _plane_text(base, i, uids, locations))
+            text = base if per is None else bases[id(per[i])]
+            png = encode_png(imgs[i - i0], _plane_text(text, i, uids, locations))
             try:
                 with dir_lock:
                     save(targets[i], png)
@@ -694,7 +707,7 @@ def export_stack(
             manifest = folder / MANIFEST
             try:
                 save(write_dir / MANIFEST,
-                     _manifest_bytes(names, leading, meta, display, is_rgb))
+                     _manifest_bytes(names, leading, meta, display, is_rgb, per))
             except OSError as e:
                 raise _export_error("write", manifest, e) from e
             written.append(write_dir / MANIFEST)

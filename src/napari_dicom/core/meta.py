@@ -22,6 +22,9 @@ Keys of ``metadata["dicom"]``:
 ``photometric``, ``presentation_lut_shape``, ``invert`` (display polarity from the file)
 ``padding``           Pixel Padding ranges in modality units, ``[[lo, hi], ...]``
 ``default``           the file's default display: ``{"window": dict|None, "voi_lut": int|None}``
+``plane_windows``     each plane's own first stored window (``Window.to_dict()``) when the
+                      planes do not all share one (Enhanced per-frame Frame VOI LUT), else
+                      ``None``; see :func:`plane_displays`
 ``display``           the current VOI step: ``{"window": dict|None, "voi_lut": int|None}``;
                       used instead of the plain LINEAR ramp while the layer's contrast limits
                       equal that step's limits (a SIGMOID window or a VOI LUT shown through
@@ -151,3 +154,34 @@ def curve_colormap_name(display: Display, inverted: bool) -> str:
 def needs_curve(display: Display) -> bool:
     """Whether napari's linear contrast limits cannot show this VOI step by themselves."""
     return display.voi_lut is not None or display.window.function == "SIGMOID"
+
+
+def plane_displays(
+    meta: Mapping[str, Any] | None, display: Display | None, n: int,
+) -> list[Display] | None:
+    """One display per plane (C order) when ``display`` shows the file's default window
+    (the first plane's) and the planes carry windows of their own
+    (``meta["plane_windows"]``): each plane is
+    then shown with its own window (C.11.2; per frame in Enhanced files, C.7.6.16.2.10),
+    with ``display``'s VOI function, polarity, gamma and palette. ``None`` otherwise (one
+    display for every plane), also when ``meta`` does not hold one window per plane.
+    """
+    if not meta or display is None or display.voi_lut is not None:
+        return None
+    wins = meta.get("plane_windows")
+    if not isinstance(wins, list) or len(wins) != n or not wins:
+        return None
+    first = Window.from_dict(wins[0])  # the file's default display: the first plane's
+    shown = display.window
+    if not (limits_match((first.center, first.width), (shown.center, shown.width))):
+        return None
+    out: list[Display] = []
+    made: dict[tuple[float, float], Display] = {}  # planes sharing a window share a Display
+    for d in wins:
+        w = Window.from_dict(d)
+        key = (w.center, w.width)
+        if key not in made:
+            made[key] = display.with_window(
+                Window(w.center, w.width, shown.function, w.explanation))
+        out.append(made[key])
+    return out

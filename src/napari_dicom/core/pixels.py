@@ -31,6 +31,7 @@ for later series from the same writer, syntax and pixel layout.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import logging
@@ -85,12 +86,15 @@ if TYPE_CHECKING:
 __all__ = [
     "DicomLoadError",
     "PlaneStack",
+    "SourceError",
     "default_display",
     "describe_series",
     "display_needs_data",
     "display_step",
     "load_plane",
     "load_series",
+    "plane_windows",
+    "plane_windows_note",
     "series_metadata",
     "stored_range",
     "value_dtype",
@@ -166,6 +170,12 @@ def _panics_as_errors() -> Iterator[None]:
 
 class _MissingDecoder(DicomLoadError):
     """No installed plugin decodes the file's transfer syntax (never skipped per plane)."""
+
+
+class SourceError(DicomLoadError):
+    """A plane's bytes could not be fetched from the series' source (a server down, a
+    refused request, a timeout). Never filled in as a damaged plane: the load fails,
+    naming the source and the problem, and a later load fetches the plane again."""
 
 
 def _syntax_name(uid: str) -> str:
@@ -401,7 +411,10 @@ def _fast_decode(
     The decoder returns the bit pattern; Pixel Representation 1 is sign-extended from
     Bits Stored (PS3.5 8.2.1), as pydicom does.
     """
-    data = _jpeg_frame(path, frame, plane)
+    if series.source is not None:
+        data = series.source.read_frame(path, frame)
+    else:
+        data = _jpeg_frame(path, frame, plane)
     _check_codestream(path, series, [data[:8192]])
     arr = np.asarray(getattr(_imagecodecs(), decoder)(data))
     if int(series.pixel_representation) == 1:
@@ -504,7 +517,7 @@ def _fast_kind(series: Series) -> str | None:
     if series.transfer_syntax in _JPEG_LOSSLESS and _imagecodecs() is not None:
         return "jpeg"
     if (series.transfer_syntax in _NATIVE_LE and int(series.bits_allocated) in (8, 16, 32)
-            and all(p.frame is None for p in series.planes)):
+            and (series.source is not None or all(p.frame is None for p in series.planes))):
         return "native"
     return None
 
@@ -603,6 +616,8 @@ def _decode(
     with ``dcmread`` and decoded from the data set (the first error stands if that fails
     too).
     """
+    if series.source is not None:
+        return _decode_fetched(path, frame, series, fast)
     if fast:
         try:
             if fast == "native":
@@ -640,6 +655,51 @@ def _decode(
     if frame is None and arr.ndim == (3 if series.rgb else 2) + 1:
         arr = arr[0]  # a multi-frame file listed as a single plane: take frame 0
     return arr, ds_out
+
+
+def _decode_fetched(
+    ref: str, frame: int | None, series: Series, fast: str | None,
+) -> tuple[npt.NDArray[Any], Dataset | None]:
+    """Decode one frame that ``series.source`` fetches (``read_frame``): native grey
+    bytes read as they are, JPEG Lossless through imagecodecs (both checked on the
+    series' first plane by :func:`_use_fast`), anything else by pydicom from the
+    instance's header with the frame as its Pixel Data."""
+    source = series.source
+    assert source is not None
+    if fast == "native":
+        data = source.read_frame(ref, frame)
+        dt = _stored_dtype(series).newbyteorder("<")
+        n = int(series.rows) * int(series.columns)
+        if len(data) < n * dt.itemsize:
+            raise DicomLoadError(f"{ref}: frame of {len(data)} bytes, the header says "
+                                 f"{n * dt.itemsize}")
+        arr = np.frombuffer(data, dtype=dt, count=n).reshape(int(series.rows),
+                                                               int(series.columns))
+        return _stored_bits(arr, series), None
+    if fast == "jpeg":
+        return _fast_decode(ref, frame, series), None
+    data = source.read_frame(ref, frame)
+    ds = copy.copy(source.read_header(ref))
+    ds.file_meta = copy.copy(ds.file_meta)
+    syntax = UID(source.frame_syntax(ref))
+    ds.file_meta.TransferSyntaxUID = syntax
+    if "NumberOfFrames" in ds:
+        del ds.NumberOfFrames
+    if syntax.is_encapsulated:
+        from pydicom.encaps import encapsulate
+
+        ds.PixelData = encapsulate([data])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    else:
+        ds.PixelData = data
+        ds["PixelData"].VR = "OB" if int(series.bits_allocated) <= 8 else "OW"
+    try:
+        arr = ds.pixel_array
+    except NotImplementedError as exc:
+        msg = missing_decoder_message(str(syntax), ref)
+        raise _MissingDecoder(msg or f"{ref}: {exc}") from exc
+    return arr, ds
 
 
 def _reparsed(path: str) -> Dataset | None:
@@ -963,7 +1023,7 @@ def _load_lazy(series: Series) -> dask.array.Array:
         k = int(np.ravel_multi_index(block_id[: len(lead)], lead)) if lead else 0
         try:
             plane = load_plane(series, k, dt, fast=fast)
-        except _MissingDecoder:
+        except (_MissingDecoder, SourceError):
             raise
         except DicomLoadError as exc:
             with lock:
@@ -1145,14 +1205,57 @@ def _sample_indices(n: int, k: int = SAMPLE_PLANES) -> list[int]:
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
 
 
-def _first_window(series: Series) -> Window | None:
-    if not series.windows:
-        return None
-    w = series.windows[0]
+def _with_file_function(w: Window, series: Series) -> Window:
     fn = normalize_function(series.voi_function)
     if w.function == "LINEAR" and fn != "LINEAR":
         w = dataclasses.replace(w, function=fn)
     return w
+
+
+def _first_window(series: Series) -> Window | None:
+    if not series.windows:
+        return None
+    return _with_file_function(series.windows[0], series)
+
+
+def plane_windows(series: Series) -> list[Window] | None:
+    """Each plane's own first stored window, when the planes do not all share one;
+    ``None`` when they do (or some plane has none, or the series is colour).
+
+    The VOI of an image is its own (C.11.2): an Enhanced multi-frame file gives each
+    frame its window in the Per-frame Functional Groups' Frame VOI LUT Sequence
+    (C.7.6.16.2.10), and single-frame images of a series may each carry theirs. The
+    series' default display shows the first plane's (:func:`default_display`); the PNG
+    export shows each plane with its own (:func:`~.meta.plane_displays`).
+    """
+    if series.rgb or series.voi_luts:
+        return None
+    firsts = [p.windows[0] if p.windows else None for p in series.planes]
+    if any(w is None for w in firsts):
+        return None
+    wins = [_with_file_function(w, series) for w in firsts if w is not None]
+    if len({(w.center, w.width, w.function) for w in wins}) <= 1:
+        return None
+    return wins
+
+
+def plane_windows_note(series: Series) -> str | None:
+    """What the layer shows when the planes carry windows of their own (napari has one
+    contrast range per layer), or ``None``."""
+    wins = plane_windows(series)
+    if wins is None:
+        return None
+    what = "frames" if any(p.frame is not None for p in series.planes) else "images"
+    widths = sorted(w.width for w in wins)
+    centers = sorted(w.center for w in wins)
+
+    def span(v: list[float]) -> str:
+        return f"{v[0]:g}" if v[0] == v[-1] else f"{v[0]:g} to {v[-1]:g}"
+
+    return (f"its {len(wins)} {what} carry their own stored windows (W {span(widths)} / "
+            f"L {span(centers)}); the layer shows the first one's ({wins[0].label()}) on "
+            f"every plane, as napari has one contrast range per layer; PNG exports of "
+            f"the file's window apply each plane's own")
 
 
 def display_needs_data(series: Series) -> bool:
@@ -1279,9 +1382,15 @@ def series_metadata(
         "padding": [[float(a), float(b)] for a, b in series.padding],
         "default": dict(step),
         "display": dict(step),
+        "plane_windows": _plane_window_dicts(series),
         "default_source": display_note,
         "summary": describe_series(series, dt, display_note or "its default display"),
     }
+
+
+def _plane_window_dicts(series: Series) -> list[dict[str, Any]] | None:
+    wins = plane_windows(series)
+    return None if wins is None else [w.to_dict() for w in wins]
 
 
 def plane_paths(series: Series) -> Sequence[str]:

@@ -57,6 +57,7 @@ __all__ = [
     "is_dicom_file",
     "iter_files",
     "scan",
+    "scan_datasets",
     "walk",
 ]
 
@@ -496,6 +497,8 @@ class _Frame:
     location: float | None = None
     fragments_at: int | None = None
     file_frames: int = 1
+    #: Enhanced multi-frame: this frame's Plane Orientation, when the file has several
+    orientation: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -516,6 +519,8 @@ class _Record:
     thickness: float | None
     spacing_between: float | None
     warnings: list[str]
+    #: the whole header, when it came without a file (DICOMweb metadata)
+    header: Dataset | None = None
 
 
 _TAG = {
@@ -1028,6 +1033,7 @@ def _enhanced_frames(
             o = _vec([float(v) for v in ori_item.ImageOrientationPatient], 6)
             if o is not None:
                 orients.add(tuple(round(v, 4) for v in o))
+                f.orientation = o
                 if orientation is None or i == 0:
                     orientation = o
         pm = _fg(per, shared, "PixelMeasuresSequence")
@@ -1066,8 +1072,32 @@ def _enhanced_frames(
         frames.append(f)
     if len(orients) > 1:
         warns.append(f"{name}: frames have {len(orients)} different orientations; "
-                     "the first frame's is used")
+                     "one layer per orientation")
+    else:
+        for f in frames:
+            f.orientation = None
     return frames, orientation, ps, thickness
+
+
+def _split_orientations(records: list[_Record]) -> list[_Record]:
+    """An Enhanced multi-frame file whose frames have several Plane Orientations (a
+    three-plane localizer, stacks of a spine MR) becomes one record per orientation, so
+    that each is grouped, sorted and placed as its own series."""
+    out: list[_Record] = []
+    for r in records:
+        keys = {tuple(round(v, 4) + 0.0 for v in f.orientation) if f.orientation else None
+                for f in r.frames}
+        if len(keys) <= 1:
+            out.append(r)
+            continue
+        by: dict[Any, list[_Frame]] = defaultdict(list)
+        for f in r.frames:
+            by[tuple(round(v, 4) + 0.0 for v in f.orientation) if f.orientation else None].append(f)
+        for fs in by.values():
+            d = dict(r.__dict__)
+            d.update(frames=fs, orientation=fs[0].orientation or r.orientation)
+            out.append(_Record(**d))
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -1310,7 +1340,7 @@ def _make_series_quiet(
 ) -> Series:
     kind, data = part
     r0 = recs[0]
-    ds = _full_header(r0.path)
+    ds = r0.header if r0.header is not None else _full_header(r0.path)
     name = _name(r0.path)
     warns: list[str] = []
     for r in recs:
@@ -1490,6 +1520,19 @@ def scan(
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    urls = [p for p in paths if isinstance(p, str) and _is_url(p)]
+    if urls:  # series on a DICOMweb server: the same series, their bytes fetched
+        from .dicomweb import scan_urls
+
+        remote = scan_urls(urls)
+        if len(urls) == len(paths):
+            return remote
+        local = scan([p for p in paths if p not in urls], progress=progress,
+                     processes=processes)
+        local.series = sorted([*local.series, *remote.series], key=lambda s: s.sort_key())
+        local.non_image.extend(remote.non_image)
+        local.warnings.extend(remote.warnings)
+        return local
     notes: list[str] = []
     files, missing = iter_files(paths, notes)
     result = ScanResult(skipped=list(missing), warnings=notes, not_walked=len(notes))
@@ -1505,11 +1548,51 @@ def scan(
             result.non_image.append(Skipped(f, r[1]))
         else:
             records.append(r)
-    records = _without_duplicates(records, result)
+    records = _split_orientations(_without_duplicates(records, result))
     result.series = _assemble(records, result.warnings, result.skipped)
     result.series.sort(key=lambda s: s.sort_key())
     for s in result.skipped:
         result.warnings.append(f"skipped {s.reason}")
+    return result
+
+
+def _is_url(text: str) -> bool:
+    return text.lower().startswith(("dicomweb+http://", "dicomweb+https://"))
+
+
+def scan_datasets(items: Sequence[tuple[str, Dataset]], source: Any = None) -> ScanResult:
+    """Group headers that came without files (``(reference, header)`` pairs, e.g. a
+    DICOMweb series' metadata) into series, as :func:`scan` groups files; each series
+    reads its pixels from ``source`` (see :class:`~napari_dicom.core.series.FrameSource`).
+    """
+    result = ScanResult()
+    cache = _WindowCache()
+    records: list[_Record] = []
+    for ref, ds in items:
+        sop_class = _str(ds, _TAG["SOPClassUID"]) or ""
+        if _TAG["Rows"] not in ds or _TAG["Columns"] not in ds:
+            result.non_image.append(Skipped(ref, f"{_name(ref)}: {_sop_class_name(sop_class)} "
+                                                 "(no pixel data)"))
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                r = _build_record(ref, ds, sop_class, cache)
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError,
+                    WindowError) as exc:
+                result.skipped.append(Skipped(ref, f"{_name(ref)}: unusable image header "
+                                                   f"({exc})"))
+                continue
+        r.warnings.extend(m for m in _pydicom_messages(caught, ref) if m not in r.warnings)
+        r.header = ds
+        records.append(r)
+    records = _without_duplicates(records, result)
+    result.series = _assemble(records, result.warnings)
+    for s in result.series:
+        s.source = source
+    result.series.sort(key=lambda s: s.sort_key())
+    for sk in result.skipped:
+        result.warnings.append(f"skipped {sk.reason}")
     return result
 
 

@@ -10,9 +10,32 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+from pydicom.dataset import Dataset
 
 from .render import LUT, Window, needs_inversion
+
+
+class FrameSource(Protocol):
+    """Where a series' bytes come from when they are not files on disk (DICOMweb).
+
+    A plane's ``path`` is then a reference the source understands. ``core.pixels``
+    decodes what :meth:`read_frame` returns as it decodes a file's frame, so a series
+    from a source is the same :class:`Series` as one from files once its headers are read.
+    """
+
+    #: what messages call the source (a server's root URL; never credentials)
+    name: str
+
+    def read_header(self, ref: str) -> Dataset:
+        """The header of the instance ``ref`` (no pixel data)."""
+
+    def read_frame(self, ref: str, frame: int | None) -> bytes:
+        """One frame's pixel bytes: native, or one compressed frame."""
+
+    def frame_syntax(self, ref: str) -> str:
+        """The transfer syntax :meth:`read_frame` returns ``ref``'s frames in."""
 
 
 @dataclass
@@ -94,6 +117,9 @@ class Series:
     #: planes that failed to decode while loading: plane index -> reason (the loader fills
     #: them with the lowest value and adds a warning; the CLI leaves them out)
     damaged: dict[int, str] = field(default_factory=dict)
+    #: where the pixels come from when not from the files at ``Plane.path`` (a DICOMweb
+    #: server: ``read_header(ref)`` / ``read_frame(ref, frame)``); ``None`` for files
+    source: FrameSource | None = field(default=None, repr=False, compare=False)
 
     @property
     def rgb(self) -> bool:

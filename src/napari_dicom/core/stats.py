@@ -24,6 +24,7 @@ import math
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -40,15 +41,18 @@ PLANE_CACHE_BYTES = 64 << 20
 #: a dask slab (planes computed together) holds about this many bytes
 SLAB_BYTES = 64 << 20
 
-#: exact histograms of arrays the loader filled: id -> (weak reference, histogram)
-_KNOWN: dict[int, tuple[weakref.ref[Any], IntHistogram]] = {}
+#: exact histograms of arrays the loader filled: id -> (weak reference, histogram or the
+#: future that will hold it)
+_KNOWN: dict[int, tuple[weakref.ref[Any], IntHistogram | Future[IntHistogram]]] = {}
 _KNOWN_LOCK = threading.Lock()
 
 
-def remember_histogram(arr: npt.NDArray[Any], hist: IntHistogram) -> None:
-    """Keep ``hist`` (every value of ``arr``, nothing left out) for :class:`LayerStats` of
-    ``arr``: the loader sums it while it decodes the planes, so the series histogram does
-    not read the volume again. Forgotten when ``arr`` is.
+def remember_histogram(
+    arr: npt.NDArray[Any], hist: IntHistogram | Future[IntHistogram]
+) -> None:
+    """Keep ``hist`` (every value of ``arr``, nothing left out; or a future that will hold
+    it) for :class:`LayerStats` of ``arr``: the loader sums it once the volume is loaded,
+    so the series histogram is not made twice. Forgotten when ``arr`` is.
 
     The array must not be changed in place afterwards (nothing in napari-dicom does).
     """
@@ -63,12 +67,19 @@ def remember_histogram(arr: npt.NDArray[Any], hist: IntHistogram) -> None:
 
 
 def known_histogram(arr: Any) -> IntHistogram | None:
-    """The histogram :func:`remember_histogram` kept for this very array, or ``None``."""
+    """The histogram :func:`remember_histogram` kept for this very array (waiting for it
+    when it is being summed), or ``None``."""
     with _KNOWN_LOCK:
         entry = _KNOWN.get(id(arr))
     if entry is None or entry[0]() is not arr:
         return None
-    return entry[1]
+    hist = entry[1]
+    if isinstance(hist, Future):
+        try:
+            return hist.result()
+        except (MemoryError, ValueError, WindowError):
+            return None  # not summed: the caller counts the values itself
+    return hist
 
 
 Scope = str  # "slice" or "series"

@@ -22,9 +22,11 @@ there (never a wrapped value), without decoding anything again.
 
 Every plane is decoded once: by the thread that asks for it first, the others wait for
 it. The exact histogram of the integer values (what the Window / Level widget's
-whole-series histogram and percentiles read) is summed while the planes are decoded and
-kept with the array (:func:`~napari_dicom.core.stats.remember_histogram`), so nothing
-reads the volume again for it.
+whole-series histogram and percentiles read) is summed on the background thread as soon
+as the volume is in memory (after the swap: summing it while decoding slowed the load by
+a third on uncompressed series) and kept with the array
+(:func:`~napari_dicom.core.stats.remember_histogram`), so the widget waits for that one
+pass instead of making its own.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ from pydicom.pixels import iter_pixels, pixel_array  # type: ignore[attr-defined
 
 from . import pixels as px
 from . import safety
-from .render import IntHistogram
-from .stats import known_histogram, remember_histogram
+from .render import IntHistogram, WindowError
+from .stats import remember_histogram
 
 if TYPE_CHECKING:
     from .series import Series
@@ -120,12 +122,14 @@ class _Planes:
         self.state = np.zeros(self.n, np.uint8)
         self.cond = threading.Condition()
         self.failed: dict[int, str] = {}
+        #: a fault of the series' source (a server that stopped answering): the planes it
+        #: hit stay to do (never filled), and whoever waits for them gets this error
+        self.error: px.SourceError | None = None
         self._first: dict[int, npt.NDArray[Any]] = {}
         self.fast = px._use_fast(series, keep=self._first)
         self.out: npt.NDArray[Any] | None = (
             np.empty((self.n, *self.pshape), self.dtype) if keep else None)
         self.histogram_on = not series.rgb and self.dtype.kind in "iu"
-        self._hist = IntHistogram(0, np.zeros(0, np.int64))
         #: ``sink(k, values)`` gets each plane when the planes are not kept
         self.sink: Callable[[int, npt.NDArray[Any]], None] | None = None
 
@@ -140,7 +144,10 @@ class _Planes:
 
     def wait(self, ks: Sequence[int]) -> None:
         with self.cond:
-            self.cond.wait_for(lambda: bool(np.all(self.state[list(ks)] == _DONE)))
+            self.cond.wait_for(lambda: self.error is not None or bool(
+                np.all(self.state[list(ks)] == _DONE)))
+            if self.error is not None and not np.all(self.state[list(ks)] == _DONE):
+                raise self.error
 
     def all_done(self) -> bool:
         with self.cond:
@@ -156,13 +163,16 @@ class _Planes:
         refuses, is named and filled while the others load (a run read in one pass that
         breaks off goes on with :meth:`_rest_of_file`)."""
         series = self.series
-        if path is None or len(ks) == 1 or self.fast:
+        if path is None or len(ks) == 1 or self.fast or series.source is not None:
             for i, k in enumerate(ks):
                 try:
                     arr, ds = self._decode_one(k)
                     self._store(k, arr, ds)
                 except px._MissingDecoder:
                     self._give_up(ks[i:], "no decoder")
+                    raise
+                except px.SourceError as exc:
+                    self._source_fault(ks[i:], exc)
                     raise
                 except (px.DicomLoadError, *px._DECODE_ERRORS) as exc:
                     self._give_up([k], px._reason(exc))
@@ -194,6 +204,16 @@ class _Planes:
             raise px._MissingDecoder(msg or f"{path}: {exc}") from exc
         except (px.DicomLoadError, *px._DECODE_ERRORS) as exc:
             self._rest_of_file(path, ks[read:], exc)
+
+    def _source_fault(self, ks: Sequence[int], exc: px.SourceError) -> None:
+        """The series' source failed (a server stopped answering): planes ``ks`` are not
+        damaged, they stay to do (asked for again, fetched again), and whoever waits for
+        them gets ``exc``."""
+        with self.cond:
+            for k in ks:
+                self.state[k] = _TODO
+            self.error = exc
+            self.cond.notify_all()
 
     def _rest_of_file(self, path: str, ks: Sequence[int], first: BaseException) -> None:
         """Frames ``ks`` of a multi-frame file whose read in one pass broke off: the file
@@ -261,7 +281,6 @@ class _Planes:
 
     def _store(self, k: int, arr: npt.NDArray[Any], ds: Dataset | None) -> None:
         vals = self._values(k, arr, ds)
-        hist = IntHistogram.of(vals) if self.histogram_on else None
         with self.cond:
             out = self.out
         if out is not None:
@@ -270,8 +289,6 @@ class _Planes:
             now = self.out
             if now is not None and now is not out:  # widened while we wrote
                 now[k] = vals
-            if hist is not None:
-                self._hist = self._hist + hist
             self.state[k] = _DONE
             self.cond.notify_all()
         if self.sink is not None:
@@ -285,10 +302,6 @@ class _Planes:
                 series.damaged[k] = why
                 self.state[k] = _DONE
             self.cond.notify_all()
-
-    def histogram(self) -> IntHistogram:
-        with self.cond:
-            return self._hist
 
     # ------------------------------------------------------------------ all planes
 
@@ -365,10 +378,7 @@ def load_now(
         fill = out[ok].min() if not series.rgb else 0
         out[list(planes.failed)] = fill
         _fail_notes(series, planes.failed, fill)
-    result = out.reshape(series.shape)
-    if planes.histogram_on and not planes.failed:
-        remember_histogram(result, planes.histogram())
-    return result
+    return out.reshape(series.shape)
 
 
 class SeriesVolume:
@@ -414,6 +424,8 @@ class SeriesVolume:
         self._cache: OrderedDict[int, npt.NDArray[Any]] = OrderedDict()
         self._cache_bytes = min(self.budget, CACHE_BYTES)
         self._filled: set[int] = set()
+        #: the exact histogram of the finished volume, summed after it is in memory
+        self._histogram: Future[IntHistogram] = Future()
         self._counted = np.zeros(self._planes.n, bool)  # lazy: planes in the histogram
         self._lazy_hist = IntHistogram(0, np.zeros(0, np.int64))
         if not self.in_memory:
@@ -490,9 +502,8 @@ class SeriesVolume:
         arr = self.result()
         if isinstance(shown, VolumeView):
             arr = shown.apply(arr)
-        hist = known_histogram(self._result)
-        if hist is not None and arr is not self._result:
-            remember_histogram(arr, hist)
+        if arr is not self._result and self._planes.histogram_on and self._thread is not None:
+            remember_histogram(arr, self._histogram)
         return arr
 
     def reshape(self, shape: Sequence[int]) -> SeriesVolume | npt.NDArray[Any]:
@@ -539,24 +550,32 @@ class SeriesVolume:
         try:
             planes.run(self._jobs)
             self._fill_failed()
-            self._finish()
+            self._finish(histogram=planes.histogram_on)
         except BaseException as exc:  # handed to whoever waits for the result
             self._error = exc
             self._finished.set()
+            if not self._histogram.done():
+                self._histogram.set_exception(exc)
 
-    def _finish(self) -> None:
-        planes = self._planes
-        out = planes.out
+    def _finish(self, histogram: bool = False) -> None:
+        """The volume is in memory: hand it out, then (``histogram``, background thread)
+        sum its exact histogram for the statistics that will ask for it."""
+        out = self._planes.out
         assert out is not None
         result = out.reshape(self.shape)
-        if planes.histogram_on and not planes.failed:
-            remember_histogram(result, planes.histogram())
+        if histogram:
+            remember_histogram(result, self._histogram)
         with self._lock:
             self._result = result
             callbacks, self._callbacks = self._callbacks, []
         self._finished.set()
         for cb in callbacks:
             cb(result)
+        if histogram:
+            try:
+                self._histogram.set_result(histogram_of(result, self._jobs))
+            except (WindowError, MemoryError) as exc:  # a range too wide to count exactly
+                self._histogram.set_exception(exc)
 
     @property
     def loaded(self) -> bool:
@@ -635,19 +654,36 @@ class SeriesVolume:
     # ------------------------------------------------------------------ statistics
 
     def series_histogram(self) -> IntHistogram | None:
-        """Exact histogram of every value (integer data; ``None`` otherwise): summed while
-        the planes were decoded. A lazy volume decodes the planes it has not seen yet,
-        once."""
+        """Exact histogram of every value (integer data; ``None`` otherwise). In memory:
+        summed on the background thread once the volume is loaded (waits for it). Lazy:
+        summed as planes are decoded; the planes not seen yet are decoded, once."""
         planes = self._planes
         if not planes.histogram_on:
             return None
         if self.in_memory:
-            self.result()
-            return planes.histogram()
+            arr = self.result()
+            if self._thread is not None:
+                return self._histogram.result()
+            return histogram_of(arr, self._jobs)
         for k in np.flatnonzero(~self._counted):
             self._lazy_plane(int(k))
         with self._lock:
             return self._lazy_hist
+
+
+def histogram_of(arr: npt.NDArray[Any], jobs: int = 1) -> IntHistogram:
+    """:meth:`~.render.IntHistogram.of` of a volume, its planes split over ``jobs``
+    threads (numpy's bincount lets go of the GIL for part of its work)."""
+    flat = arr.reshape((-1, *arr.shape[-2:])) if arr.ndim > 2 else arr[None]
+    parts = np.array_split(np.arange(flat.shape[0]), max(1, min(jobs, flat.shape[0])))
+    if len(parts) == 1:
+        return IntHistogram.of(flat)
+    with ThreadPoolExecutor(len(parts), thread_name_prefix="dicom-histogram") as pool:
+        hists = list(pool.map(lambda ks: IntHistogram.of(flat[ks[0] : ks[-1] + 1]), parts))
+    total = hists[0]
+    for h in hists[1:]:
+        total = total + h
+    return total.trimmed()
 
 
 def _full_key(key: Any, ndim: int) -> tuple[int | slice, ...]:

@@ -1,0 +1,860 @@
+"""DICOMweb as a source of series: QIDO-RS search, WADO-RS metadata and frames.
+
+A series on a DICOMweb server becomes the same :class:`~napari_dicom.core.series.Series`
+a folder gives (``core.scan`` builds both from pydicom data sets); only how its bytes
+arrive differs. :class:`Server` is that source: ``read_header(ref)`` gives an instance's
+header (from the series metadata endpoint, one request per series, PS3.18 10.4.1.1.2)
+and ``read_frame(ref, frame)`` one frame's pixel bytes (frame retrieval, PS3.18
+10.4.1.1.5), which ``core.pixels`` decodes locally as it decodes a file's.
+
+* Frames are fetched on demand over several connections: the frame asked for first, the
+  rest of its series behind it (so the first slice shows at once and the others stream
+  in), kept for the session (a second open does not download again).
+* Compressed frames are asked for in their stored transfer syntax when a local decoder
+  takes it (JPEG Lossless, JPEG-LS, JPEG 2000, RLE...), else as Explicit VR Little Endian
+  (the server transcodes). The stored syntax comes from the metadata when the server
+  gives it (Available Transfer Syntax UID), else from the first frame, asked for with
+  ``transfer-syntax=*``.
+* Credentials (HTTP basic or a bearer token) come from the caller (the widget), the URL's
+  user info, the environment (:data:`ENV_TOKEN`, :data:`ENV_USER` + :data:`ENV_PASSWORD`)
+  or a netrc file (``NETRC`` or ``~/.netrc``); they live only in the HTTP session, never
+  in a reference, a message or a log line. HTTPS certificates are verified.
+* A fault (server down, refused credentials, unknown UID, timeout, dropped connection,
+  non-image object, a syntax neither side can handle) raises :class:`DicomWebError`, a
+  one-line message naming the server and the problem; a frame that failed is fetched
+  again the next time it is asked for.
+
+The HTTP work is done by ``dicomweb-client`` (the reference Python client, also used by
+3D Slicer); only the first-frame probe reads the reply's part headers itself, because
+the client returns frame bytes without the transfer syntax the server chose.
+
+URL form (reader, CLI): ``dicomweb+http://HOST:PORT/ROOT/studies/<StudyUID>`` and
+``.../studies/<StudyUID>/series/<SeriesUID>`` (``dicomweb+https://`` likewise).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import netrc
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from .pixels import SourceError, missing_decoder_message
+
+if TYPE_CHECKING:
+    import requests
+
+    from .scan import ScanResult
+
+__all__ = [
+    "ENV_PASSWORD",
+    "ENV_TOKEN",
+    "ENV_USER",
+    "Credentials",
+    "DicomWebError",
+    "Location",
+    "SeriesRow",
+    "Server",
+    "StudyRow",
+    "find_credentials",
+    "forget_credentials",
+    "is_dicomweb_url",
+    "parse_url",
+    "remember_credentials",
+    "scan_urls",
+    "server_for",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("dicomweb+http", "dicomweb+https")
+#: a bearer token for every DICOMweb server (wins over user and password)
+ENV_TOKEN = "NAPARI_DICOM_DICOMWEB_TOKEN"
+#: HTTP basic user name and password for every DICOMweb server
+ENV_USER = "NAPARI_DICOM_DICOMWEB_USER"
+ENV_PASSWORD = "NAPARI_DICOM_DICOMWEB_PASSWORD"
+#: parallel connections per server
+CONNECTIONS = 8
+#: seconds to connect, and to wait for each reply
+TIMEOUT = (5.0, 60.0)
+#: frames kept for the session, bytes (the oldest go first)
+CACHE_BYTES = 2 << 30
+
+#: the media type of a frame in each transfer syntax (PS3.18 8.7.3.5.2, Table 8.7.3-5)
+_FRAME_MEDIA = {
+    "1.2.840.10008.1.2.1": "application/octet-stream",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+}
+#: native syntaxes: their frames come as Explicit VR Little Endian bytes
+_NATIVE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+#: bulk data the display needs: LUT Data (Modality/VOI LUT items) and palette tables
+_BULK_NEEDED = frozenset({"00283006", "00281201", "00281202", "00281203", "00281221",
+                          "00281222", "00281223"})
+
+
+class DicomWebError(SourceError):
+    """A DICOMweb request failed; the message names the server and the problem."""
+
+
+# --------------------------------------------------------------------------------------
+# URLs and credentials
+# --------------------------------------------------------------------------------------
+
+
+def is_dicomweb_url(text: object) -> bool:
+    """Whether ``text`` is a ``dicomweb+http(s)://`` URL (never raises)."""
+    return isinstance(text, str) and text.lower().startswith(tuple(s + "://" for s in SCHEMES))
+
+
+@dataclass(frozen=True)
+class Location:
+    """A DICOMweb service root and, optionally, a study and a series in it."""
+
+    #: ``http(s)://host[:port]/root``, without user info and without a trailing slash
+    base: str
+    study: str | None = None
+    series: str | None = None
+
+    def url(self) -> str:
+        """The ``dicomweb+...`` URL of this location (no credentials)."""
+        out = "dicomweb+" + self.base
+        if self.study:
+            out += f"/studies/{self.study}"
+            if self.series:
+                out += f"/series/{self.series}"
+        return out
+
+    def instance(self, sop: str) -> str:
+        """The reference of one instance of :attr:`series` (plane ``path`` in a Series)."""
+        return f"{self.url()}/instances/{sop}"
+
+
+_UID = re.compile(r"^[0-9.]{1,64}$")
+
+
+def parse_url(url: str) -> tuple[Location, Credentials | None]:
+    """Split a ``dicomweb+http(s)://`` URL into its location and any user info in it.
+
+    ``http(s)://HOST:PORT/ROOT`` alone is a server root (for searching). Raises
+    ``ValueError`` with a one-line message for anything else.
+    """
+    text = url.strip()
+    low = text.lower()
+    if low.startswith("dicomweb+"):
+        text = text[len("dicomweb+"):]
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"{_safe(url)}: not a DICOMweb URL (expected dicomweb+http://HOST:PORT/ROOT/"
+            "studies/<StudyUID>[/series/<SeriesUID>])")
+    creds = None
+    if parts.username is not None:
+        creds = Credentials(username=unquote(parts.username),
+                            password=unquote(parts.password or ""))
+    host = parts.hostname
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    path = parts.path.rstrip("/")
+    study = series = None
+    m = re.search(r"/studies/([^/]+)(?:/series/([^/]+))?(/.*)?$", path)
+    if m:
+        if m.group(3):
+            raise ValueError(f"{_safe(url)}: a DICOMweb URL ends at a study or a series "
+                             f"(found {m.group(3)!r} after it)")
+        study, series = m.group(1), m.group(2)
+        path = path[: m.start()]
+        for what, uid in (("Study", study), ("Series", series)):
+            if uid is not None and not _UID.match(uid):
+                raise ValueError(f"{_safe(url)}: {uid!r} is not a {what} Instance UID")
+    base = urlunsplit((parts.scheme.lower(), netloc, path, "", ""))
+    return Location(base, study, series), creds
+
+
+def _safe(url: str) -> str:
+    """``url`` without user info, for messages."""
+    try:
+        parts = urlsplit(url[len("dicomweb+"):] if url.lower().startswith("dicomweb+") else url)
+    except ValueError:
+        return "<URL>"
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    prefix = "dicomweb+" if url.lower().startswith("dicomweb+") else ""
+    return prefix + urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """HTTP basic (``username`` + ``password``) or bearer (``token``) credentials.
+
+    Their ``repr`` shows neither the password nor the token.
+    """
+
+    username: str = ""
+    password: str = field(default="", repr=False)
+    token: str = field(default="", repr=False)
+    #: where they came from ("widget", "URL", "environment", "netrc"), for messages
+    origin: str = field(default="", compare=False)
+
+    @property
+    def kind(self) -> str:
+        return "bearer token" if self.token else "user name and password"
+
+    def __bool__(self) -> bool:
+        return bool(self.token or self.username)
+
+
+#: credentials given in this session (the widget), by server base URL
+_REMEMBERED: dict[str, Credentials] = {}
+
+
+def remember_credentials(base: str, credentials: Credentials | None) -> None:
+    """Use ``credentials`` for ``base`` for the rest of the session (``None``: forget)."""
+    if credentials:
+        _REMEMBERED[base] = credentials
+    else:
+        _REMEMBERED.pop(base, None)
+
+
+def forget_credentials() -> None:
+    _REMEMBERED.clear()
+
+
+def find_credentials(base: str, given: Credentials | None = None) -> Credentials | None:
+    """Credentials for ``base``: ``given`` (URL user info), the ones the widget gave this
+    session, :data:`ENV_TOKEN` / :data:`ENV_USER` + :data:`ENV_PASSWORD`, then a netrc
+    file (``NETRC`` or ``~/.netrc``) entry for the host; ``None`` when none applies."""
+    if given:
+        return given
+    if base in _REMEMBERED:
+        return _REMEMBERED[base]
+    token = os.environ.get(ENV_TOKEN, "")
+    if token:
+        return Credentials(token=token, origin="environment")
+    user = os.environ.get(ENV_USER, "")
+    if user:
+        return Credentials(user, os.environ.get(ENV_PASSWORD, ""), origin="environment")
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    if os.path.isfile(path):
+        try:
+            entry = netrc.netrc(path).authenticators(urlsplit(base).hostname or "")
+        except (netrc.NetrcParseError, OSError) as exc:
+            log.warning("netrc file %s not used: %s", path, getattr(exc, "msg", exc))
+            return None
+        if entry is not None and entry[0]:
+            return Credentials(entry[0], entry[2] or "", origin="netrc")
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# search results
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class StudyRow:
+    """One study of a QIDO-RS search."""
+
+    uid: str
+    patient_name: str = ""
+    patient_id: str = ""
+    date: str = ""
+    description: str = ""
+    accession: str = ""
+    modalities: str = ""
+    n_series: int | None = None
+    n_instances: int | None = None
+
+
+@dataclass
+class SeriesRow:
+    """One series of a study (QIDO-RS); :attr:`url` opens it."""
+
+    study_uid: str
+    uid: str
+    url: str
+    number: int | None = None
+    modality: str = ""
+    description: str = ""
+    n_instances: int | None = None
+
+
+def _value(item: Mapping[str, Any], tag: str) -> Any:
+    el = item.get(tag)
+    if not isinstance(el, Mapping):
+        return None
+    vals = el.get("Value")
+    if not vals:
+        return None
+    v = vals[0]
+    if isinstance(v, Mapping):  # PN
+        return str(v.get("Alphabetic", ""))
+    return v
+
+
+def _text(item: Mapping[str, Any], tag: str, join: bool = False) -> str:
+    el = item.get(tag)
+    if join and isinstance(el, Mapping) and el.get("Value"):
+        return "\\".join(str(v) for v in el["Value"])
+    v = _value(item, tag)
+    return "" if v is None else str(v)
+
+
+def _int(item: Mapping[str, Any], tag: str) -> int | None:
+    v = _value(item, tag)
+    try:
+        return None if v is None else int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+#: search fields (:meth:`Server.search_studies`) -> QIDO-RS attribute keywords
+SEARCH_FIELDS = {
+    "patient_name": "PatientName",
+    "patient_id": "PatientID",
+    "study_date": "StudyDate",
+    "modality": "ModalitiesInStudy",
+    "accession": "AccessionNumber",
+    "description": "StudyDescription",
+}
+_STUDY_FIELDS = ["PatientName", "PatientID", "StudyDate", "StudyDescription",
+                 "AccessionNumber", "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
+                 "NumberOfStudyRelatedInstances"]
+_SERIES_FIELDS = ["SeriesNumber", "Modality", "SeriesDescription",
+                  "NumberOfSeriesRelatedInstances"]
+
+
+def date_range(start: str = "", end: str = "") -> str:
+    """A QIDO-RS date range (PS3.18 8.3.4.1, PS3.4 C.2.2.2.5): ``"20240101-20241231"``,
+    ``"20240101-"`` or ``"-20241231"``; ``""`` when both ends are empty."""
+    start, end = start.replace("-", "").strip(), end.replace("-", "").strip()
+    if not start and not end:
+        return ""
+    if start == end:
+        return start
+    return f"{start}-{end}"
+
+
+# --------------------------------------------------------------------------------------
+# the server (the source)
+# --------------------------------------------------------------------------------------
+
+_FrameKey = tuple[str, str, str, int]  # study, series, sop, 1-based frame number
+
+
+class _FrameCache:
+    """Frame bytes for the session, least recently used out first beyond ``budget``."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.size = 0
+        self._items: OrderedDict[_FrameKey, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: _FrameKey) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key: _FrameKey, data: bytes) -> None:
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = data
+            self.size += len(data)
+            while self.size > self.budget and len(self._items) > 1:
+                _, old = self._items.popitem(last=False)
+                self.size -= len(old)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._items
+
+
+class _Fetcher:
+    """Fetch frames on up to ``workers`` threads: asked-for frames first, prefetches
+    after them. Threads exist only while there is work (none is left idle)."""
+
+    def __init__(self, fetch: Callable[[_FrameKey], bytes], cache: _FrameCache,
+                 workers: int) -> None:
+        self._fetch = fetch
+        self._cache = cache
+        self._workers = max(1, workers)
+        self._lock = threading.Lock()
+        self._queue: list[tuple[int, int, _FrameKey]] = []
+        self._pending: dict[_FrameKey, Future[bytes]] = {}
+        self._started: set[_FrameKey] = set()
+        self._running = 0
+        self._seq = itertools.count()
+
+    def get(self, key: _FrameKey, then: Iterable[_FrameKey] = ()) -> bytes:
+        data = self._cache.get(key)
+        if data is not None:
+            self._prefetch(then)
+            return data
+        with self._lock:
+            fut = self._pending.get(key)
+            if fut is None:
+                fut = self._pending[key] = Future()
+            if key not in self._started:
+                heapq.heappush(self._queue, (0, next(self._seq), key))
+        self._prefetch(then)
+        self._spawn()
+        return fut.result()
+
+    def _prefetch(self, keys: Iterable[_FrameKey]) -> None:
+        added = False
+        with self._lock:
+            for k in keys:
+                if k in self._pending or k in self._cache:
+                    continue
+                self._pending[k] = Future()
+                heapq.heappush(self._queue, (1, next(self._seq), k))
+                added = True
+        if added:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        with self._lock:
+            n = min(self._workers - self._running, len(self._queue))
+            self._running += max(0, n)
+        for _ in range(max(0, n)):
+            threading.Thread(target=self._work, name="napari-dicom-dicomweb",
+                             daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                key = None
+                while self._queue:
+                    _, _, k = heapq.heappop(self._queue)
+                    if k not in self._started and k in self._pending:
+                        key = k
+                        self._started.add(k)
+                        break
+                if key is None:
+                    self._running -= 1
+                    return
+                fut = self._pending[key]
+            try:
+                data = self._fetch(key)
+            except BaseException as exc:  # handed to the waiting caller, re-raised there
+                with self._lock:
+                    self._pending.pop(key, None)
+                    self._started.discard(key)
+                fut.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            self._cache.put(key, data)
+            with self._lock:
+                self._pending.pop(key, None)
+                self._started.discard(key)
+            fut.set_result(data)
+
+
+@dataclass
+class _SeriesInfo:
+    study: str
+    series: str
+    refs: list[str]
+    #: transfer syntax frames are asked for in, and its media type
+    syntax: str
+    media: str
+
+
+class Server:
+    """One DICOMweb service (a source of series); see the module docstring.
+
+    Use :func:`server_for` to get the session's instance for a root URL.
+    """
+
+    def __init__(
+        self, base: str, credentials: Credentials | None = None, *,
+        connections: int = CONNECTIONS, timeout: tuple[float, float] = TIMEOUT,
+        cache_bytes: int = CACHE_BYTES,
+    ) -> None:
+        import requests
+        from dicomweb_client.api import DICOMwebClient
+
+        self.base = base
+        #: what messages call the server: the root URL, never credentials
+        self.name = base
+        self.timeout = timeout
+        self.credentials = credentials
+        self.session: requests.Session = requests.Session()
+        self.session.trust_env = False  # no implicit netrc: find_credentials decides
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1,
+                                                pool_maxsize=max(connections, 4))
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.verify = True
+        if credentials and credentials.token:
+            self.session.headers["Authorization"] = f"Bearer {credentials.token}"
+        elif credentials:
+            self.session.auth = (credentials.username, credentials.password)
+        self.client = DICOMwebClient(base, session=self.session, timeout=timeout)
+        # retry busy answers (429, 503...) briefly, not for seconds
+        self.client.set_http_retry_params(retry=True, max_attempts=3,
+                                          wait_exponential_multiplier=100)
+        self._cache = _FrameCache(cache_bytes)
+        self._fetcher = _Fetcher(self._fetch_frame, self._cache, connections)
+        self._series: dict[tuple[str, str], _SeriesInfo] = {}
+        self._instances: dict[str, tuple[_SeriesInfo, str, Dataset]] = {}
+        self._lock = threading.Lock()
+
+    # ---- errors ---------------------------------------------------------------------
+
+    def _error(self, exc: BaseException, what: str) -> DicomWebError:
+        """A one-line :class:`DicomWebError` for ``exc`` raised while doing ``what``."""
+        import requests
+
+        if isinstance(exc, DicomWebError):
+            return exc
+        why: str
+        if isinstance(exc, requests.HTTPError) and exc.response is not None:
+            code = exc.response.status_code
+            reason = exc.response.reason or ""
+            if code == 401:
+                why = ("the server refused the credentials"
+                       + (f" ({self.credentials.kind} from the {self.credentials.origin})"
+                          if self.credentials and self.credentials.origin else "")
+                       if self.credentials else "the server asks for credentials")
+            elif code == 403:
+                why = "access denied"
+            elif code == 404:
+                why = "not found"
+            elif code == 406:
+                why = "the server cannot send it in the form asked for"
+            else:
+                why = "the server answered with an error"
+            why += f" (HTTP {code}{' ' + reason if reason else ''})"
+        elif isinstance(exc, requests.exceptions.SSLError):
+            why = f"the HTTPS certificate could not be verified ({_short(exc)})"
+        elif isinstance(exc, requests.Timeout):
+            why = f"no answer within {self.timeout[1]:g} s (timeout)"
+        elif isinstance(exc, requests.exceptions.ChunkedEncodingError):
+            why = "the connection dropped during the transfer"
+        elif isinstance(exc, requests.ConnectionError):
+            text = str(exc)
+            if "refused" in text.lower():
+                why = "cannot connect (connection refused: is the server running?)"
+            elif "RemoteDisconnected" in text or "reset" in text.lower():
+                why = "the connection dropped during the transfer"
+            elif "Name or service not known" in text or "getaddrinfo" in text:
+                why = "unknown host name"
+            else:
+                why = f"cannot connect ({_short(exc)})"
+        elif isinstance(exc, ValueError | KeyError):
+            why = f"unexpected answer ({exc})"
+        else:
+            why = f"{type(exc).__name__}: {exc}"
+        return DicomWebError(f"DICOMweb server {self.name}: {what}: {why}")
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        import requests
+
+        for attempt in (1, 2):
+            try:
+                return fn(*args, **kw)
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+                # a pooled keep-alive connection the server closed fails once: try again
+                if attempt == 2 or "refused" in str(exc).lower():
+                    raise self._error(exc, what) from None
+            except (requests.RequestException, ValueError, KeyError) as exc:
+                raise self._error(exc, what) from None
+        raise AssertionError("unreachable")
+
+    # ---- search ---------------------------------------------------------------------
+
+    def search_studies(self, filters: Mapping[str, str] | None = None,
+                       limit: int = 200) -> list[StudyRow]:
+        """Studies matching ``filters`` (keys of :data:`SEARCH_FIELDS`; ``*`` and ``?``
+        are wildcards, a date is ``YYYYMMDD`` or a range ``A-B``)."""
+        query = {SEARCH_FIELDS[k]: v.strip() for k, v in (filters or {}).items()
+                 if v and v.strip() and k in SEARCH_FIELDS}
+        found = self._call("study search", self.client.search_for_studies,
+                           search_filters=query, fields=_STUDY_FIELDS, limit=limit)
+        rows = [StudyRow(
+            uid=_text(d, "0020000D"), patient_name=_text(d, "00100010"),
+            patient_id=_text(d, "00100020"), date=_text(d, "00080020"),
+            description=_text(d, "00081030"), accession=_text(d, "00080050"),
+            modalities=_text(d, "00080061", join=True),
+            n_series=_int(d, "00201206"), n_instances=_int(d, "00201208"),
+        ) for d in found]
+        return [r for r in rows if r.uid]
+
+    def search_series(self, study: str) -> list[SeriesRow]:
+        """The series of ``study``, by Series Number."""
+        found = self._call(f"series of study {study}", self.client.search_for_series,
+                           study_instance_uid=study, fields=_SERIES_FIELDS)
+        rows = [SeriesRow(
+            study_uid=study, uid=_text(d, "0020000E"),
+            url=Location(self.base, study, _text(d, "0020000E")).url(),
+            number=_int(d, "00200011"), modality=_text(d, "00080060"),
+            description=_text(d, "0008103E"), n_instances=_int(d, "00201209"),
+        ) for d in found]
+        rows = [r for r in rows if r.uid]
+        rows.sort(key=lambda r: (r.number if r.number is not None else 1 << 30, r.uid))
+        return rows
+
+    # ---- headers --------------------------------------------------------------------
+
+    def series_datasets(self, study: str, series: str) -> list[tuple[str, Dataset]]:
+        """``(reference, header)`` per instance of the series, from its metadata (one
+        request; cached for the session). Each header's file meta names the transfer
+        syntax its frames will be sent in."""
+        key = (study, series)
+        with self._lock:
+            info = self._series.get(key)
+        if info is None:
+            info = self._load_series(study, series)
+        return [(ref, self._instances[ref][2]) for ref in info.refs]
+
+    def _load_series(self, study: str, series: str) -> _SeriesInfo:
+        where = f"series {series}"
+        items = self._call(f"metadata of {where}", self.client.retrieve_series_metadata,
+                           study, series)
+        if not items:
+            raise DicomWebError(f"DICOMweb server {self.name}: {where} of study {study}: "
+                                "no instances (is the UID right?)")
+        loc = Location(self.base, study, series)
+        datasets: list[tuple[str, Dataset]] = []
+        for item in items:
+            sop = _text(item, "00080018")
+            if not sop:
+                continue
+            try:
+                ds = Dataset.from_json(item, bulk_data_uri_handler=self._bulk_handler(where))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise DicomWebError(f"DICOMweb server {self.name}: metadata of instance {sop}"
+                                    f" cannot be read ({exc})") from None
+            datasets.append((loc.instance(sop), ds))
+        stored, probe = self._stored_syntax(items, study, series, datasets)
+        syntax = stored if stored in _FRAME_MEDIA and not missing_decoder_message(
+            stored) else str(ExplicitVRLittleEndian)
+        info = _SeriesInfo(study, series, [r for r, _ in datasets], syntax, _FRAME_MEDIA[syntax])
+        for ref, ds in datasets:
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = UID(syntax)
+            self._instances[ref] = (info, _sop_of(ref), ds)
+        with self._lock:
+            self._series[(study, series)] = info
+        if probe is not None and probe[0] == syntax:  # the first frame, already here
+            self._cache.put(probe[1], probe[2])
+        return info
+
+    def _bulk_handler(self, where: str) -> Callable[[str, str, str], bytes | None]:
+        def handler(tag: str, vr: str, uri: str) -> bytes | None:
+            if tag.upper() not in _BULK_NEEDED:
+                return None  # pixels come frame by frame; other bulk data are not used
+            parts = self._call(f"bulk data {tag} of {where}", self.client.retrieve_bulkdata,
+                               self._here(uri))
+            return b"".join(parts)
+        return handler
+
+    def _here(self, uri: str) -> str:
+        """``uri`` on the server as this client reaches it (a server may name itself
+        ``localhost`` or an inside name in the URIs it writes)."""
+        ours, theirs = urlsplit(self.base), urlsplit(uri)
+        if not theirs.scheme:
+            return self.base.rstrip("/") + "/" + uri.lstrip("/")
+        return urlunsplit((ours.scheme, ours.netloc, theirs.path, theirs.query, ""))
+
+    def _stored_syntax(self, items: Sequence[Mapping[str, Any]], study: str, series: str,
+                       datasets: Sequence[tuple[str, Dataset]],
+                       ) -> tuple[str, tuple[str, _FrameKey, bytes] | None]:
+        """The series' stored transfer syntax: from the metadata (0002,0010) or (0008,3002)
+        when the server gives it, else from a first frame asked for with
+        ``transfer-syntax=*`` (kept to seed the cache)."""
+        for tag in ("00020010", "00083002"):
+            v = _text(items[0], tag)
+            if v:
+                return v, None
+        image = next((ds for _, ds in datasets if "Rows" in ds), None)
+        if image is None:
+            return str(ExplicitVRLittleEndian), None
+        sop = str(image.SOPInstanceUID)
+        url = (f"{self.base}/studies/{study}/series/{series}/instances/{sop}/frames/1")
+        accept = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+        try:
+            r = self._call("first frame", self.session.get, url,
+                           headers={"Accept": accept}, timeout=self.timeout)
+            r.raise_for_status()
+        except DicomWebError:
+            raise
+        except Exception as exc:  # requests.HTTPError: a server without transfer-syntax=*
+            import requests
+
+            if isinstance(exc, requests.HTTPError) and exc.response is not None and (
+                    exc.response.status_code in (400, 406)):
+                return str(ExplicitVRLittleEndian), None
+            raise self._error(exc, f"first frame of series {series}") from None
+        ctype, body = _first_part(r)
+        media, params = _media(ctype)
+        syntax = params.get("transfer-syntax", "")
+        if not syntax:
+            syntax = str(ExplicitVRLittleEndian) if media == "application/octet-stream" else ""
+        if syntax in _NATIVE:
+            syntax = str(ExplicitVRLittleEndian)
+        probe = (syntax, (study, series, sop, 1), body) if syntax and body is not None else None
+        return syntax or "unknown", probe
+
+    def read_header(self, ref: str) -> Dataset:
+        """The header of the instance ``ref`` (a reference from :meth:`series_datasets`)."""
+        return self._instances[ref][2]
+
+    def frame_syntax(self, ref: str) -> str:
+        return self._instances[ref][0].syntax
+
+    # ---- frames ---------------------------------------------------------------------
+
+    def read_frame(self, ref: str, frame: int | None) -> bytes:
+        """Pixel bytes of one frame (0-based ``frame``; ``None`` for a single-frame
+        instance), in the syntax :meth:`frame_syntax` names: native bytes or one
+        compressed frame. The rest of its series is fetched behind it."""
+        info, sop, _ = self._instances[ref]
+        key = (info.study, info.series, sop, (frame or 0) + 1)
+        return self._fetcher.get(key, self._series_keys(info))
+
+    def _series_keys(self, info: _SeriesInfo) -> list[_FrameKey]:
+        keys: list[_FrameKey] = []
+        for ref in info.refs:
+            _, sop, ds = self._instances[ref]
+            if "Rows" not in ds:
+                continue
+            n = int(ds.get("NumberOfFrames", 1) or 1)
+            keys.extend((info.study, info.series, sop, i + 1) for i in range(n))
+        return keys
+
+    def _fetch_frame(self, key: _FrameKey) -> bytes:
+        study, series, sop, number = key
+        info = self._series[(study, series)]
+        what = f"frame {number} of instance {sop}"
+        frames = self._call(what, self.client.retrieve_instance_frames, study, series, sop,
+                            [number], media_types=((info.media, info.syntax),))
+        if len(frames) != 1:
+            raise DicomWebError(f"DICOMweb server {self.name}: {what}: {len(frames)} frames "
+                                "in the answer instead of 1")
+        data: bytes = bytes(frames[0])
+        return data
+
+
+def _sop_of(ref: str) -> str:
+    return ref.rsplit("/", 1)[-1]
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    m = re.search(r"\(Caused by (\w+)\(.*?:\s*(.*?)\)+\s*$", text)
+    if m:
+        return m.group(2).strip("'\" ")[:160]
+    return text[:160]
+
+
+def _media(content_type: str) -> tuple[str, dict[str, str]]:
+    """``"image/jpeg; transfer-syntax=1.2..."`` -> ``("image/jpeg", {...})``."""
+    parts = [p.strip() for p in content_type.split(";")]
+    params: dict[str, str] = {}
+    for p in parts[1:]:
+        k, _, v = p.partition("=")
+        params[k.strip().lower()] = v.strip().strip('"')
+    return parts[0].lower(), params
+
+
+def _first_part(response: requests.Response) -> tuple[str, bytes | None]:
+    """Content type and body of the first part of a multipart/related reply."""
+    media, params = _media(response.headers.get("content-type", ""))
+    body = response.content
+    boundary = params.get("boundary")
+    if media != "multipart/related" or not boundary:
+        return response.headers.get("content-type", ""), body
+    # the reply's own "type" parameter names the parts' media type and syntax
+    inner = params.get("type", "")
+    marker = b"--" + boundary.encode()
+    start = body.find(marker)
+    if start < 0:
+        return inner, None
+    head_end = body.find(b"\r\n\r\n", start)
+    end = body.find(b"\r\n" + marker, head_end)
+    if head_end < 0 or end < 0:
+        return inner, None
+    ctype = inner
+    for line in body[start + len(marker):head_end].split(b"\r\n"):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-type":
+            ctype = value.strip()
+    return ctype, body[head_end + 4:end]
+
+
+#: the session's servers, by root URL and credentials
+_SERVERS: dict[tuple[str, Credentials | None], Server] = {}
+_SERVERS_LOCK = threading.Lock()
+
+
+def server_for(base: str, credentials: Credentials | None = None) -> Server:
+    """The session's :class:`Server` for ``base`` with ``credentials`` (found by
+    :func:`find_credentials` when not given); its caches last the session."""
+    creds = find_credentials(base, credentials)
+    with _SERVERS_LOCK:
+        server = _SERVERS.get((base, creds))
+        if server is None:
+            server = _SERVERS[(base, creds)] = Server(base, creds)
+        return server
+
+
+def scan_urls(urls: Sequence[str]) -> ScanResult:
+    """Headers of the series the URLs name, as the folder scan gives them: one
+    :class:`~napari_dicom.core.scan.ScanResult` whose series read their frames from the
+    server. A study URL gives each of its series. Faults raise :class:`DicomWebError`."""
+    from .scan import ScanResult, scan_datasets
+
+    result = ScanResult()
+    for url in urls:
+        try:
+            loc, given = parse_url(url)
+        except ValueError as exc:
+            raise DicomWebError(str(exc)) from None
+        if not loc.study:
+            raise DicomWebError(f"{loc.url()}: name a study or a series "
+                                "(.../studies/<StudyUID>[/series/<SeriesUID>])")
+        server = server_for(loc.base, given)
+        if loc.series:
+            series_uids = [loc.series]
+        else:
+            series_uids = [r.uid for r in server.search_series(loc.study)]
+            if not series_uids:
+                raise DicomWebError(f"DICOMweb server {server.name}: study {loc.study}: "
+                                    "not found or holds no series")
+        for uid in series_uids:
+            part = scan_datasets(server.series_datasets(loc.study, uid), source=server)
+            result.series.extend(part.series)
+            result.non_image.extend(part.non_image)
+            result.skipped.extend(part.skipped)
+            result.warnings.extend(part.warnings)
+    result.series.sort(key=lambda s: s.sort_key())
+    return result

@@ -1,0 +1,359 @@
+"""DICOMweb: series opened from a real Orthanc (with its DICOMweb plugin) are the series
+the same files give from disk, through the core, the napari reader and the CLI; faults
+on the same real server give one-line messages naming the server and the problem."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+from pydicom.data import get_testdata_file
+from pydicom.uid import JPEGLosslessSV1
+
+from _orthanc import Orthanc, skip_without_orthanc
+from napari_dicom.cli import main
+from napari_dicom.core import dicomweb
+from napari_dicom.core.dicomweb import Credentials, DicomWebError, parse_url, server_for
+from napari_dicom.core.phantom import write_ct_phantom, write_text_sr
+from napari_dicom.core.pixels import load_series
+from napari_dicom.core.scan import scan, scan_datasets
+
+CT_SMALL = get_testdata_file("CT_small.dcm")  # CT, Explicit VR Little Endian
+MR_J2K = get_testdata_file("MR_small_jp2klossless.dcm")  # MR, JPEG 2000 Lossless
+RGB_RLE = get_testdata_file("SC_rgb_rle.dcm")  # RGB, RLE Lossless
+PLUGIN = "napari-dicom"
+
+
+def _uids(path: str | Path) -> tuple[str, str]:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+
+
+class Data:
+    """What the module's server holds, and the same files on disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.native = root / "native"
+        self.ljpeg = root / "ljpeg"
+        study = pydicom.uid.generate_uid()
+        write_ct_phantom(self.native, n_slices=12, size=64, series_number=1, study_uid=study,
+                         series_description="Native", seed=1)
+        write_ct_phantom(self.ljpeg, n_slices=12, size=64, series_number=2, study_uid=study,
+                         series_description="Lossless", seed=2,
+                         transfer_syntax=JPEGLosslessSV1)
+        self.study = study
+        self.sr = write_text_sr(root / "report.dcm")
+        self.files = [*sorted(self.native.iterdir()), *sorted(self.ljpeg.iterdir()),
+                      CT_SMALL, MR_J2K, RGB_RLE, self.sr]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
+    return Data(tmp_path_factory.mktemp("dicomweb-data"))
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory, data: Data) -> Any:
+    skip_without_orthanc()
+    server = Orthanc(tmp_path_factory.mktemp("orthanc"))
+    try:
+        server.upload(data.files)
+        yield server
+    finally:
+        server.stop()
+
+
+def _series_url(server: Orthanc, path: str | Path) -> str:
+    return server.dicomweb(*_uids(path))
+
+
+def _count_frames(server: dicomweb.Server) -> list[str]:
+    """Frame requests made through ``server``'s session from now on."""
+    seen: list[str] = []
+
+    def hook(r: requests.Response, *args: Any, **kw: Any) -> requests.Response:
+        if "/frames/" in r.url:
+            seen.append(r.url)
+        return r
+
+    server.session.hooks["response"].append(hook)
+    return seen
+
+
+# --------------------------------------------------------------------------------------
+# URLs and credentials (no server)
+# --------------------------------------------------------------------------------------
+
+
+def test_parse_url_forms() -> None:
+    loc, creds = parse_url("dicomweb+http://pacs:8042/dicom-web/studies/1.2.3/series/4.5")
+    assert (loc.base, loc.study, loc.series, creds) == (
+        "http://pacs:8042/dicom-web", "1.2.3", "4.5", None)
+    assert loc.url() == "dicomweb+http://pacs:8042/dicom-web/studies/1.2.3/series/4.5"
+    loc, creds = parse_url("dicomweb+https://bob:s3cret@pacs.example/wado/rs/studies/1.2/")
+    assert (loc.base, loc.study, loc.series) == ("https://pacs.example/wado/rs", "1.2", None)
+    assert creds == Credentials("bob", "s3cret")
+    assert "s3cret" not in repr(creds) and "s3cret" not in loc.url()
+    with pytest.raises(ValueError, match="not a Series Instance UID"):
+        parse_url("dicomweb+http://pacs/dicom-web/studies/1.2/series/abc")
+    with pytest.raises(ValueError, match="ends at a study or a series"):
+        parse_url("dicomweb+http://pacs/dicom-web/studies/1.2/series/3.4/instances/5.6")
+    with pytest.raises(ValueError) as exc:
+        parse_url("dicomweb+ftp://u:pw@pacs/x")
+    assert "pw" not in str(exc.value)
+
+
+def test_credentials_from_env_and_netrc(tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    base = "http://pacs.example:8042/dicom-web"
+    for var in (dicomweb.ENV_TOKEN, dicomweb.ENV_USER, dicomweb.ENV_PASSWORD):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    assert dicomweb.find_credentials(base) is None
+    rc = tmp_path / "netrc"
+    rc.write_text("machine pacs.example login carol password fromnetrc\n")
+    rc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(rc))
+    assert dicomweb.find_credentials(base) == Credentials("carol", "fromnetrc")
+    monkeypatch.setenv(dicomweb.ENV_USER, "dave")
+    monkeypatch.setenv(dicomweb.ENV_PASSWORD, "fromenv")
+    assert dicomweb.find_credentials(base) == Credentials("dave", "fromenv")
+    monkeypatch.setenv(dicomweb.ENV_TOKEN, "tok")
+    assert dicomweb.find_credentials(base) == Credentials(token="tok")
+    given = Credentials("erin", "given")
+    assert dicomweb.find_credentials(base, given) is given
+
+
+# --------------------------------------------------------------------------------------
+# the same series as from disk
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["native", "ljpeg", "ct_small", "mr_j2k", "rgb_rle"])
+def test_series_from_server_equals_files(orthanc: Orthanc, data: Data, which: str) -> None:
+    src = {"native": data.native, "ljpeg": data.ljpeg, "ct_small": CT_SMALL,
+           "mr_j2k": MR_J2K, "rgb_rle": RGB_RLE}[which]
+    first = sorted(Path(src).iterdir())[0] if Path(src).is_dir() else src
+    local = scan([str(src)]).series
+    remote = scan([_series_url(orthanc, first)]).series
+    assert len(local) == len(remote) == 1
+    a, b = local[0], remote[0]
+    for attr in ("uid", "shape", "scale", "translate", "units", "axis_labels", "windows",
+                 "photometric", "modality", "description", "number", "padding",
+                 "value_unit", "bits_stored", "pixel_representation", "voi_function"):
+        assert getattr(a, attr) == getattr(b, attr), attr
+    assert [p.sop_instance_uid for p in a.planes] == [p.sop_instance_uid for p in b.planes]
+    # compressed frames come in their stored syntax and are decoded here
+    assert b.transfer_syntax == a.transfer_syntax
+    assert all(p.path.startswith("dicomweb+http://127.0.0.1:") for p in b.planes)
+    for lazy in (False, True):
+        want = np.asarray(load_series(a, lazy=lazy))
+        got = np.asarray(load_series(b, lazy=lazy))
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+def test_study_url_gives_each_series_and_names_non_images(orthanc: Orthanc,
+                                                          data: Data) -> None:
+    result = scan([orthanc.dicomweb(data.study)])
+    assert [s.description for s in result.series] == ["Native", "Lossless"]
+    sr_study, sr_series = _uids(data.sr)
+    sr = scan([orthanc.dicomweb(sr_study, sr_series)])
+    assert sr.series == [] and len(sr.non_image) == 1
+    assert "Basic Text SR" in sr.non_image[0].reason
+
+
+def test_frames_are_fetched_once_per_session(orthanc: Orthanc, data: Data) -> None:
+    url = _series_url(orthanc, CT_SMALL)
+    series = scan([url]).series[0]
+    assert series.source is server_for(orthanc.base)
+    frames = _count_frames(series.source)  # type: ignore[arg-type]
+    first = np.asarray(load_series(series, lazy=False))
+    again = np.asarray(load_series(scan([url]).series[0], lazy=False))
+    np.testing.assert_array_equal(first, again)
+    assert len(frames) <= 1  # at most once (the first frame may have come with the headers)
+
+
+def test_first_plane_first_then_the_rest_streams(orthanc: Orthanc, data: Data) -> None:
+    server = dicomweb.Server(orthanc.base, connections=3)  # a fresh cache
+    items = server.series_datasets(*_uids(next(iter(sorted(data.native.iterdir())))))
+    series = scan_datasets(items, source=server).series[0]
+    lazy = load_series(series, lazy=True)
+    assert not isinstance(lazy, np.ndarray)
+    middle = np.asarray(lazy[6])
+    np.testing.assert_array_equal(middle, np.asarray(load_series(
+        scan([str(data.native)]).series[0], lazy=False))[6])
+    # the other frames arrive behind it without being asked for
+    keys = server._series_keys(server._series[(series.study_uid, series.uid)])
+    pause = threading.Event()
+    for _ in range(200):
+        if all(k in server._cache for k in keys):
+            break
+        pause.wait(0.05)
+    assert len(keys) == 12 and all(k in server._cache for k in keys)
+
+
+# --------------------------------------------------------------------------------------
+# the napari reader and the CLI
+# --------------------------------------------------------------------------------------
+
+
+def test_viewer_open_url_gives_the_layer_the_files_give(make_napari_viewer, orthanc: Orthanc,
+                                                        data: Data) -> None:
+    [local] = make_napari_viewer().open(str(data.ljpeg), plugin=PLUGIN)
+    url = _series_url(orthanc, next(iter(sorted(data.ljpeg.iterdir()))))
+    [remote] = make_napari_viewer().open(url, plugin=PLUGIN)
+    np.testing.assert_array_equal(np.asarray(remote.data), np.asarray(local.data))
+    assert remote.name == local.name
+    for attr in ("scale", "translate", "contrast_limits"):
+        np.testing.assert_allclose(getattr(remote, attr), getattr(local, attr))
+    assert remote.colormap.name == local.colormap.name
+    a, b = local.metadata["dicom"], remote.metadata["dicom"]
+    assert a.keys() == b.keys()
+    for key in a:
+        if key not in ("files", "header"):
+            assert a[key] == b[key], key
+    assert all(f.startswith("dicomweb+http://127.0.0.1") for f in b["files"])
+
+
+def test_cli_export_url_writes_the_same_pngs(orthanc: Orthanc, data: Data,
+                                             tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", str(data.native), str(data.ljpeg), "-o",
+                 str(tmp_path / "disk")]) == 0
+    assert main(["export", orthanc.dicomweb(data.study), "-o", str(tmp_path / "web")]) == 0
+    disk = sorted(p.relative_to(tmp_path / "disk") for p in (tmp_path / "disk").rglob("*.png"))
+    web = sorted(p.relative_to(tmp_path / "web") for p in (tmp_path / "web").rglob("*.png"))
+    assert len(disk) == 24 and web == disk
+    for rel in disk:
+        assert (tmp_path / "web" / rel).read_bytes() == (tmp_path / "disk" / rel).read_bytes()
+    capsys.readouterr()
+    assert main(["info", "--json", _series_url(orthanc, CT_SMALL)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["series"][0]["modality"] == "CT"
+    assert info["series"][0]["transfer_syntax"] == "1.2.840.10008.1.2.1"
+
+
+# --------------------------------------------------------------------------------------
+# faults
+# --------------------------------------------------------------------------------------
+
+
+def test_wrong_url_and_unknown_uid(orthanc: Orthanc, data: Data,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from _orthanc import free_port
+
+    dead = f"dicomweb+http://127.0.0.1:{free_port()}/dicom-web/studies/1.2.3"
+    with pytest.raises(DicomWebError, match=r"127\.0\.0\.1:\d+/dicom-web.*connection refused"):
+        scan([dead])
+    assert main(["info", dead]) == 1
+    err = capsys.readouterr().err
+    assert "connection refused" in err and "Traceback" not in err
+    with pytest.raises(DicomWebError, match=f"{orthanc.base}.*series 1.2.3.*not found"):
+        scan([orthanc.dicomweb(data.study, "1.2.3")])
+    with pytest.raises(DicomWebError, match=r"study 9\.9\.9: not found or holds no series"):
+        scan([orthanc.dicomweb("9.9.9")])
+    wrong_root = f"dicomweb+{orthanc.url}/no-such-root/studies/{data.study}"
+    with pytest.raises(DicomWebError, match=r"not found \(HTTP 404"):
+        scan([wrong_root])
+
+
+def test_timeout_names_the_server() -> None:
+    import socket
+
+    with socket.socket() as listener:  # accepts, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        base = f"http://127.0.0.1:{listener.getsockname()[1]}/dicom-web"
+        server = dicomweb.Server(base, timeout=(1.0, 0.3))
+        with pytest.raises(DicomWebError, match=r"dicom-web: .*no answer within 0.3 s"):
+            server.search_studies()
+
+
+def test_server_stopped_mid_series_fails_then_completes_on_retry(
+        tmp_path: Path, data: Data) -> None:
+    skip_without_orthanc()
+    server = Orthanc(tmp_path / "orthanc")
+    try:
+        server.upload(sorted(data.native.iterdir()))
+        url = server.dicomweb(*_uids(next(iter(sorted(data.native.iterdir())))))
+        series = scan([url]).series[0]
+        source = series.source
+        assert isinstance(source, dicomweb.Server)
+        stopped = threading.Event()
+
+        def stop_after_two(r: requests.Response, *a: Any, **kw: Any) -> requests.Response:
+            if "/frames/" in r.url and not stopped.is_set() and len(got) >= 2:
+                stopped.set()
+                server.stop()
+            got.append(r.url)
+            return r
+
+        got: list[str] = []
+        source.session.hooks["response"].append(stop_after_two)
+        source._fetcher._workers = 1  # one connection: the stop falls between two frames
+        with pytest.raises(DicomWebError) as exc:
+            load_series(series, lazy=False)
+        msg = str(exc.value)
+        assert msg.startswith(f"DICOMweb server {server.base}: frame ")
+        assert "connection refused" in msg or "dropped" in msg
+        assert stopped.is_set()
+        fetched = sum(k in source._cache for k in source._series_keys(
+            source._series[(series.study_uid, series.uid)]))
+        assert 0 < fetched < 12  # some frames came, the volume was not made of them
+        # the server back: the same load completes, equal to the files
+        source.session.hooks["response"].remove(stop_after_two)
+        server.start()
+        got_back = np.asarray(load_series(series, lazy=False))
+        want = np.asarray(load_series(scan([str(data.native)]).series[0], lazy=False))
+        np.testing.assert_array_equal(got_back, want)
+    finally:
+        server.stop()
+
+
+def test_credentials_basic_wrong_and_right(tmp_path: Path, data: Data,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    skip_without_orthanc()
+    for var in (dicomweb.ENV_TOKEN, dicomweb.ENV_USER, dicomweb.ENV_PASSWORD):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    server = Orthanc(tmp_path / "orthanc", users={"alice": "wonderland-7"})
+    try:
+        server.upload([CT_SMALL])
+        url = server.dicomweb(*_uids(CT_SMALL))
+        with pytest.raises(DicomWebError, match=r"asks for credentials \(HTTP 401"):
+            scan([url])
+        monkeypatch.setenv(dicomweb.ENV_USER, "alice")
+        monkeypatch.setenv(dicomweb.ENV_PASSWORD, "not-the-password")
+        with pytest.raises(DicomWebError) as exc:
+            scan([url])
+        assert "refused the credentials (user name and password from the environment)" in str(
+            exc.value)
+        assert "not-the-password" not in str(exc.value)
+        monkeypatch.setenv(dicomweb.ENV_PASSWORD, "wonderland-7")
+        caplog.set_level("DEBUG")
+        series = scan([url]).series[0]
+        values = np.asarray(load_series(series, lazy=False))
+        np.testing.assert_array_equal(values, load_series(scan([CT_SMALL]).series[0]))
+        from napari_dicom.core.pixels import series_metadata
+
+        meta = json.dumps(series_metadata(series), default=str)
+        assert "wonderland-7" not in meta and "alice" not in meta
+        assert "wonderland-7" not in caplog.text
+        # the same in a netrc file (user info in the URL works too)
+        monkeypatch.delenv(dicomweb.ENV_USER)
+        monkeypatch.delenv(dicomweb.ENV_PASSWORD)
+        rc = tmp_path / "netrc"
+        rc.write_text("machine 127.0.0.1 login alice password wonderland-7\n")
+        rc.chmod(0o600)
+        monkeypatch.setenv("NETRC", str(rc))
+        assert len(scan([url]).series) == 1
+    finally:
+        server.stop()
