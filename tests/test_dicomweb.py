@@ -357,3 +357,110 @@ def test_credentials_basic_wrong_and_right(tmp_path: Path, data: Data,
         assert len(scan([url]).series) == 1
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------------------
+# the DICOMweb dock widget
+# --------------------------------------------------------------------------------------
+
+
+def _acquire_action(viewer: Any, text: str) -> Any:
+    for action in viewer.window.file_menu.actions():
+        if action.text() == "Acquire" and action.menu() is not None:
+            for sub in action.menu().actions():
+                if sub.text() == text:
+                    return sub
+    return None
+
+
+def test_widget_searches_lists_series_and_opens_one(make_napari_viewer, qtbot: Any,
+                                                    orthanc: Orthanc, data: Data,
+                                                    tmp_path: Path) -> None:
+    from napari.utils.notifications import notification_manager
+    from qtpy.QtCore import Qt
+
+    from _orthanc import free_port
+
+    viewer = make_napari_viewer()
+    # File > Acquire > DICOMweb docks the widget (as Plugins > napari-dicom > DICOMweb)
+    action = _acquire_action(viewer, "DICOMweb (napari-dicom)")
+    assert action is not None
+    action.trigger()
+    widget = viewer.window.dock_widgets["DICOMweb (napari-dicom)"]
+    widget.server_url.setText(orthanc.base)
+    widget.patient_id.setText("PHANTOM")
+    widget.modality.setText("CT")
+    qtbot.mouseClick(widget.search_button, Qt.MouseButton.LeftButton)
+    assert widget.results.topLevelItemCount() == 1
+    study = widget.results.topLevelItem(0)
+    assert study.text(0) == "Phantom^CT (PHANTOM)"
+    assert "1 study on http://127.0.0.1:" in widget.status.text()
+    study.setExpanded(True)  # lists the study's series
+    assert study.childCount() == 2
+    rows = [(study.child(i).text(0), study.child(i).text(1), study.child(i).text(2),
+             study.child(i).text(3)) for i in range(2)]
+    assert rows == [("1", "CT", "Native", "12"), ("2", "CT", "Lossless", "12")]
+    widget.results.setCurrentItem(study.child(1))
+    assert widget.open_button.isEnabled()
+    qtbot.mouseClick(widget.open_button, Qt.MouseButton.LeftButton)
+    assert [layer.name for layer in viewer.layers] == ["2 CT Lossless"]
+    layer = viewer.layers[0]
+    [local] = make_napari_viewer().open(str(data.ljpeg), plugin=PLUGIN)
+    np.testing.assert_array_equal(np.asarray(layer.data), np.asarray(local.data))
+    np.testing.assert_allclose(layer.contrast_limits, local.contrast_limits)
+    viewer.dims.set_current_step(0, 6)
+    viewer.window.resize(1500, 900)
+    shot = viewer.screenshot(str(tmp_path / "dicomweb_widget.png"), canvas_only=False)
+    assert shot.shape[1] >= 1200 and shot[..., :3].std() > 10  # the viewer and the widget
+    # a server that is not there: one line naming it, the widget stays usable
+    n = len(notification_manager.records)
+    dead = f"http://127.0.0.1:{free_port()}/dicom-web"
+    widget.server_url.setText(dead)
+    qtbot.mouseClick(widget.search_button, Qt.MouseButton.LeftButton)
+    assert widget.results.topLevelItemCount() == 0
+    assert widget.status.text().startswith(f"DICOMweb server {dead}: study search: cannot "
+                                           "connect (connection refused")
+    assert any("connection refused" in str(r.message)
+               for r in notification_manager.records[n:])
+    widget.server_url.setText(orthanc.base)
+    qtbot.mouseClick(widget.search_button, Qt.MouseButton.LeftButton)
+    assert widget.results.topLevelItemCount() == 1
+
+
+def test_widget_credentials_reach_the_reader_and_stay_out_of_layers(
+        make_napari_viewer, qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from qtpy.QtCore import Qt
+
+    skip_without_orthanc()
+    for var in (dicomweb.ENV_TOKEN, dicomweb.ENV_USER, dicomweb.ENV_PASSWORD):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    server = Orthanc(tmp_path / "orthanc", users={"bob": "builder-42"})
+    try:
+        server.upload([CT_SMALL])
+        viewer = make_napari_viewer()
+        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "DICOMweb")
+        widget.server_url.setText(server.base)
+        qtbot.mouseClick(widget.search_button, Qt.MouseButton.LeftButton)
+        assert "asks for credentials (HTTP 401" in widget.status.text()
+        widget.auth.setCurrentIndex(1)
+        widget.user.setText("bob")
+        widget.password.setText("wrong")
+        qtbot.mouseClick(widget.search_button, Qt.MouseButton.LeftButton)
+        assert ("refused the credentials (user name and password from the widget)"
+                in widget.status.text())
+        assert "wrong" not in widget.status.text()
+        widget.password.setText("builder-42")
+        qtbot.mouseClick(widget.search_button, Qt.MouseButton.LeftButton)
+        assert widget.results.topLevelItemCount() == 1
+        study = widget.results.topLevelItem(0)
+        widget.list_series(study)
+        widget.results.setCurrentItem(study.child(0))
+        [layer] = widget.open_selected()
+        [local] = make_napari_viewer().open(CT_SMALL, plugin=PLUGIN)
+        np.testing.assert_array_equal(np.asarray(layer.data), np.asarray(local.data))
+        assert "builder-42" not in json.dumps(layer.metadata, default=str)
+    finally:
+        dicomweb.forget_credentials()
+        server.stop()

@@ -26,7 +26,11 @@ def test_manifest_is_valid_and_registered() -> None:
     writers = manifest.contributions.writers or []
     assert [(w.layer_types, w.filename_extensions) for w in writers] == [(["image"], [".png"])]
     widgets = manifest.contributions.widgets or []
-    assert [w.display_name for w in widgets] == ["Window / Level"]
+    assert [w.display_name for w in widgets][:1] == ["Window / Level"]
+    assert "DICOMweb" in [w.display_name for w in widgets]
+    assert {"dicomweb+http://*", "dicomweb+https://*"} <= set(readers[0].filename_patterns)
+    menus = manifest.contributions.menus or {}
+    assert [m.command for m in menus["napari/file/acquire"]] == ["napari-dicom.dicomweb"]
     assert len(manifest.contributions.sample_data or []) >= 3
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
+from pydicom.uid import generate_uid
 
 from napari_dicom.core.phantom import (
     bead_volume,
@@ -235,3 +236,69 @@ def test_writer_exports_planes_as_acquired(make_napari_viewer, study: Path, tmp_
     col = manifest.splitlines()[0].split(",").index("location_mm")
     assert ([r.split(",")[col] for r in manifest.splitlines()[1:]]
             == [r.split(",")[col] for r in cli_manifest.splitlines()[1:]])
+
+
+def test_bad_geometry_is_said_never_fatal(make_napari_viewer, tmp_path: Path) -> None:
+    """A gap, duplicated positions, cosines that are not orthonormal and a missing
+    orientation: every series still opens, and each problem is named with what was done."""
+    import pydicom
+
+    write_ct_phantom(tmp_path / "gap", n_slices=8, size=16, spacing=(2.0, 1.0, 1.0),
+                     orientation=(0, 1, 0, 0, 0, -1), skip=[4], series_number=1,
+                     series_description="gap", noise=0.0)
+    write_ct_phantom(tmp_path / "skew", n_slices=4, size=16, orientation=(1, 0, 0, 0.02, 1.05, 0),
+                     series_number=2, series_description="skew", noise=0.0)
+    for p in write_ct_phantom(tmp_path / "noori", n_slices=3, size=16, series_number=3,
+                              series_description="noori", noise=0.0):
+        ds = pydicom.dcmread(p)
+        del ds.ImageOrientationPatient
+        ds.save_as(p, enforce_file_format=True)
+    dup = write_ct_phantom(tmp_path / "dup", n_slices=4, size=16, series_number=4,
+                           series_description="dup", noise=0.0)
+    ds = pydicom.dcmread(dup[1])  # another image at slice 1's position
+    ds.SOPInstanceUID = generate_uid()
+    ds.InstanceNumber = 99
+    ds.save_as(tmp_path / "dup" / "extra", enforce_file_format=True)
+    viewer = make_napari_viewer()
+    notification_manager.records.clear()
+    viewer.open(str(tmp_path), plugin=PLUGIN)
+    msgs = " | ".join(str(r.message) for r in notification_manager.records)
+    names = [layer.name for layer in viewer.layers]
+    assert any("gap" in n for n in names) and any("noori" in n for n in names), names
+    assert "slice spacing varies from 2 to 4 mm" in msgs and "median spacing 2 mm" in msgs
+    assert "not orthonormal" in msgs and "orthonormalised" in msgs
+    assert "no Image Orientation (Patient); not placed in patient space" in msgs
+    assert "split into" in msgs  # the duplicated position: two layers, said
+    gap = next(layer for layer in viewer.layers if "gap" in layer.name)
+    assert tuple(gap.axis_labels) == ("I", "P", "L")
+    noori = next(layer for layer in viewer.layers if "noori" in layer.name)
+    assert tuple(noori.axis_labels) == ("z", "y", "x")  # by index, not in patient space
+
+
+def test_four_d_series_keeps_its_extra_axis(make_napari_viewer, tmp_path: Path) -> None:
+    """Two phases of a sagittal bead series in one Series Instance UID: a (phase, I, P, L)
+    layer, the phase axis in front, the beads on their voxels in both phases."""
+    import pydicom
+
+    ori = ORIENTATIONS["sagittal"]
+    o = _origin(ori)
+    vol = bead_volume(BEADS, (SIZE, SIZE, SIZE), SPACING, ori, o)
+    uid = "1.2.826.0.1.3680043.8.498.1315"
+    for phase in (1, 2):
+        for p in write_ct_phantom(tmp_path / f"p{phase}", n_slices=SIZE, size=SIZE,
+                                  spacing=SPACING, orientation=ori, origin=tuple(o),
+                                  volume=vol, study_uid=STUDY, series_uid=uid, noise=0.0,
+                                  file_names=f"P{phase}_%04d"):
+            ds = pydicom.dcmread(p)
+            ds.SOPInstanceUID = generate_uid()
+            ds.TemporalPositionIdentifier = phase
+            ds.save_as(p, enforce_file_format=True)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(tmp_path), plugin=PLUGIN)
+    assert layer.data.shape == (2, SIZE, SIZE, SIZE)
+    assert tuple(layer.axis_labels) == ("t", "I", "P", "L")
+    for t in (0, 1):
+        for j, bead in enumerate(BEADS):
+            idx = np.round(layer.world_to_data([t, *_world(bead)])).astype(int)
+            assert idx[0] == t
+            assert layer.data[tuple(idx)] == 100 * (j + 1) + 50

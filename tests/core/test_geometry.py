@@ -178,7 +178,7 @@ def test_enhanced_file_with_two_orientations_is_two_placed_series(tmp_path) -> N
     assert len(result.series) == 2
     planes = set()
     for s in result.series:
-        pl, lead = series_placement(s)
+        pl, _lead = series_placement(s)
         planes.add(pl.plane)
         data = np.asarray(load_series(s))
         for j, b in enumerate(beads):

@@ -289,6 +289,24 @@ def value_dtype(series: Series, stored: tuple[float, float] | None = None) -> np
     return _int_dtype_for(lo, hi) or np.dtype(np.float32)
 
 
+def value_range(series: Series) -> tuple[float, float]:
+    """The modality values the series' pixels can take, without reading them: every stored
+    value Bits Stored and Pixel Representation allow (:func:`stored_range`) through each
+    plane's Modality LUT (C.11.1); colour: the range of the samples' dtype."""
+    if series.rgb:
+        info = np.iinfo(value_dtype(series))
+        return float(info.min), float(info.max)
+    s_lo, s_hi = stored_range(series)
+    lo, hi = math.inf, -math.inf
+    for slope, intercept, lut in _transforms(series):
+        if lut is not None:
+            ends: tuple[float, ...] = (float(lut.data.min()), float(lut.data.max()))
+        else:
+            ends = (slope * s_lo + intercept, slope * s_hi + intercept)
+        lo, hi = min(lo, *ends), max(hi, *ends)
+    return float(lo), float(hi)
+
+
 # --------------------------------------------------------------------------------------
 # decoding one plane
 # --------------------------------------------------------------------------------------

@@ -451,17 +451,6 @@ def minmax_window(lo: float, hi: float, explanation: str = "min-max") -> Window:
     return Window((lo + hi + 1) / 2, hi - lo + 1, "LINEAR", explanation)
 
 
-def distinct_limits(lo: float, hi: float) -> tuple[float, float]:
-    """Contrast limits a viewer can take: ``hi > lo`` also once both are rounded to
-    ``float32`` (napari refuses equal limits; a window of width 1 centred at 1e38, or a
-    min-max of constant data, gives them). Limits that already differ are unchanged."""
-    lo, hi = float(lo), float(hi)
-    if np.float32(hi) > np.float32(lo) and hi > lo:
-        return lo, hi
-    step = max(1.0, abs(lo) * 2.0**-20)  # well above float32 rounding at any magnitude
-    return lo, lo + step
-
-
 def check_percentiles(lo_q: float, hi_q: float) -> None:
     """Refuse percentiles outside 0..100 or not increasing (:class:`WindowError`)."""
     if not (0 <= lo_q <= 100 and 0 <= hi_q <= 100):

@@ -1407,7 +1407,13 @@ def _make_series_quiet(
             if nz > 1:
                 spacing = (f"spacing {_fmt(z_scale)} mm from {src}" if src != "a default of 1"
                            else "no slice spacing in the header: 1 slice per pixel step")
-                warns.append(f"{ser_desc or name}: no Image Position (Patient); slices ordered by "
+                missing = " or ".join(
+                    [w for w, gone in (("Image Position (Patient)",
+                                        any(f.position is None for f in flat)),
+                                       ("Image Orientation (Patient)", orientation is None))
+                     if gone])
+                warns.append(f"{ser_desc or name}: no {missing}; not placed in patient "
+                             "space, slices ordered by "
                              f"Instance Number and frame, {spacing}")
             z_unit, z_label, z_tr = ("mm" if src != "a default of 1" else "pixel"), "z", 0.0
             translate_yx = (0.0, 0.0)

@@ -1,0 +1,234 @@
+"""The DICOMweb dock widget: search a server, list studies and their series, open one.
+
+Layout and signal wiring only. Searching is :class:`~napari_dicom.core.dicomweb.Server`
+(QIDO-RS); opening a series is ``viewer.open(url, plugin="napari-dicom")``, the same door
+a script or the CLI uses, so the layer is the one the same files give from disk.
+Credentials typed here are handed to the core for the session (in memory only) and
+never put in a URL, a layer or a message.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .core import dicomweb
+from .core.dicomweb import Credentials, DicomWebError, SeriesRow, StudyRow
+
+if TYPE_CHECKING:
+    import napari
+
+DEFAULT_URL = "http://localhost:8042/dicom-web"
+AUTH_KINDS = ("None", "Basic (user + password)", "Bearer token")
+_ROW = Qt.ItemDataRole.UserRole
+
+
+class DicomWebWidget(QWidget):
+    """Server URL, credentials, search fields, a tree of studies -> series, Open."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.server_url = QLineEdit(DEFAULT_URL)
+        self.server_url.setToolTip("The server's DICOMweb root, e.g. "
+                                   "http://pacs:8042/dicom-web (Orthanc) or https://...")
+        self.auth = QComboBox()
+        self.auth.addItems(AUTH_KINDS)
+        self.user = QLineEdit()
+        self.password = QLineEdit()
+        self.password.setEchoMode(QLineEdit.EchoMode.Password)
+        self.token = QLineEdit()
+        self.token.setEchoMode(QLineEdit.EchoMode.Password)
+        self.patient_name = QLineEdit()
+        self.patient_name.setPlaceholderText("e.g. DOE^J*")
+        self.patient_id = QLineEdit()
+        self.date_from = QLineEdit()
+        self.date_from.setPlaceholderText("YYYYMMDD")
+        self.date_to = QLineEdit()
+        self.date_to.setPlaceholderText("YYYYMMDD")
+        self.modality = QLineEdit()
+        self.modality.setPlaceholderText("e.g. CT")
+        self.accession = QLineEdit()
+        self.description = QLineEdit()
+        self.search_button = QPushButton("Search")
+        self.open_button = QPushButton("Open")
+        self.open_button.setEnabled(False)
+        self.results = QTreeWidget()
+        self.results.setColumnCount(4)
+        self.results.setHeaderLabels(["Patient / #", "Date / Modality", "Description",
+                                      "Images"])
+        header = self.results.header()
+        if header is not None:
+            header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.results.setMinimumHeight(200)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        form = QFormLayout()
+        form.addRow("Server", self.server_url)
+        form.addRow("Credentials", self.auth)
+        form.addRow("User", self.user)
+        form.addRow("Password", self.password)
+        form.addRow("Token", self.token)
+        form.addRow("Patient name", self.patient_name)
+        form.addRow("Patient ID", self.patient_id)
+        dates = QHBoxLayout()
+        dates.addWidget(self.date_from)
+        dates.addWidget(QLabel("to"))
+        dates.addWidget(self.date_to)
+        form.addRow("Study date", dates)
+        form.addRow("Modality", self.modality)
+        form.addRow("Accession", self.accession)
+        form.addRow("Description", self.description)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.search_button)
+        buttons.addWidget(self.open_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.results, 1)
+        layout.addWidget(self.status)
+
+        self.auth.currentIndexChanged.connect(self._show_auth_fields)
+        self.search_button.clicked.connect(self.search)
+        self.open_button.clicked.connect(self.open_selected)
+        self.results.itemExpanded.connect(self._expand)
+        self.results.itemSelectionChanged.connect(self._selection_changed)
+        self.results.itemDoubleClicked.connect(lambda *_: self.open_selected())
+        self._show_auth_fields()
+        self.setMinimumWidth(520)
+
+    # ------------------------------------------------------------------ state
+
+    def _show_auth_fields(self) -> None:
+        kind = self.auth.currentIndex()
+        for w in (self.user, self.password):
+            w.setEnabled(kind == 1)
+        self.token.setEnabled(kind == 2)
+
+    def credentials(self) -> Credentials | None:
+        """What the credential fields hold (``None`` for "None": the environment or a
+        netrc file may still give some, see :func:`~.core.dicomweb.find_credentials`)."""
+        kind = self.auth.currentIndex()
+        if kind == 1 and self.user.text():
+            return Credentials(self.user.text(), self.password.text(), origin="widget")
+        if kind == 2 and self.token.text():
+            return Credentials(token=self.token.text(), origin="widget")
+        return None
+
+    def _server(self) -> dicomweb.Server:
+        text = self.server_url.text().strip()
+        loc, given = dicomweb.parse_url(text if "://" in text else f"http://{text}")
+        creds = self.credentials() or given
+        # the reader finds them for this server for the rest of the session
+        dicomweb.remember_credentials(loc.base, creds)
+        return dicomweb.server_for(loc.base, creds)
+
+    def filters(self) -> dict[str, str]:
+        return {
+            "patient_name": self.patient_name.text(),
+            "patient_id": self.patient_id.text(),
+            "study_date": dicomweb.date_range(self.date_from.text(), self.date_to.text()),
+            "modality": self.modality.text(),
+            "accession": self.accession.text(),
+            "description": self.description.text(),
+        }
+
+    def _say(self, text: str, problem: bool = False) -> None:
+        self.status.setText(text)
+        if problem:
+            from napari.utils.notifications import show_warning
+
+            show_warning(text)
+
+    # ------------------------------------------------------------------ actions
+
+    def search(self) -> list[StudyRow]:
+        """Search the server with the fields; list the studies (series on expanding)."""
+        self.results.clear()
+        self.open_button.setEnabled(False)
+        try:
+            server = self._server()
+            studies = server.search_studies(self.filters())
+        except (DicomWebError, ValueError) as exc:
+            self._say(str(exc), problem=True)
+            return []
+        for study in studies:
+            item = QTreeWidgetItem([
+                f"{study.patient_name} ({study.patient_id})".strip(),
+                study.date, study.description,
+                "" if study.n_instances is None else str(study.n_instances)])
+            item.setData(0, _ROW, study)
+            item.setChildIndicatorPolicy(QTreeWidgetItem.ChildIndicatorPolicy.ShowIndicator)
+            self.results.addTopLevelItem(item)
+        self._say(f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} on "
+                  f"{server.name}" + (" (expand one for its series)" if studies else ""))
+        return studies
+
+    def _expand(self, item: QTreeWidgetItem) -> None:
+        study = item.data(0, _ROW)
+        if not isinstance(study, StudyRow) or item.childCount():
+            return
+        self.list_series(item)
+
+    def list_series(self, item: QTreeWidgetItem) -> list[SeriesRow]:
+        """Fill a study's item with its series."""
+        study = item.data(0, _ROW)
+        try:
+            rows = self._server().search_series(study.uid)
+        except (DicomWebError, ValueError) as exc:
+            self._say(str(exc), problem=True)
+            return []
+        for row in rows:
+            child = QTreeWidgetItem([
+                "" if row.number is None else str(row.number), row.modality,
+                row.description, "" if row.n_instances is None else str(row.n_instances)])
+            child.setData(0, _ROW, row)
+            item.addChild(child)
+        item.setExpanded(True)
+        return rows
+
+    def _selection_changed(self) -> None:
+        self.open_button.setEnabled(bool(self.results.selectedItems()))
+
+    def open_selected(self) -> list[Any]:
+        """Open the selected series (a selected study: each of its series) as layers,
+        through the reader, as ``viewer.open(url, plugin="napari-dicom")``."""
+        from napari.errors import ReaderPluginError
+
+        from .core.pixels import DicomLoadError
+
+        urls: list[str] = []
+        server = self._server()
+        for item in self.results.selectedItems():
+            row = item.data(0, _ROW)
+            if isinstance(row, SeriesRow):
+                urls.append(row.url)
+            elif isinstance(row, StudyRow):
+                urls.append(dicomweb.Location(server.base, row.uid).url())
+        layers: list[Any] = []
+        for url in urls:
+            try:
+                layers.extend(self.viewer.open(url, plugin="napari-dicom"))
+            except (ReaderPluginError, DicomLoadError) as exc:
+                cause = exc.__cause__ if isinstance(exc.__cause__, DicomLoadError) else exc
+                self._say(f"not opened: {cause}", problem=True)
+                return layers
+        if layers:
+            self._say(f"opened {', '.join(layer.name for layer in layers)}")
+        return layers
