@@ -24,7 +24,8 @@ def test_manifest_is_valid_and_registered() -> None:
         readers[0].filename_patterns
     )
     writers = manifest.contributions.writers or []
-    assert [(w.layer_types, w.filename_extensions) for w in writers] == [(["image"], [".png"])]
+    assert [(w.layer_types, w.filename_extensions) for w in writers] == [
+        (["image"], [".png"]), (["labels"], [".png"])]
     widgets = manifest.contributions.widgets or []
     assert [w.display_name for w in widgets][:1] == ["Window / Level"]
     assert "DICOMweb" in [w.display_name for w in widgets]
