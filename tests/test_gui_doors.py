@@ -142,3 +142,18 @@ def test_progress_bar_updates_are_throttled_by_time(make_napari_viewer: Any) -> 
     assert values == sorted(values) and values[0] <= 25 and values[-1] >= 980
     _close(state)
     assert bar not in progress._all_instances
+
+
+def test_a_series_warning_is_shown_once(make_napari_viewer: Any, tmp_path: Path) -> None:
+    from napari.utils.notifications import notification_manager
+
+    from napari_dicom.core.phantom import write_ct_phantom
+
+    write_ct_phantom(tmp_path, n_slices=8, size=16, skip=(3,))  # a gap in the series
+    viewer = make_napari_viewer()
+    n = len(notification_manager.records)
+    (layer,) = viewer.open(str(tmp_path), plugin=PLUGIN)
+    said = [str(r.message) for r in notification_manager.records[n:]]
+    gaps = [m for m in said if "slice spacing varies" in m]
+    assert len(gaps) == 1, said
+    assert gaps[0].split(": ")[0] in layer.name

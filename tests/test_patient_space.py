@@ -207,8 +207,11 @@ def test_axial_and_sagittal_overlay_and_radiological_reformats(
     frac_dark, _ = _rows_dark(shot)
     quarter = len(frac_dark) // 4
     assert frac_dark[:quarter].mean() > 0.2 > frac_dark[-quarter:].mean()
-    # the slice slider reads mm: P = 0 is the middle of the phantom
+    # positions in mm: P = 0 is the middle of the phantom; the status bar reads the
+    # cursor's world position in mm (here z = 60 mm, the axial plane shown above)
     assert viewer.dims.point[1] == pytest.approx(0.0, abs=1.5)
+    status = ax.get_status((-60.0, 3.0, -10.5), world=True)
+    assert status["coords"] == "[-60.00, 3.00, -10.50]"
 
 
 def test_writer_exports_planes_as_acquired(make_napari_viewer, study: Path, tmp_path: Path):

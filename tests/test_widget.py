@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
-from napari_dicom._widget import CUSTOM, DRAG_PIXELS, MINMAX, RESET, WindowLevelWidget
+from napari_dicom._widget import CUSTOM, MINMAX, RESET, WindowLevelWidget
 from napari_dicom._writer import layer_display
 from napari_dicom.core.meta import CURVE_SUFFIX, CURVE_SUFFIX_R
 from napari_dicom.core.phantom import HU_PADDING, write_ct_phantom
@@ -234,42 +234,6 @@ def test_refused_values_show_a_reason(setup: tuple[Any, Any, Any]) -> None:
     widget._apply.clicked.emit()
     assert "low percentile (60) must be below the high percentile (40)" in widget._status.value
     assert tuple(layer.contrast_limits) == before
-
-
-class _DragEvent:
-    """Stands in for the mouse event napari passes to a drag callback."""
-
-    def __init__(self, pos: tuple[float, float]) -> None:
-        self.type = "mouse_press"
-        self.pos = pos
-
-
-def test_mouse_drag_window_level(setup: tuple[Any, Any, Any]) -> None:
-    _, widget, layer = setup
-    widget._drag.value = True
-    assert widget.drag_window in layer.mouse_drag_callbacks
-    assert layer.mouse_pan is False
-    hu = _hu(layer)
-    r0, r1 = min(-1024, hu[hu != HU_PADDING].min()), max(3071, hu.max())  # HU data: CT span
-    per_px = (r1 - r0) / DRAG_PIXELS
-    ev = _DragEvent((100.0, 100.0))
-    gen = widget.drag_window(layer, ev)
-    next(gen)
-    ev.type, ev.pos = "mouse_move", (150.0, 100.0)  # 50 px right: wider
-    next(gen)
-    assert widget.window.width == pytest.approx(400 + 50 * per_px)
-    ev.pos = (150.0, 80.0)  # 20 px up: higher level
-    next(gen)
-    assert widget.window.center == pytest.approx(40 + 20 * per_px)
-    assert tuple(layer.contrast_limits) == pytest.approx(
-        window_to_limits(widget.window.center, widget.window.width)
-    )
-    ev.type = "mouse_release"
-    with pytest.raises(StopIteration):
-        next(gen)
-    widget._drag.value = False
-    assert widget.drag_window not in layer.mouse_drag_callbacks
-    assert layer.mouse_pan is True
 
 
 def test_export_button_writes_what_export_layer_writes(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from napari.utils.colormaps import Colormap
 
+from .core.adjust import showable_limits
 from .core.meta import curve_colormap_name, needs_curve, step_limits
 from .core.render import Display, display_curve
 
@@ -30,13 +31,16 @@ def curve_colormap(display: Display, inverted: bool, n: int = 256) -> Colormap:
 
 
 def layer_display_kwargs(display: Display, inverted: bool) -> dict[str, object]:
-    """``contrast_limits`` and ``colormap`` for an image layer that shows ``display``."""
+    """``contrast_limits`` and ``colormap`` for an image layer that shows ``display``.
+
+    The limits are never equal (napari refuses those): a LINEAR window of width 1 is shown
+    through :func:`core.adjust.showable_limits`."""
     if needs_curve(display):
         return {
-            "contrast_limits": list(step_limits(display)),
+            "contrast_limits": list(showable_limits(*step_limits(display))),
             "colormap": curve_colormap(display, inverted),
         }
     return {
-        "contrast_limits": list(display.window.limits()),
+        "contrast_limits": list(showable_limits(*display.window.limits())),
         "colormap": "gray_r" if inverted else "gray",
     }

@@ -14,12 +14,15 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .core.geometry import layer_geometry
 from .core.pixels import (
     DicomLoadError,
     default_display,
     plane_windows_note,
     series_metadata,
+    value_range,
 )
 from .core.scan import ScanResult
 from .core.volume import SeriesVolume, open_series
@@ -133,8 +136,13 @@ def _notify_scan(result: ScanResult) -> None:
     """Tell the user, in plain words, what the scan found and left out."""
     from napari.utils.notifications import show_info, show_warning
 
-    for w in result.warnings:
-        show_warning(w)
+    # a series' own warnings are shown when it is opened, under its layer name, and the
+    # skipped files in one summary below: each is said once
+    per_series = {w for s in result.series for w in s.warnings}
+    skipped = {f"skipped {s.reason}" for s in result.skipped}
+    for w in _unique(result.warnings):
+        if w not in per_series and w not in skipped:
+            show_warning(w)
     if result.skipped:
         names = "; ".join(s.reason for s in result.skipped[:3])
         more = f" (and {len(result.skipped) - 3} more)" if len(result.skipped) > 3 else ""
@@ -202,9 +210,10 @@ def read_dicom(path: PathLike) -> list[LayerData]:
             kwargs["contrast_limits"] = list(display.window.limits())
         else:
             kwargs.update(layer_display_kwargs(display, inverted=series.invert))
+            meta["value_range"] = list(_value_range(series, data))
         layers.append((data, kwargs, "image"))
         for w in _unique([*series.warnings, *meta["placement"].get("warnings", [])]):
-            show_warning(f"{series.name}: {w}")
+            show_warning(_named(series.name, w))
         own = plane_windows_note(series)  # per-frame windows: say what the layer shows
         if own:
             show_info(f"{series.name}: {own}")
@@ -215,6 +224,7 @@ def read_dicom(path: PathLike) -> list[LayerData]:
     if not layers:
         raise DicomLoadError(f"no DICOM series could be loaded from {where}: "
                              + "; ".join(failures or [result.summary()]))
+    _widen_ranges_of_current_viewer()
     return layers
 
 
@@ -332,6 +342,46 @@ def _swap_when_loaded(volume: SeriesVolume, shown: Any, told: int) -> None:
             show_warning(f"{series.name}: {w}")
 
     volume.when_loaded(swap)
+
+
+def _value_range(series: Any, data: Any) -> tuple[float, float]:
+    """What napari's contrast slider should span: the data's min and max when it is in
+    memory (one pass, ~0.1 ms a 512 x 512 plane), else the values the pixels can take."""
+    if isinstance(data, np.ndarray) and data.size:
+        return float(data.min()), float(data.max())
+    return value_range(series)
+
+
+def _widen_ranges_of_current_viewer() -> None:
+    """napari sets a new layer's ``contrast_limits_range`` to the contrast limits it was
+    given (the stored window), so its own slider could only narrow the window, and a
+    reader cannot pass a range. The viewer that is opening the files widens the range of
+    each layer it adds to ``metadata["dicom"]["value_range"]``."""
+    from napari import current_viewer
+
+    viewer = current_viewer()
+    if viewer is None:
+        return
+    emitter = viewer.layers.events.inserted
+    if _widen_range not in emitter.callbacks:
+        emitter.connect(_widen_range)
+
+
+def _widen_range(event: Any) -> None:
+    layer = event.value
+    meta = (getattr(layer, "metadata", None) or {}).get("dicom") or {}
+    vr = meta.get("value_range")
+    if vr is None or getattr(layer, "rgb", True):
+        return
+    lo, hi = (float(v) for v in layer.contrast_limits)
+    layer.contrast_limits_range = (min(float(vr[0]), lo), max(float(vr[1]), hi))
+
+
+def _named(name: str, warning: str) -> str:
+    """``warning`` under the layer's name, unless it already starts with the series'
+    description (which the name holds): "1 CT Chest: gap ...", not "1 CT Chest: Chest: ..."."""
+    head, sep, _ = warning.partition(": ")
+    return warning if sep and head in name else f"{name}: {warning}"
 
 
 def _unique(items: Iterable[str]) -> list[str]:

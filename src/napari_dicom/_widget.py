@@ -33,11 +33,23 @@ from magicgui.widgets import (
     Image,
     Label,
     PushButton,
+    Slider,
 )
 from napari.layers import Image as ImageLayer
 from napari.utils.notifications import show_info
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QSizePolicy
 
 from ._colormaps import layer_display_kwargs
+from .core.adjust import (
+    SLIDER_STEPS,
+    drag_per_pixel,
+    drag_window,
+    min_width,
+    nice_step,
+    slider_to_width,
+    width_to_slider,
+)
 from .core.meta import (
     CURVE_SUFFIX_R,
     GREY_R,
@@ -73,9 +85,7 @@ QUICK_PERCENTILES = {
 }
 SCOPES = {"current slice": "slice", "whole series": "series"}
 FUNCTION_LABELS = {"LINEAR": "linear", "LINEAR_EXACT": "linear exact", "SIGMOID": "sigmoid"}
-#: mouse drag: a drag across this many screen pixels changes the width (or level) by the
-#: layer's whole value range
-DRAG_PIXELS = 512.0
+DRAG_HINT = "drag on the canvas: left/right = width, up/down = level"
 #: histogram picture size in screen pixels (width, height)
 HIST_SIZE = (256, 80)
 
@@ -95,7 +105,12 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
-        self.viewer = viewer
+        # napari hands a plugin widget a PublicOnlyProxy of the viewer, whose layers come
+        # out as new proxy objects on every access, while napari calls mouse callbacks
+        # and sends events with the real layers: identity checks (``is``), the id()-keyed
+        # caches and callback registration need the real objects. Only public API is used.
+        self.viewer = getattr(viewer, "__wrapped__", viewer)
+        viewer = self.viewer
         self._layer: ImageLayer | None = None
         self._window: Window | None = None
         self._updating = False
@@ -110,7 +125,13 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         self._center = FloatSpinBox(label="level (centre)", min=-1e6, max=1e6, step=1.0)
         self._center_slider = FloatSlider(label="", min=-1e6, max=1e6, readout=False)
         self._width = FloatSpinBox(label="width", min=0.0, max=2e6, step=1.0)
-        self._width_slider = FloatSlider(label="", min=0.0, max=2e6, readout=False)
+        # logarithmic: fine steps for narrow windows, coarse ones for wide (core.adjust)
+        self._width_slider = Slider(label="", min=0, max=SLIDER_STEPS, readout=False)
+        self._width_range = (1.0, 2e6)
+        for box in (self._center, self._width):
+            # a typed number is applied on Enter or when the field loses focus, not at
+            # each keystroke ("1", "15", "150" on the way to "1500")
+            box.native.setKeyboardTracking(False)
         self._readout = Label(label="window", value="")
         self._function = ComboBox(
             label="VOI function",
@@ -135,6 +156,11 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         )
         self._export = PushButton(text="Export PNG stack...")
         self._status = Label(label="status", value="")
+        # long messages (file paths) wrap inside the dock instead of widening it
+        self._status.native.setWordWrap(True)
+        self._status.native.setSizePolicy(QSizePolicy.Policy.Ignored,
+                                          QSizePolicy.Policy.Preferred)
+        self._status.native.setMinimumHeight(2 * self._status.native.fontMetrics().lineSpacing())
 
         layout = [
             self._layer_combo,
@@ -205,7 +231,17 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
             self._updating = old
 
     def _say(self, text: str) -> None:
-        self._status.value = text
+        """Show ``text`` in the status line, two lines at most inside the dock (Qt wraps
+        long paths after "/"); a longer one loses its middle to "…", the tooltip holds
+        it whole."""
+        label = self._status.native
+        if label.isVisible():  # its width is known
+            room = int(1.8 * label.width())  # two lines, less what wrapping loses
+            text_shown = label.fontMetrics().elidedText(text, Qt.TextElideMode.ElideMiddle, room)
+        else:
+            text_shown = text
+        self._status.value = text_shown
+        label.setToolTip(text)
 
     @property
     def layer(self) -> ImageLayer | None:
@@ -310,9 +346,15 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
             self._reason.visible = True
             self._readout.value = ""
             self._hist_note.value = ""
+            self._say("")
             with self._guard():
                 self._drag.value = False
+                self._invert.value = False
                 self._preset.reset_choices()
+            # nothing of the previous layer stays on show: blank fields and histogram
+            for box in (self._center, self._width):
+                box.native.lineEdit().clear()
+            self._hist.set_data(np.zeros((HIST_SIZE[1], HIST_SIZE[0], 3), np.uint8))
             return
         self._reason.value = ""
         self._reason.visible = False
@@ -384,6 +426,9 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         self._update_histogram()
 
     def _update_ranges(self) -> None:
+        """Field ranges reach every preset; the centre slider spans the data's own values
+        and the width slider is logarithmic, so a slider pixel is a useful step; the
+        fields' arrows and mouse wheel step by :func:`core.adjust.nice_step`."""
         layer, w = self._layer, self._window
         if layer is None or w is None:
             return
@@ -392,18 +437,29 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         lo_c = min(r0 - span / 2, w.center)
         hi_c = max(r1 + span / 2, w.center)
         hi_w = max(2 * span, w.width)
-        step = 1.0 if _layer_dtype(layer).kind in "iub" and span >= 50 else 10 ** math.floor(
-            math.log10(span) - 2
-        )
+        d0, d1 = self._data_range(layer)
+        d_span = max(d1 - d0, 1e-6)
+        step = nice_step(d_span, _layer_dtype(layer).kind in "iub")
+        w_lo = max(min_width(w.function), d_span / 10_000)
         with self._guard():
-            for widget in (self._center, self._center_slider):
-                widget.min, widget.max = lo_c, hi_c
-            for widget in (self._width, self._width_slider):
-                widget.min, widget.max = 0.0, hi_w
+            self._center.min, self._center.max = lo_c, hi_c
+            self._center_slider.min = min(d0, w.center)
+            self._center_slider.max = max(d1, w.center, self._center_slider.min + 1e-6)
+            self._center_slider.step = d_span / 1000
+            self._width.min, self._width.max = 0.0, hi_w
+            self._width_range = (min(w_lo, w.width), hi_w)
             self._center.step = step
             self._width.step = step
-            self._center_slider.step = step
-            self._width_slider.step = step
+
+    def _data_range(self, layer: ImageLayer) -> tuple[float, float]:
+        """The values in the data (Pixel Padding left out; in-memory layers), else napari's
+        contrast-limit range (for a lazy DICOM layer the reader sets it to the values the
+        pixels can take)."""
+        if not _is_lazy(layer):
+            with contextlib.suppress(WindowError):
+                return self._stats_for(layer).minmax("series")
+        r0, r1 = (float(v) for v in layer.contrast_limits_range)
+        return r0, r1
 
     def _value_range(self, layer: ImageLayer) -> tuple[float, float]:
         """Values the fields should reach: napari's contrast-limit range, the data's
@@ -429,7 +485,7 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
             self._center.value = w.center
             self._center_slider.value = w.center
             self._width.value = w.width
-            self._width_slider.value = w.width
+            self._width_slider.value = width_to_slider(w.width, *self._width_range)
             self._readout.value = w.label() + ("" if w.function == "LINEAR" else f" ({w.function})")
             # name the window when it is a preset (stored windows come first), e.g. the
             # file's "SOFT TISSUE (file)" right after opening; otherwise "(custom)"
@@ -524,10 +580,10 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
             return
         self._set_center_width(self._window.center, float(value))
 
-    def _on_width_slider(self, value: float) -> None:
+    def _on_width_slider(self, value: int) -> None:
         if self._updating or self._window is None:
             return
-        self._set_center_width(self._window.center, float(value))
+        self._set_center_width(self._window.center, slider_to_width(value, *self._width_range))
 
     def _on_function(self, value: str) -> None:
         if self._updating or self._layer is None or self._window is None:
@@ -745,7 +801,7 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         layer.mouse_pan = False  # napari 0.9: the camera follows the active layer's flag
         self._drag_layer = layer
         self.viewer.layers.selection.active = layer
-        self._say("drag on the canvas: left/right = width, up/down = level")
+        self._say(DRAG_HINT)
 
     def _stop_drag(self) -> None:
         layer = self._drag_layer
@@ -757,25 +813,25 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
             layer.mouse_pan = self._drag_saved_pan
         self._drag_layer = None
         self._drag_saved_pan = None
+        if self._status.value == DRAG_HINT:
+            self._say("")
 
     def drag_window(self, layer: Any, event: Any) -> Iterator[None]:
         """Mouse drag callback: right/left widens/narrows, up/down raises/lowers the level.
 
-        Scaled so a drag of :data:`DRAG_PIXELS` screen pixels spans the layer's value range.
+        Scaled to the data (:func:`core.adjust.drag_per_pixel`: a 300-pixel drag spans 30 %
+        of the data's values); the window follows from where the drag started.
         """
         if self._window is None or layer is not self._layer:
             return
         start = np.asarray(event.pos, dtype=float)[:2]
         w0 = self._window
-        r0, r1 = self._value_range(layer)
-        per_px = max(r1 - r0, 1.0) / DRAG_PIXELS
+        per_px = drag_per_pixel(*self._data_range(layer))
         yield
         while event.type == "mouse_move":
             dx, dy = np.asarray(event.pos, dtype=float)[:2] - start
-            min_w = 1.0 if w0.function == "LINEAR" else per_px
-            width = max(w0.width + dx * per_px, min_w)
-            center = w0.center - dy * per_px  # screen y grows downwards: up raises the level
-            self._set_center_width(center, width)
+            window = drag_window(w0, float(dx), float(dy), per_px)
+            self._set_center_width(window.center, window.width)
             yield
 
     # export ------------------------------------------------------------------------------
@@ -786,8 +842,18 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
             return
         path = self._export_path.value
         if path is None or str(path) in ("", "."):
-            self._say("refused: choose a PNG file name first")
-            return
+            # no name yet: ask for one, as File > Save does
+            from magicgui.application import use_app
+
+            chosen = use_app().get_obj("show_file_dialog")(
+                FileDialogMode.OPTIONAL_FILE, f"Export {layer.name} as PNG", None,
+                "*.png", self.native,
+            )
+            if not chosen:
+                self._say("export cancelled")
+                return
+            self._export_path.value = chosen
+            path = chosen
         path = Path(str(path))
         if path.suffix.lower() != ".png":
             path = path.with_suffix(".png")
@@ -801,8 +867,9 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         except (OSError, ValueError) as err:
             self._say(f"export failed: {err}")
             return
-        first = written[0] if written else str(path)
-        msg = f"wrote {len(written)} PNG file(s): {first}" + (" ..." if len(written) > 1 else "")
+        pngs = [f for f in written if str(f).lower().endswith(".png")]  # not manifest.csv
+        first = pngs[0] if pngs else str(path)
+        msg = f"wrote {len(pngs)} PNG file(s): {first}" + (" ..." if len(pngs) > 1 else "")
         self._say(msg)
         show_info(msg)
 

@@ -5,6 +5,14 @@ PS3.5 8 and A.4) over the file's raw bytes, or by an independent decoder; never 
 project's own output. The pictures are checked where users see them: the PNGs of
 ``napari-dicom export`` (the same ``export_stack`` the napari writer calls) and the values
 ``load_series`` hands to the napari layer.
+
+Where DCMTK is no reference, the standard is, and the test says why: ``dcmj2pnm``
+refuses 32-bit RGB ("'PixelData' has a value representation other than OB ... or OW")
+and cannot parse SC_rgb_jpeg.dcm's Implicit VR data set under an explicit VR syntax (its
+JPEG stream is compared through a twin written as the syntax says); it ignores the
+Per-frame Functional Groups, so per-frame windows (C.7.6.16.2.10) are checked against
+the LINEAR formula of C.11.2.1.2.1. For lossy JPEG, DCMTK's ``dcmdjpeg`` (IJG libjpeg,
+colour transform by Photometric Interpretation) is the reference decoder.
 """
 
 from __future__ import annotations

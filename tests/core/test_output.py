@@ -186,3 +186,27 @@ def test_staging_left_by_a_killed_export_is_removed(volume: np.ndarray,
     (tmp_path / ".scan.napari-dicom-1-0.partial").mkdir()  # pid 1 runs: not ours to take
     export_stack(volume, SOFT, tmp_path / "scan.png")
     assert _hidden(tmp_path) == [".scan.napari-dicom-1-0.partial"]
+    # one staged inside the folder (a merge), by the same dead process
+    inside = tmp_path / "scan" / f".napari-dicom-{pid}-3.partial"
+    inside.mkdir()
+    (inside / "scan_0002.png").write_bytes(b"\x89PNG half")
+    export_stack(volume, SOFT, tmp_path / "scan.png")
+    assert _hidden(tmp_path / "scan") == []
+
+
+def test_a_linked_folder_stays_a_link_and_gets_the_new_export(volume: np.ndarray,
+                                                              tmp_path: Path) -> None:
+    """The target folder is a symbolic link (to a bigger disk, say): the export goes
+    through it, staged inside the linked folder, and the link stays."""
+    real = tmp_path / "elsewhere" / "scan_data"
+    real.mkdir(parents=True)
+    link = tmp_path / "work" / "scan"
+    link.parent.mkdir()
+    link.symlink_to(real, target_is_directory=True)
+    export_stack(volume, SOFT, link.parent / "scan.png")
+    export_stack(volume[:5], LUNG, link.parent / "scan.png")
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert sorted(p.name for p in real.iterdir()) == [MANIFEST] + [
+        f"scan_{i:04d}.png" for i in range(1, 6)]
+    np.testing.assert_array_equal(_png(real / "scan_0005.png"), render_uint8(volume[4], LUNG))
+    assert _hidden(link.parent) == [] and _hidden(real.parent) == []

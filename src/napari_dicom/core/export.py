@@ -71,7 +71,6 @@ from .output import (
     is_own_png,
     plan_stack,
     remove_leftovers,
-    staging_folder,
 )
 from .render import Display, render_uint8
 
@@ -642,11 +641,10 @@ def export_stack(
     staged = plan is not None and plan.mode != "resume"
     if plan is not None and staged:
         _make_dirs(folder.parent, created)
-        plan.staging = staging_folder(folder, "partial")
         try:
-            plan.staging.mkdir()
+            plan.open_staging()
         except OSError as e:
-            raise _export_error("create the folder", plan.staging, e) from e
+            raise _export_error("create a staging folder for", folder, e) from e
     else:
         _make_dirs(folder, created)
     write_dir = plan.write_folder if plan is not None else folder

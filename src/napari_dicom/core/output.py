@@ -16,9 +16,11 @@ and :mod:`~napari_dicom.core.batch`):
   Planes of the earlier export that the new one does not have (a series that now has
   fewer planes) go with it.
 * When the target folder also holds files that are not napari-dicom's (that the new
-  export does not collide with, or that ``overwrite`` allows it to replace), the new
-  files are moved in one by one (each rename is atomic; the manifest last) and the
-  earlier export's stale planes are removed; the other files stay.
+  export does not collide with, or that ``overwrite`` allows it to replace), is a
+  symbolic link, or its parent folder cannot take the staging folder, the stack is
+  staged in a hidden folder inside the target instead, then its files are moved in one
+  by one (each rename is atomic; the manifest last) and the earlier export's stale
+  planes are removed; the other files stay (and a link stays a link).
 * Staging folders left behind by a process that was killed (SIGKILL, power loss) are
   removed by the next export of the same target once their process is gone.
 """
@@ -158,9 +160,11 @@ def _own_names(folder: Path, headers: Collection[str], pattern: re.Pattern[str])
 # --------------------------------------------------------------------------------------
 
 
-def staging_folder(folder: Path, kind: Literal["partial", "old"]) -> Path:
-    """A new hidden name beside ``folder``: ``.<name>.napari-dicom-<pid>-<n>.<kind>``."""
-    return folder.with_name(f".{folder.name}.{_TAG}-{os.getpid()}-{next(_counter)}.{kind}")
+def staging_folder(folder: Path, kind: Literal["partial", "old"], inside: bool = False) -> Path:
+    """A new hidden name beside ``folder``, ``.<name>.napari-dicom-<pid>-<n>.<kind>``, or
+    inside it, ``.napari-dicom-<pid>-<n>.<kind>``."""
+    tail = f"{_TAG}-{os.getpid()}-{next(_counter)}.{kind}"
+    return folder / f".{tail}" if inside else folder.with_name(f".{folder.name}.{tail}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -176,22 +180,22 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_leftovers(folder: Path) -> None:
-    """Remove staging folders beside ``folder`` left by napari-dicom processes that are
-    gone (killed mid-export); those of running processes are left alone."""
-    prefix = f".{folder.name}.{_TAG}-"
-    try:
-        entries = os.listdir(folder.parent)
-    except OSError:
-        return
-    for entry in entries:
-        if not entry.startswith(prefix):
+    """Remove staging folders beside and inside ``folder`` left by napari-dicom processes
+    that are gone (killed mid-export); those of running processes are left alone."""
+    for where, prefix in ((folder.parent, f".{folder.name}.{_TAG}-"), (folder, f".{_TAG}-")):
+        try:
+            entries = os.listdir(where)
+        except OSError:
             continue
-        m = _STAGE_RE.search(entry)
-        if m is None or _pid_alive(int(m.group(1))):
-            continue
-        path = folder.parent / entry
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
+        for entry in entries:
+            if not entry.startswith(prefix):
+                continue
+            m = _STAGE_RE.search(entry)
+            if m is None or _pid_alive(int(m.group(1))):
+                continue
+            path = where / entry
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -228,8 +232,10 @@ class StackPlan:
 
     * ``swap``: ``folder`` is missing, empty or holds only napari-dicom's earlier export;
       the new stack is written into :attr:`staging` and replaces the folder as a whole;
-    * ``merge``: ``folder`` also holds other files; the new files are moved in one by one
-      from :attr:`staging`, then the earlier export's stale planes are removed;
+    * ``merge``: ``folder`` also holds other files (or is a symbolic link, or its parent
+      takes no staging folder); the new files are moved in one by one from
+      :attr:`staging` (inside ``folder``), then the earlier export's stale planes are
+      removed;
     * ``resume``: ``skip_existing``: files already present under their final name are
       kept, the missing ones are written in place (each atomically).
     """
@@ -240,6 +246,23 @@ class StackPlan:
     #: files of napari-dicom's earlier export in ``folder`` (its manifest included)
     previous: set[str] = field(default_factory=set)
     staging: Path | None = None
+
+    def open_staging(self) -> Path:
+        """Create :attr:`staging` (``swap``: beside the folder, whose parent must exist;
+        ``merge``: inside it). A swap whose staging folder cannot be made beside an
+        existing folder (a parent the user may not write) becomes a merge."""
+        if self.mode == "swap":
+            self.staging = staging_folder(self.folder, "partial")
+            try:
+                self.staging.mkdir()
+                return self.staging
+            except PermissionError:
+                if not self.folder.is_dir():
+                    raise
+                self.mode = "merge"
+        self.staging = staging_folder(self.folder, "partial", inside=True)
+        self.staging.mkdir()
+        return self.staging
 
     @property
     def write_folder(self) -> Path:
@@ -302,8 +325,12 @@ def plan_stack(
     overwrite: bool = False,
     resume: bool = False,
     manifest_headers: Collection[str],
+    stem: str | None = None,
 ) -> StackPlan:
     """Decide how a stack of ``names`` (+ ``manifest.csv``) goes into ``folder``.
+
+    ``stem``: the planes' name stem when it is not the folder's name (mask stacks are
+    named like their image's planes, in a folder of their own).
 
     Raises
     ------
@@ -311,8 +338,7 @@ def plan_stack(
         ``folder`` holds files napari-dicom did not write under names the export needs
         (and ``overwrite`` is false); nothing is written.
     """
-    stem = re.escape(folder.name)
-    pattern = re.compile(rf"{stem}(_\d{{4,}})+\.png")
+    pattern = re.compile(rf"{re.escape(stem or folder.name)}(_\d{{4,}})+\.png")
     if not folder.is_dir():
         return StackPlan(folder, list(names), "resume" if resume else "swap")
     previous = _own_names(folder, manifest_headers, pattern)
@@ -331,5 +357,5 @@ def plan_stack(
         )
     if resume:
         return StackPlan(folder, list(names), "resume", previous)
-    mode: Literal["swap", "merge"] = "merge" if foreign else "swap"
+    mode: Literal["swap", "merge"] = "merge" if foreign or folder.is_symlink() else "swap"
     return StackPlan(folder, list(names), mode, previous)

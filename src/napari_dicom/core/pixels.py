@@ -262,22 +262,46 @@ def value_dtype(series: Series, stored: tuple[float, float] | None = None) -> np
     return _int_dtype_for(lo, hi) or np.dtype(np.float32)
 
 
+def value_range(series: Series) -> tuple[float, float]:
+    """The modality values the series' pixels can take, without reading them: every stored
+    value Bits Stored and Pixel Representation allow (:func:`stored_range`) through each
+    plane's Modality LUT (C.11.1); colour: the range of the samples' dtype."""
+    if series.rgb:
+        info = np.iinfo(value_dtype(series))
+        return float(info.min), float(info.max)
+    s_lo, s_hi = stored_range(series)
+    lo, hi = math.inf, -math.inf
+    for slope, intercept, lut in _transforms(series):
+        if lut is not None:
+            ends: tuple[float, ...] = (float(lut.data.min()), float(lut.data.max()))
+        else:
+            ends = (slope * s_lo + intercept, slope * s_hi + intercept)
+        lo, hi = min(lo, *ends), max(hi, *ends)
+    return float(lo), float(hi)
+
+
 # --------------------------------------------------------------------------------------
 # decoding one plane
 # --------------------------------------------------------------------------------------
 
 
 def _modality_values(
-    stored: npt.NDArray[Any], plane: Plane, dtype: np.dtype[Any]
+    stored: npt.NDArray[Any], plane: Plane, dtype: np.dtype[Any],
+    out: npt.NDArray[Any] | None = None,
 ) -> npt.NDArray[Any]:
     """Apply the plane's Modality LUT (C.11.1) into ``dtype``; slice-sized temporaries.
 
     An integer ``dtype`` must hold every result (the caller chose it with
     :func:`value_dtype` or checked the plane's range): the arithmetic is done in it.
+    ``out`` (of ``dtype``): written there, e.g. the plane's slot in a volume.
     """
     if plane.modality_lut is not None:
-        return plane.modality_lut.apply(stored).astype(dtype)
-    return apply_rescale(stored, float(plane.slope), float(plane.intercept), dtype)
+        vals = plane.modality_lut.apply(stored).astype(dtype)
+        if out is None:
+            return vals
+        out[...] = vals
+        return out
+    return apply_rescale(stored, float(plane.slope), float(plane.intercept), dtype, out=out)
 
 
 #: Palette Color Lookup Table Data (C.7.6.3.1.6), read by ``apply_color_lut``
