@@ -207,6 +207,55 @@ def test_sigint_mid_export_exits_130_and_keeps_the_earlier_export(
     assert _hidden(out) == []
 
 
+def test_sigint_while_small_series_run_side_by_side(tmp_path: Path) -> None:
+    """40 small series converted side by side on 2 threads, SIGINT mid-run: exit 130;
+    every series folder holds either its earlier export or the complete new one, byte
+    for byte; the run manifest is the earlier run's."""
+    src = tmp_path / "src"
+    for k in range(40):
+        _series(src / f"s{k:02d}", n=4, size=32, series_number=k + 1, seed=k,
+                series_description="Small", patient_id="P1", noise=30.0,
+                study_uid="1.2.826.0.1.3680043.10.7.1")
+    old, new = tmp_path / "out", tmp_path / "reference"
+    assert _run(["export", str(src), "-o", str(old), "-q"])[0] == 0
+    assert _run(["export", str(src), "-o", str(new), "-q", "--window=500,100"])[0] == 0
+    before, wanted = _snapshot(old), _snapshot(new)
+    (study,) = {p.parent.parent for p in old.rglob("*.png")}
+    env = {**os.environ, "PYTHONPATH": SRC_PATH + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_dicom", "export", str(src), "-o", str(old), "-q",
+         "--jobs", "2", "--window=500,100"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while _staged_pngs(study) < 1 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the export never started writing"
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGSTOP)
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip() == "napari-dicom: interrupted"
+    after = _snapshot(old)
+    assert after["manifest.csv"] == before["manifest.csv"]
+    assert after.keys() == before.keys()
+    replaced = 0
+    for folder in sorted(p for p in study.iterdir()):
+        names = [k for k in after if Path(k).parent == folder.relative_to(old)]
+        assert len(names) == 5, folder  # 4 PNGs and the manifest
+        if all(after[k] == before[k] for k in names):
+            continue
+        assert all(after[k] == wanted[k] for k in names), folder  # whole, never mixed
+        replaced += 1
+    assert replaced < 40, "not interrupted mid-run"
+    assert _hidden(old) == []
+
+
 # --------------------------------------------------------------------------------------
 # a full disk: a real, small tmpfs
 # --------------------------------------------------------------------------------------

@@ -46,6 +46,9 @@ output layout (names made portable, unique on collision, always inside OUT):
   OUT/manifest.csv                                   one row per series
   OUT/<PatientID>/<StudyDate>_<StudyDescription>/<SeriesNumber>_<SeriesDescription>/
       <PNG stack>, manifest.csv                      one row per image
+  .../<SeriesNumber>_<SeriesDescription>_masks/<SEG or RTSTRUCT layer>/   (--masks)
+      label-map PNGs named like the series' PNGs (8-bit, 16-bit past 255 labels),
+      manifest.csv, labels.csv (value -> segment / ROI name, colour, source file)
 
 existing files: napari-dicom's own earlier export of a series (known by its
 manifest.csv) is replaced as a whole once the new one is complete (PNGs the new one
@@ -61,6 +64,7 @@ examples:
   napari-dicom export study/ -o png --window=-600,1500 --voi-function sigmoid
   napari-dicom export cr.dcm -o png --percentile 1 99 --ignore-extremes --invert auto
   napari-dicom export big/ -o png --jobs 4 --skip-existing     # resume a run
+  napari-dicom export study/ -o png --masks        # CT PNGs + SEG/RTSTRUCT label maps
 """
 
 INFO_EPILOG = """\
@@ -172,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="replace files in OUT that napari-dicom did not write (a "
                     "manifest.csv, PNGs under the names it writes); without it they make "
                     "the export refuse")
+    ex.add_argument("--masks", action="store_true",
+                    help="also write the label maps of the SEG and RTSTRUCT objects found "
+                    "with a series, beside its PNGs: SERIES_masks/LAYER/, planes named like "
+                    "the series' PNGs, with manifest.csv and labels.csv (value -> name)")
     ex.add_argument("-q", "--quiet", action="store_true",
                     help="no progress bar (it is off anyway when stderr is not a terminal)")
 
@@ -410,6 +418,8 @@ def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> in
                   file=stderr)
     for w in _scan_warnings(scanned):
         print(f"warning: {w}", file=stderr)
+    if args.masks:
+        _export_masks(batch, args.overwrite, stdout, stderr)
     if batch.error:
         print(f"{PROG} export: error: {batch.error}", file=stderr)
     ok = [r for r in batch.results if r.ok]
@@ -440,6 +450,46 @@ def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> in
               file=stderr)
         return 1
     return 0 if batch.complete and batch.results else 1
+
+
+def _export_masks(batch: Any, overwrite: bool, stdout: IO[str], stderr: IO[str]) -> None:
+    """``export --masks``: the label maps of the scan's SEG / RTSTRUCT objects beside
+    the PNGs of the series they lie on."""
+    from .core.masks import MANIFEST_CSV, export_series_masks
+
+    objects = list(getattr(batch.scan, "objects", []) or [])
+    exported = [(r.series, r.folder, r.images) for r in batch.results
+                if r.ok and r.folder is not None]
+    written, warns = export_series_masks(objects, exported, batch.scan.series,
+                                         overwrite=overwrite)
+    for w in dict.fromkeys(warns):
+        print(f"warning: {w}", file=stderr)
+    stacks = sum(1 for p in written if p.name == MANIFEST_CSV)
+    pngs = sum(1 for p in written if p.suffix == ".png")
+    print(f"masks: {stacks} label stack(s), {pngs} PNGs from {len(objects)} "
+          "segmentation / structure set file(s)", file=stdout)
+
+
+def _objects_info(scanned: Any) -> list[dict[str, Any]]:
+    """Segments and ROIs of the SEG / RTSTRUCT files the scan found (headers only)."""
+    from .core.objects import read_summary
+
+    out: list[dict[str, Any]] = []
+    for path in getattr(scanned, "objects", []) or []:
+        try:
+            o = read_summary(path)
+        except ValueError as exc:
+            out.append({"path": str(path), "error": str(exc)})
+            continue
+        out.append({
+            "path": str(path), "type": o.object_type, "name": o.name, "detail": o.detail,
+            "referenced_series": o.referenced_series,
+            "frame_of_reference": o.frame_of_reference,
+            "segments": [{"value": g.value, "label": g.label, "description": g.description}
+                         for g in o.segments],
+            "warnings": o.warnings,
+        })
+    return out
 
 
 def _series_info(s: Any) -> dict[str, Any]:
@@ -489,10 +539,15 @@ def cmd_info(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
     with _source_faults("info", sources):
         scanned = scan(sources, processes=os.cpu_count() or 1)
     series = [_series_info(s) for s in scanned.series]
+    objects = _objects_info(scanned)
+    for d in series:  # each series lists the segmentations / structure sets on it
+        d["objects"] = [o["path"] for o in objects
+                        if d["series_instance_uid"] in o.get("referenced_series", [])]
     skipped = [{"path": str(s.path), "reason": s.reason} for s in scanned.skipped]
     if args.json:
         doc = {
             "series": series,
+            "objects": objects,
             "skipped": skipped,
             "non_dicom": int(getattr(scanned, "non_dicom", 0) or 0),
             "warnings": list(getattr(scanned, "warnings", []) or []),
@@ -526,13 +581,37 @@ def cmd_info(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
             print(f"    transfer  {d['transfer_syntax_name'] or ts} ({ts})", file=stdout)
             for w in d["warnings"]:
                 print(f"    warning   {w}", file=stdout)
-        print(f"{len(series)} series", file=stdout)
+            for o in objects:
+                if o["path"] in d["objects"]:
+                    _print_object(o, stdout, "    ")
+        listed = {p for d in series for p in d["objects"]}
+        alone = [o for o in objects if o["path"] not in listed]
+        if alone:
+            print("segmentations / structure sets without their series here:", file=stdout)
+            for o in alone:
+                _print_object(o, stdout, "  ")
+        print(f"{len(series)} series" + (f", {len(objects)} segmentation / structure set "
+                                         "file(s)" if objects else ""), file=stdout)
         for item in scanned.skipped:
             print(f"skipped: {item.path}: {_reason(item)}", file=stderr)
-    if not series:
+    if not series and not objects:
         print(f"{PROG} info: no DICOM images found", file=stderr)
         return 1
     return 1 if skipped else 0
+
+
+def _print_object(o: dict[str, Any], out: IO[str], indent: str) -> None:
+    if "error" in o:
+        print(f"{indent}object    {o['error']}", file=out)
+        return
+    kind = "segments" if o["type"] == "SEG" else "ROIs"
+    print(f"{indent}{o['type']:<9} {o['name']} ({o['detail']}), "
+          f"{Path(o['path']).name}: {len(o['segments'])} {kind}", file=out)
+    for g in o["segments"]:
+        desc = f" - {g['description']}" if g["description"] else ""
+        print(f"{indent}  {g['value']:>4}  {g['label']}{desc}", file=out)
+    for w in o["warnings"]:
+        print(f"{indent}  warning {w}", file=out)
 
 
 def cmd_view(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
