@@ -286,16 +286,22 @@ def value_range(series: Series) -> tuple[float, float]:
 
 
 def _modality_values(
-    stored: npt.NDArray[Any], plane: Plane, dtype: np.dtype[Any]
+    stored: npt.NDArray[Any], plane: Plane, dtype: np.dtype[Any],
+    out: npt.NDArray[Any] | None = None,
 ) -> npt.NDArray[Any]:
     """Apply the plane's Modality LUT (C.11.1) into ``dtype``; slice-sized temporaries.
 
     An integer ``dtype`` must hold every result (the caller chose it with
     :func:`value_dtype` or checked the plane's range): the arithmetic is done in it.
+    ``out`` (of ``dtype``): written there, e.g. the plane's slot in a volume.
     """
     if plane.modality_lut is not None:
-        return plane.modality_lut.apply(stored).astype(dtype)
-    return apply_rescale(stored, float(plane.slope), float(plane.intercept), dtype)
+        vals = plane.modality_lut.apply(stored).astype(dtype)
+        if out is None:
+            return vals
+        out[...] = vals
+        return out
+    return apply_rescale(stored, float(plane.slope), float(plane.intercept), dtype, out=out)
 
 
 #: Palette Color Lookup Table Data (C.7.6.3.1.6), read by ``apply_color_lut``
