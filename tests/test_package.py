@@ -81,7 +81,9 @@ def test_manifest_menus_and_categories_in_npe2() -> None:
                 if getattr(m, "command", "").startswith("napari-dicom.")]
 
     assert ours("napari/layers/visualize") == ["napari-dicom.window_level"]
-    assert ours("napari/file/io_utilities") == ["napari-dicom.export_png"]
+    assert ours("napari/file/io_utilities") == [
+        "napari-dicom.export_png", "napari-dicom.use_for_dicom"
+    ]
     assert ours("napari/file/acquire") == ["napari-dicom.dicomweb"]
 
 
