@@ -292,3 +292,6 @@ def test_mapping_inside_output_refused(source: tuple[Path, list[str]], tmp_path:
     assert not out.exists()
     code, _, err = _run(["export", str(src), "-o", str(out), "--deid-key", "k"])
     assert code == 2 and "--deidentify" in err
+    code, _, err = _run(["export", str(src), "-o", str(out), "--deidentify", "--masks"])
+    assert code == 2 and "--masks" in err
+    assert not out.exists()

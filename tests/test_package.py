@@ -24,7 +24,8 @@ def test_manifest_is_valid_and_registered() -> None:
         readers[0].filename_patterns
     )
     writers = manifest.contributions.writers or []
-    assert [(w.layer_types, w.filename_extensions) for w in writers] == [(["image"], [".png"])]
+    assert [(w.layer_types, w.filename_extensions) for w in writers] == [
+        (["image"], [".png"]), (["labels"], [".png"])]
     widgets = manifest.contributions.widgets or []
     assert [w.display_name for w in widgets][:1] == ["Window / Level"]
     assert "DICOMweb" in [w.display_name for w in widgets]
@@ -64,3 +65,39 @@ def test_core_imports_no_qt_nor_napari() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_manifest_menus_and_categories_in_npe2() -> None:
+    """napari builds its menus from npe2's PluginManager: the commands must be there under
+    napari's menu ids (Layers > Visualize, File > IO Utilities, File > Acquire)."""
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    assert {str(c) for c in pm.get_manifest("napari-dicom").categories} == {
+        "IO", "Visualization"
+    }
+
+    def ours(menu: str) -> list[str]:
+        return [m.command for m in pm.iter_menu(menu)
+                if getattr(m, "command", "").startswith("napari-dicom.")]
+
+    assert ours("napari/layers/visualize") == ["napari-dicom.window_level"]
+    assert ours("napari/file/io_utilities") == ["napari-dicom.export_png"]
+    assert ours("napari/file/acquire") == ["napari-dicom.dicomweb"]
+
+
+def test_pyproject_has_hub_metadata() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["authors"]
+    classifiers = set(project["classifiers"])
+    assert "Framework :: napari" in classifiers
+    # the Python requirement and the version classifiers say the same thing
+    low = project["requires-python"].removeprefix(">=")
+    versions = sorted(
+        (c.rsplit(" ", 1)[1] for c in classifiers
+         if c.startswith("Programming Language :: Python :: 3.")),
+        key=lambda v: tuple(map(int, v.split("."))),
+    )
+    assert versions and versions[0] == low
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" in versions

@@ -197,10 +197,17 @@ def test_long_status_wraps_inside_the_dock(docked: tuple[Any, Any, Any], qtbot: 
     viewer, widget, _layer = docked
     canvas = viewer.window._qt_viewer.canvas.native
     dock_w, canvas_w = widget.native.width(), canvas.width()
-    widget._say("export failed: " + "/very/long/path/name" * 30 + " is not writable")
+    text = "export failed: " + "/very/long/path/name" * 30 + " is not writable"
+    widget._say(text)
     QApplication.processEvents()
     qtbot.wait(50)
     assert widget.native.width() == dock_w and canvas.width() == canvas_w
+    # shortened in the middle to the two lines the status has, whole in the tooltip
+    label = widget._status.native
+    shown = widget._status.value
+    assert shown.startswith("export failed: /very/long") and "…" in shown
+    assert shown.endswith("is not writable") and label.toolTip() == text
+    assert label.heightForWidth(label.width()) <= label.height()  # every line on show
 
 
 def test_export_without_a_name_asks_for_one(

@@ -165,8 +165,8 @@ def test_unwritable_target_is_a_clear_error(make_napari_viewer: Any, ct_hu: np.n
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
-def test_offered_for_image_png_not_for_labels_or_points(make_napari_viewer: Any,
-                                                        tmp_path: Path) -> None:
+def test_offered_for_image_and_labels_png_not_for_points(make_napari_viewer: Any,
+                                                         tmp_path: Path) -> None:
     make_napari_viewer()  # napari's plugin manager with this plugin registered
     pm = PluginManager.instance()
 
@@ -175,7 +175,8 @@ def test_offered_for_image_png_not_for_labels_or_points(make_napari_viewer: Any,
                 if w.command.startswith(PLUGIN)]
 
     assert ours(["image"]) == ["napari-dicom.write_png"]
-    assert ours(["labels"]) == [] and ours(["points"]) == []
+    # labels get the label-map writer (values as stored, not a display rendering)
+    assert ours(["labels"]) == ["napari-dicom.write_label_png"] and ours(["points"]) == []
     writer = next(w for w in pm.iter_compatible_writers(["image"])
                   if w.command.startswith(PLUGIN))
     assert writer.filename_extensions == [".png"]

@@ -37,6 +37,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image as ImageLayer
 from napari.utils.notifications import show_info
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QSizePolicy
 
 from ._colormaps import layer_display_kwargs
@@ -159,6 +160,7 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         self._status.native.setWordWrap(True)
         self._status.native.setSizePolicy(QSizePolicy.Policy.Ignored,
                                           QSizePolicy.Policy.Preferred)
+        self._status.native.setMinimumHeight(2 * self._status.native.fontMetrics().lineSpacing())
 
         layout = [
             self._layer_combo,
@@ -229,8 +231,17 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
             self._updating = old
 
     def _say(self, text: str) -> None:
-        self._status.value = text
-        self._status.native.setToolTip(text)
+        """Show ``text`` in the status line, two lines at most inside the dock (Qt wraps
+        long paths after "/"); a longer one loses its middle to "…", the tooltip holds
+        it whole."""
+        label = self._status.native
+        if label.isVisible():  # its width is known
+            room = int(1.8 * label.width())  # two lines, less what wrapping loses
+            text_shown = label.fontMetrics().elidedText(text, Qt.TextElideMode.ElideMiddle, room)
+        else:
+            text_shown = text
+        self._status.value = text_shown
+        label.setToolTip(text)
 
     @property
     def layer(self) -> ImageLayer | None:

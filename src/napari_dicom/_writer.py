@@ -35,7 +35,8 @@ from .core.meta import (
 )
 from .core.render import Display
 
-__all__ = ["colormap_palette", "export_layer", "layer_display", "write_png"]
+__all__ = ["colormap_palette", "export_layer", "layer_display", "write_label_png",
+           "write_png"]
 
 
 def _as_colormap(colormap: Any) -> Colormap:
@@ -116,3 +117,34 @@ def export_layer(layer: Any, path: str, progress: Progress | None = None) -> lis
         "colormap": layer.colormap,
     }
     return _export(path, layer.data, attributes, progress)
+
+
+def write_label_png(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """npe2 single-layer writer: a Labels layer as label-map PNG(s), values as stored.
+
+    8-bit grey PNGs, or 16-bit when a value exceeds 255; planes in the order and with
+    the names of the image's PNG stack (the label layer lies on its image's grid and is
+    put back in acquisition order like the image), ``manifest.csv`` (planes) and
+    ``labels.csv`` (value -> segment / ROI name, colour, source file): see
+    :mod:`napari_dicom.core.masks`. A layer painted in napari (no DICOM metadata) gets
+    one row per value it holds.
+    """
+    import numpy as np
+
+    from .core.geometry import restore_layer_data
+    from .core.labels import Segment
+    from .core.masks import export_label_stack
+    from .core.objects import segments_from_metadata
+
+    if attributes.get("multiscale") or isinstance(data, (list, tuple)):
+        data = data[0]
+    meta = (attributes.get("metadata") or {}).get("segmentation") or {}
+    arr = np.asarray(restore_layer_data(data, meta.get("placement")))
+    segments = segments_from_metadata(meta)
+    known = {s.value for s in segments}
+    extra = [int(v) for v in np.unique(arr) if v != 0 and int(v) not in known]
+    segments += [Segment(v, f"label {v}") for v in extra]
+    paths = export_label_stack(arr, path, segments, planes=meta.get("planes"),
+                               source=str(meta.get("source", "")),
+                               object_type=str(meta.get("object_type", "")))
+    return [str(p) for p in paths]

@@ -46,6 +46,9 @@ output layout (names made portable, unique on collision, always inside OUT):
   OUT/manifest.csv                                   one row per series
   OUT/<PatientID>/<StudyDate>_<StudyDescription>/<SeriesNumber>_<SeriesDescription>/
       <PNG stack>, manifest.csv                      one row per image
+  .../<SeriesNumber>_<SeriesDescription>_masks/<SEG or RTSTRUCT layer>/   (--masks)
+      label-map PNGs named like the series' PNGs (8-bit, 16-bit past 255 labels),
+      manifest.csv, labels.csv (value -> segment / ROI name, colour, source file)
 
 de-identified output (--deidentify; PS3.15 Annex E basic profile in spirit):
   OUT/P_<hash>/ST_<hash>/SE_<hash>/SE_<hash>_0001.png ...   hash: HMAC-SHA256 of the
@@ -75,6 +78,7 @@ examples:
   napari-dicom export study/ -o png --window=-600,1500 --voi-function sigmoid
   napari-dicom export cr.dcm -o png --percentile 1 99 --ignore-extremes --invert auto
   napari-dicom export big/ -o png --jobs 4 --skip-existing     # resume a run
+  napari-dicom export study/ -o png --masks        # CT PNGs + SEG/RTSTRUCT label maps
 """
 
 INFO_EPILOG = """\
@@ -199,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     deid.add_argument("--deid-mapping", metavar="FILE", type=Path,
                       help="where the key and the pseudonym -> original table go (default "
                       "OUT.deid-mapping.json beside OUT; never inside OUT)")
+    ex.add_argument("--masks", action="store_true",
+                    help="also write the label maps of the SEG and RTSTRUCT objects found "
+                    "with a series, beside its PNGs: SERIES_masks/LAYER/, planes named like "
+                    "the series' PNGs, with manifest.csv and labels.csv (value -> name)")
     ex.add_argument("-q", "--quiet", action="store_true",
                     help="no progress bar (it is off anyway when stderr is not a terminal)")
 
@@ -391,6 +399,18 @@ def _scan_warnings(scanned: Any) -> list[str]:
             if not any(r and r in str(w) for r in reasons)]
 
 
+def _nothing_found(scanned: Any, sources: Sequence[Path | str]) -> str:
+    """Why no image was found, on one line naming the sources and what they held."""
+    why = [str(s.reason) for s in list(getattr(scanned, "non_image", []) or [])[:2]]
+    n_other = int(getattr(scanned, "non_dicom", 0) or 0)
+    if n_other:
+        why.append(f"{n_other} file(s) that are not DICOM" if n_other > 1 or len(sources) > 1
+                   else f"{Path(sources[0]).name if Path(sources[0]).is_file() else '1 file'}"
+                   " is not DICOM")
+    return (f"no DICOM images found in {', '.join(map(str, sources))}"
+            + (f" ({'; '.join(why)})" if why else ""))
+
+
 def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
     from .core.batch import ExportOptions, MissingDependencyError, export_all, require_cv2
     from .core.output import ExportRefused
@@ -439,6 +459,8 @@ def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> in
     burned = _burned_in_warnings(batch, stderr) if pseud is not None else 0
     for w in _scan_warnings(scanned):
         print(f"warning: {w}", file=stderr)
+    if args.masks:
+        _export_masks(batch, args.overwrite, stdout, stderr)
     if batch.error:
         print(f"{PROG} export: error: {batch.error}", file=stderr)
     ok = [r for r in batch.results if r.ok]
@@ -462,13 +484,16 @@ def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> in
     if non_dicom or n_non_image:
         print(f"ignored: {non_dicom} non-DICOM files, {n_non_image} DICOM files without an "
               "image", file=stdout)
+    not_walked = int(getattr(scanned, "not_walked", 0) or 0)
+    if not_walked:
+        print(f"not opened: {not_walked} (named pipes, devices, link loops; see the warnings)",
+              file=stdout)
     manifest = batch.manifest if batch.manifest is not None else "not written"
     print(f"output: {batch.out}  (run manifest: {manifest})", file=stdout)
     if pseud is not None and mapping is not None:
         _deid_summary(pseud, mapping, burned, stdout, stderr)
     if not batch.results and not batch.error:
-        print(f"{PROG} export: no DICOM images found in {', '.join(map(str, sources))}",
-              file=stderr)
+        print(f"{PROG} export: {_nothing_found(scanned, sources)}", file=stderr)
         return 1
     return 0 if batch.complete and batch.results else 1
 
@@ -476,6 +501,9 @@ def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> in
 def _deid_setup(args: argparse.Namespace, out: Path) -> tuple[Any, Path | None]:
     """The pseudonymizer and mapping file of ``--deidentify`` (None, None without it)."""
     given = args.deid_key is not None or args.deid_key_file is not None
+    if args.deidentify and getattr(args, "masks", False):
+        raise UsageError(f"{PROG} export: error: --masks cannot be de-identified yet "
+                         "(segment and ROI names, source paths); leave out one of them")
     if not args.deidentify:
         if given or args.deid_mapping is not None:
             raise UsageError(f"{PROG} export: error: --deid-key, --deid-key-file and "
@@ -558,6 +586,44 @@ def _deid_summary(pseud: Any, mapping: Path, burned: int, stdout: IO[str],
     if burned:
         print(f"burned-in annotation possible in {burned} series (pixels are not "
               "scrubbed; see the warnings)", file=stdout)
+def _export_masks(batch: Any, overwrite: bool, stdout: IO[str], stderr: IO[str]) -> None:
+    """``export --masks``: the label maps of the scan's SEG / RTSTRUCT objects beside
+    the PNGs of the series they lie on."""
+    from .core.masks import MANIFEST_CSV, export_series_masks
+
+    objects = list(getattr(batch.scan, "objects", []) or [])
+    exported = [(r.series, r.folder, r.images) for r in batch.results
+                if r.ok and r.folder is not None]
+    written, warns = export_series_masks(objects, exported, batch.scan.series,
+                                         overwrite=overwrite)
+    for w in dict.fromkeys(warns):
+        print(f"warning: {w}", file=stderr)
+    stacks = sum(1 for p in written if p.name == MANIFEST_CSV)
+    pngs = sum(1 for p in written if p.suffix == ".png")
+    print(f"masks: {stacks} label stack(s), {pngs} PNGs from {len(objects)} "
+          "segmentation / structure set file(s)", file=stdout)
+
+
+def _objects_info(scanned: Any) -> list[dict[str, Any]]:
+    """Segments and ROIs of the SEG / RTSTRUCT files the scan found (headers only)."""
+    from .core.objects import read_summary
+
+    out: list[dict[str, Any]] = []
+    for path in getattr(scanned, "objects", []) or []:
+        try:
+            o = read_summary(path)
+        except ValueError as exc:
+            out.append({"path": str(path), "error": str(exc)})
+            continue
+        out.append({
+            "path": str(path), "type": o.object_type, "name": o.name, "detail": o.detail,
+            "referenced_series": o.referenced_series,
+            "frame_of_reference": o.frame_of_reference,
+            "segments": [{"value": g.value, "label": g.label, "description": g.description}
+                         for g in o.segments],
+            "warnings": o.warnings,
+        })
+    return out
 
 
 def _series_info(s: Any) -> dict[str, Any]:
@@ -607,10 +673,15 @@ def cmd_info(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
     with _source_faults("info", sources):
         scanned = scan(sources, processes=os.cpu_count() or 1)
     series = [_series_info(s) for s in scanned.series]
+    objects = _objects_info(scanned)
+    for d in series:  # each series lists the segmentations / structure sets on it
+        d["objects"] = [o["path"] for o in objects
+                        if d["series_instance_uid"] in o.get("referenced_series", [])]
     skipped = [{"path": str(s.path), "reason": s.reason} for s in scanned.skipped]
     if args.json:
         doc = {
             "series": series,
+            "objects": objects,
             "skipped": skipped,
             "non_dicom": int(getattr(scanned, "non_dicom", 0) or 0),
             "warnings": list(getattr(scanned, "warnings", []) or []),
@@ -644,13 +715,41 @@ def cmd_info(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
             print(f"    transfer  {d['transfer_syntax_name'] or ts} ({ts})", file=stdout)
             for w in d["warnings"]:
                 print(f"    warning   {w}", file=stdout)
-        print(f"{len(series)} series", file=stdout)
+            for o in objects:
+                if o["path"] in d["objects"]:
+                    _print_object(o, stdout, "    ")
+        listed = {p for d in series for p in d["objects"]}
+        alone = [o for o in objects if o["path"] not in listed]
+        if alone:
+            print("segmentations / structure sets without their series here:", file=stdout)
+            for o in alone:
+                _print_object(o, stdout, "  ")
+        print(f"{len(series)} series" + (f", {len(objects)} segmentation / structure set "
+                                         "file(s)" if objects else ""), file=stdout)
         for item in scanned.skipped:
             print(f"skipped: {item.path}: {_reason(item)}", file=stderr)
-    if not series:
-        print(f"{PROG} info: no DICOM images found", file=stderr)
+        shown = {w for d in series for w in d["warnings"]}
+        for w in _scan_warnings(scanned):
+            if w not in shown:
+                print(f"warning: {w}", file=stderr)
+    if not series and not objects:
+        print(f"{PROG} info: {_nothing_found(scanned, sources)}", file=stderr)
         return 1
     return 1 if skipped else 0
+
+
+def _print_object(o: dict[str, Any], out: IO[str], indent: str) -> None:
+    if "error" in o:
+        print(f"{indent}object    {o['error']}", file=out)
+        return
+    kind = "segments" if o["type"] == "SEG" else "ROIs"
+    print(f"{indent}{o['type']:<9} {o['name']} ({o['detail']}), "
+          f"{Path(o['path']).name}: {len(o['segments'])} {kind}", file=out)
+    for g in o["segments"]:
+        desc = f" - {g['description']}" if g["description"] else ""
+        print(f"{indent}  {g['value']:>4}  {g['label']}{desc}", file=out)
+    for w in o["warnings"]:
+        print(f"{indent}  warning {w}", file=out)
 
 
 def cmd_view(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:

@@ -3,6 +3,7 @@ each plane decoded once, background load, memory budget."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -108,9 +109,12 @@ def test_background_load_equals_lazy_reads(written: Callable[[str, str], Path]) 
     vol = SeriesVolume(s, jobs=2)
     lazy = np.stack([vol[k] for k in range(N)])  # while the background threads run
     got: list[np.ndarray] = []
-    vol.when_loaded(got.append)
+    called = threading.Event()
+    vol.when_loaded(lambda arr: (got.append(arr), called.set()))
     full = vol.result(timeout=60)
-    assert vol.loaded and got and got[0] is full
+    assert vol.loaded
+    assert called.wait(60) and got[0] is full  # after the histogram was summed
+    assert known_histogram(full) is not None
     np.testing.assert_array_equal(full, lazy)
     np.testing.assert_array_equal(full, expected_hu("ge"))
 

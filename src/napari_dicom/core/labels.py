@@ -191,6 +191,15 @@ def series_grid(series: Series) -> Grid | None:
     )
 
 
+def plane_table(series: Series) -> dict[str, list[Any]]:
+    """Per plane of ``series`` (array order): file, frame, SOP Instance UID, location;
+    the columns of a mask stack's ``manifest.csv``."""
+    return {"files": [p.path for p in series.planes],
+            "frames": [p.frame for p in series.planes],
+            "sop_instance_uids": [p.sop_instance_uid for p in series.planes],
+            "locations": [p.location for p in series.planes]}
+
+
 def grid_shape(series: Series) -> tuple[int, ...]:
     """Array shape of a label layer on ``series``: the image's, without a colour axis."""
     return tuple(series.shape[:-1]) if series.rgb else tuple(series.shape)

@@ -25,8 +25,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .export import ExportError, encode_png, plane_file_names, write_atomic
-from .labels import Segment
+from .export import SOFTWARE, encode_png, plane_file_names, write_atomic
+from .labels import Segment, plane_table
+from .output import (
+    ExportError,
+    ExportRefused,
+    is_own_png,
+    manifest_header,
+    plan_stack,
+    remove_leftovers,
+    staging_folder,
+)
 
 __all__ = ["LABELS_CSV", "MANIFEST_CSV", "export_label_stack", "label_png_dtype"]
 
@@ -51,10 +60,13 @@ def _hex(colour: tuple[float, float, float] | None) -> str:
     return "#" + "".join(f"{round(min(max(c, 0.0), 1.0) * 255):02x}" for c in colour)
 
 
+_LABELS_HEADER = "value,label,description,colour,source,object_type"
+
+
 def _labels_csv(segments: Sequence[Segment], source: str, object_type: str) -> bytes:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["value", "label", "description", "colour", "source", "object_type"])
+    w.writerow(_LABELS_HEADER.split(","))
     for s in sorted(segments, key=lambda s: s.value):
         w.writerow([s.value, s.label, s.description, _hex(s.colour), source, object_type])
     return buf.getvalue().encode("utf-8")
@@ -73,13 +85,21 @@ def _manifest_csv(names: list[str], leading: tuple[int, ...],
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     idx = ["index"] if len(leading) == 1 else [f"index{k}" for k in range(len(leading))]
-    w.writerow(["file", *idx, "location_mm", "sop_instance_uid", "source_file", "frame"])
+    w.writerow(["file", *idx, *_PLANE_COLUMNS])
     for i, (name, ix) in enumerate(zip(names, np.ndindex(*leading), strict=True)):
         loc = cols["locations"][i]
         w.writerow([name, *ix, "" if loc is None else f"{float(loc):.6g}",
                     cols["sop_instance_uids"][i] or "", cols["files"][i] or "",
                     "" if cols["frames"][i] is None else cols["frames"][i]])
     return buf.getvalue().encode("utf-8")
+
+
+def _manifest_headers() -> frozenset[str]:
+    idx = [["index"], *[[f"index{k}" for k in range(n)] for n in range(2, 9)]]
+    return frozenset(",".join(["file", *i, *_PLANE_COLUMNS]) for i in idx)
+
+
+_PLANE_COLUMNS = ["location_mm", "sop_instance_uid", "source_file", "frame"]
 
 
 def export_label_stack(
@@ -91,6 +111,7 @@ def export_label_stack(
     stem: str | None = None,
     source: str = "",
     object_type: str = "",
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write a label map (``(..., H, W)`` non-negative integers) as PNG(s).
 
@@ -101,9 +122,13 @@ def export_label_stack(
     ``manifest.csv`` and ``labels.csv``. ``planes``: ``locations``,
     ``sop_instance_uids``, ``files``, ``frames`` of the image planes, one per plane.
 
-    Returns every path written. Raises :class:`ExportError` naming the file that could
-    not be written (what this call wrote is removed) and ``ValueError`` for data that is
-    not a label map.
+    Files follow the image export's rules (:mod:`napari_dicom.core.output`): a file
+    napari-dicom did not write is not overwritten unless ``overwrite``; a stack is
+    written into a hidden folder and swapped in once complete.
+
+    Returns every path written. Raises :class:`ExportRefused` / :class:`ExportError`
+    naming the file that could not be written (what this call wrote is removed), and
+    ``ValueError`` for data that is not a label map.
     """
     arr = np.asarray(data)
     if arr.ndim < 2:
@@ -116,41 +141,121 @@ def export_label_stack(
     dtype = label_png_dtype(int(arr.max()) if arr.size else 0)
     leading = tuple(int(n) for n in arr.shape[:-2])
     out = Path(out_path)
+    table = _labels_csv(segments, source, object_type)
     if not leading:
         target = out if out.suffix.lower() == ".png" else out.with_name(out.name + ".png")
-        folder, names = target.parent, [target.name]
-        labels_name = target.with_suffix("").name + "." + LABELS_CSV
-    else:
-        folder = out.with_suffix("") if out.suffix.lower() == ".png" else out
-        names = plane_file_names(leading, stem or folder.name)
-        labels_name = LABELS_CSV
-    written: list[Path] = []
+        side = target.with_name(target.with_suffix("").name + "." + LABELS_CSV)
+        for f in (target, side):
+            if f.exists() and not overwrite and not (
+                    is_own_png(f) or manifest_header(f) == _LABELS_HEADER):
+                raise ExportRefused(f"{f} exists and was not written by napari-dicom: "
+                                    "not overwritten", [f.name])
+        written: list[Path] = []
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(target, encode_png(np.ascontiguousarray(arr, dtype=dtype),
+                                            {"Software": SOFTWARE}))
+            written.append(target)
+            write_atomic(side, table)
+            written.append(side)
+        except OSError as exc:
+            for w in written:
+                w.unlink(missing_ok=True)
+            raise ExportError(f"cannot write the label map to {exc.filename or target}: "
+                              f"{exc.strerror or exc}") from exc
+        return written
+    folder = out.with_suffix("") if out.suffix.lower() == ".png" else out
+    names = plane_file_names(leading, stem or folder.name)
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"cannot write into {folder}: it exists and is not a folder")
+    remove_leftovers(folder)
+    plan = plan_stack(folder, names, overwrite=overwrite, manifest_headers=_manifest_headers(),
+                      stem=stem or folder.name)
+    ours = bool(plan.previous)
+    if (folder / LABELS_CSV).exists() and not (overwrite or ours):
+        raise ExportRefused(f"{folder} holds {LABELS_CSV}, not written by napari-dicom: "
+                            "not overwritten", [LABELS_CSV])
+    plan.staging = staging_folder(folder, "partial")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        planes_flat = arr.reshape(-1, *arr.shape[-2:])
-        for name, plane in zip(names, planes_flat, strict=True):
-            p = folder / name
-            write_atomic(p, encode_png(np.ascontiguousarray(plane, dtype=dtype)))
-            written.append(p)
-        if leading:
-            p = folder / MANIFEST_CSV
-            write_atomic(p, _manifest_csv(names, leading, planes))
-            written.append(p)
-        p = folder / labels_name
-        write_atomic(p, _labels_csv(segments, source, object_type))
-        written.append(p)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        plan.staging.mkdir()
+        flat = arr.reshape(-1, *arr.shape[-2:])
+        for name, plane in zip(names, flat, strict=True):
+            write_atomic(plan.staging / name,
+                         encode_png(np.ascontiguousarray(plane, dtype=dtype),
+                                    {"Software": SOFTWARE}))
+        write_atomic(plan.staging / MANIFEST_CSV, _manifest_csv(names, leading, planes))
+        write_atomic(plan.staging / LABELS_CSV, table)
+        if plan.mode == "merge":
+            os.replace(plan.staging / LABELS_CSV, folder / LABELS_CSV)
+        plan.install()
     except OSError as exc:
-        for w in written:
-            try:
-                w.unlink()
-            except OSError:
-                pass
-        where = exc.filename or folder
-        raise ExportError(f"cannot write the label map to {where}: "
+        plan.discard()
+        raise ExportError(f"cannot write the label map to {exc.filename or folder}: "
                           f"{exc.strerror or exc}") from exc
-    return written
+    return [folder / n for n in names] + [folder / MANIFEST_CSV, folder / LABELS_CSV]
 
 
 def as_label_map(data: npt.ArrayLike, threshold: float) -> npt.NDArray[np.uint8]:
     """A fractional (0..1) segment as a 0/1 label map: 1 from ``threshold`` on."""
     return (np.asarray(data) >= threshold).astype(np.uint8)
+
+
+def mask_folder(image_folder: Path, layer_name: str) -> Path:
+    """Where ``export --masks`` writes a label layer of the series exported to
+    ``image_folder``: ``<image folder>_masks/<layer name>/`` beside it, planes named like
+    the image's (``<image folder name>_0001.png``)."""
+    from .series import sanitize
+
+    return image_folder.with_name(image_folder.name + "_masks") / sanitize(layer_name)
+
+
+def export_series_masks(
+    objects: Sequence[str],
+    exported: Sequence[tuple[Any, Path, int]],
+    all_series: Sequence[Any],
+    *,
+    overwrite: bool = False,
+) -> tuple[list[Path], list[str]]:
+    """The label maps of every SEG / RTSTRUCT in ``objects`` that lies on an exported
+    series, written beside that series' PNG folder (:func:`mask_folder`).
+
+    ``exported``: ``(series, image folder, number of planes written)``. A fractional
+    SEG segment is thresholded at ``core.seg.FRACTIONAL_THRESHOLD`` (value = its segment
+    number); RTSTRUCT ROIs are written filled (the contours themselves are vector data).
+    Returns (paths written, warnings); an object that cannot be placed or written gives
+    a warning naming it, the other masks are still written.
+    """
+    from .objects import object_layers
+    from .seg import FRACTIONAL_THRESHOLD
+
+    folders = {id(s): (folder, n) for s, folder, n in exported}
+    layers, warns = object_layers(objects, all_series)
+    written: list[Path] = []
+    used: dict[Path, int] = {}
+    for layer in layers:
+        if layer.kind == "shapes" or id(layer.series) not in folders:
+            continue
+        folder, n = folders[id(layer.series)]
+        if n != len(layer.series.planes):
+            warns.append(f"{layer.name}: not written: its series was exported with "
+                         f"{n} of {len(layer.series.planes)} planes")
+            continue
+        data = layer.data
+        if layer.kind == "image":
+            value = layer.segments[0].value
+            data = np.where(np.asarray(data) >= FRACTIONAL_THRESHOLD, value, 0).astype(
+                label_png_dtype(value))
+        target = mask_folder(folder, layer.name)
+        k = used.get(target, 0)
+        used[target] = k + 1
+        if k:
+            target = target.with_name(f"{target.name}_{k + 1}")
+        try:
+            written += export_label_stack(data, target, layer.segments, stem=folder.name,
+                                          planes=plane_table(layer.series),
+                                          source=layer.source, object_type=layer.object_type,
+                                          overwrite=overwrite)
+        except (ExportError, ValueError) as exc:
+            warns.append(f"{layer.name}: masks not written: {exc}")
+    return written, warns

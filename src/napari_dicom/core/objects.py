@@ -16,7 +16,7 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from .labels import LabelLayer, Segment
+from .labels import LabelLayer, Segment, plane_table
 from .series import Series
 
 __all__ = [
@@ -148,12 +148,7 @@ def label_metadata(layer: LabelLayer) -> dict[str, Any]:
         "segments": [{"value": g.value, "label": g.label, "description": g.description,
                       "colour": list(g.colour) if g.colour is not None else None}
                      for g in layer.segments],
-        "planes": {
-            "files": [p.path for p in s.planes],
-            "frames": [p.frame for p in s.planes],
-            "sop_instance_uids": [p.sop_instance_uid for p in s.planes],
-            "locations": [p.location for p in s.planes],
-        },
+        "planes": plane_table(s),
     }
 
 

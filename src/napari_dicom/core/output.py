@@ -325,8 +325,12 @@ def plan_stack(
     overwrite: bool = False,
     resume: bool = False,
     manifest_headers: Collection[str],
+    stem: str | None = None,
 ) -> StackPlan:
     """Decide how a stack of ``names`` (+ ``manifest.csv``) goes into ``folder``.
+
+    ``stem``: the planes' name stem when it is not the folder's name (mask stacks are
+    named like their image's planes, in a folder of their own).
 
     Raises
     ------
@@ -334,8 +338,7 @@ def plan_stack(
         ``folder`` holds files napari-dicom did not write under names the export needs
         (and ``overwrite`` is false); nothing is written.
     """
-    stem = re.escape(folder.name)
-    pattern = re.compile(rf"{stem}(_\d{{4,}})+\.png")
+    pattern = re.compile(rf"{re.escape(stem or folder.name)}(_\d{{4,}})+\.png")
     if not folder.is_dir():
         return StackPlan(folder, list(names), "resume" if resume else "swap")
     previous = _own_names(folder, manifest_headers, pattern)

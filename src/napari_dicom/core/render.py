@@ -403,13 +403,31 @@ def rescale_dtype(
 
 
 def apply_rescale(
-    stored: npt.NDArray[Any], slope: float, intercept: float, dtype: npt.DTypeLike | None = None
+    stored: npt.NDArray[Any], slope: float, intercept: float, dtype: npt.DTypeLike | None = None,
+    out: npt.NDArray[Any] | None = None,
 ) -> npt.NDArray[Any]:
     """``U = RescaleSlope * SV + RescaleIntercept`` (C.11.1.1.2), never in float64.
 
     ``dtype`` defaults to :func:`rescale_dtype` over the dtype's full stored range. With
     slope 1 and intercept 0 and an unchanged integer dtype, ``stored`` itself is returned.
+
+    ``out``: write the result there instead (its dtype is the one used; an integer one
+    must hold every result): one pass over memory where slope is 1, for a loader that
+    fills one preallocated volume.
     """
+    if out is not None:
+        if out.dtype.kind not in "iu":
+            np.copyto(out, stored, casting="unsafe")
+            if slope != 1:
+                out *= np.float32(slope)
+            if intercept != 0:
+                out += np.float32(intercept)
+        elif slope == 1:  # integer arithmetic (int64 for the sum), cast into out, exact
+            np.add(stored, np.int64(intercept), out=out, casting="unsafe")
+        else:
+            np.multiply(stored, np.int64(slope), out=out, casting="unsafe")
+            np.add(out, np.int64(intercept), out=out, casting="unsafe")
+        return out
     if dtype is None:
         info = np.iinfo(stored.dtype) if stored.dtype.kind in "iu" else None
         dtype = (

@@ -84,6 +84,8 @@ def _segments(seg: Any, name: str, warns: list[str]) -> list[Segment]:
     out = []
     for item in seg.SegmentSequence:
         number = int(item.SegmentNumber)
+        if number == 0:
+            continue  # a LABELMAP's background segment: value 0, shown transparent
         label = str(item.get("SegmentLabel", "") or f"segment {number}")
         desc = str(item.get("SegmentDescription", "") or "")
         if not desc and item.get("SegmentedPropertyTypeCodeSequence"):
