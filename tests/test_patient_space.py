@@ -198,7 +198,10 @@ def test_axial_and_sagittal_overlay_and_radiological_reformats(
     assert mean[half:].max() > mean[:half].max()
     # coronal reformat (napari's roll + transpose): displayed (I, L); superior up, so the
     # lungs (black inside the body) are at the top, the liver at the bottom
-    viewer.dims.order = (1, 0, 2)
+    viewer.dims.roll()  # once: sagittal (I, P), superior up, anterior on the left
+    assert [viewer.dims.axis_labels[i] for i in viewer.dims.displayed] == ["I", "P"]
+    viewer.dims.roll()
+    viewer.dims.transpose()  # roll, roll, transpose: coronal (I, L)
     assert [viewer.dims.axis_labels[i] for i in viewer.dims.displayed] == ["I", "L"]
     viewer.dims.set_point(1, 0.0)
     viewer.reset_view()

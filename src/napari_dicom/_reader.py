@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .core.adjust import showable_limits
 from .core.geometry import layer_geometry
 from .core.pixels import (
     DicomLoadError,
@@ -36,37 +37,23 @@ ReaderFunction = Callable[[PathLike], list[LayerData]]
 _SUFFIXES = (".dcm", ".dicom", ".ima")
 #: URLs of series on a DICOMweb server (``core.dicomweb``)
 _URL_SCHEMES = ("dicomweb+http://", "dicomweb+https://")
-#: get_reader stops looking for a DICOM file in a folder after this many entries
-_PROBE_LIMIT = 5000
 #: show a napari progress bar from this many files / planes on
 _PROGRESS_FROM = 50
 #: seconds between two progress bar updates (and before the bar appears)
 _PROGRESS_EVERY = 0.2
 
 
-def _folder_has_image(folder: Path, limit: int = _PROBE_LIMIT) -> bool:
-    """Whether a walk of ``folder`` finds a DICOM image (stops at the first one); a folder
-    of reports or structure sets only, or with no DICOM at all, is not claimed.
+def _folder_has_image(folder: Path) -> bool:
+    """Whether a walk of ``folder`` finds a DICOM image (``core.scan.has_image``: stops at
+    the first one, links followed once, only regular files opened, hidden files too); a
+    folder of reports or structure sets only, or with no DICOM at all, is not claimed."""
+    from .core.scan import has_image
 
-    Files named like DICOM (``*.dcm``...) are tried first in each folder.
-    """
-    from .core.scan import is_dicom_image
-
-    seen = 0
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        named = [f for f in files if f.lower().endswith(_SUFFIXES)]
-        others = sorted(set(files) - set(named))
-        for name in named + [f for f in others if not f.startswith(".")]:
-            if is_dicom_image(Path(root) / name):
-                return True
-            seen += 1
-            if seen >= limit:
-                return False
-    return False
+    return has_image(folder)
 
 
 def _claims(path: str | os.PathLike[str]) -> bool:
+    from .core.safety import HEADER_ERRORS
     from .core.scan import is_dicom_file
 
     if isinstance(path, str) and path.lower().startswith(_URL_SCHEMES):
@@ -75,12 +62,12 @@ def _claims(path: str | os.PathLike[str]) -> bool:
     try:
         if p.is_dir():
             return _folder_has_image(p)
-        if p.name.upper() == "DICOMDIR":
-            return _folder_has_image(p.parent)
+        if p.name.upper() == "DICOMDIR" and p.is_file():
+            return True  # its folder is read; a damaged or empty one gets a clear message
         if p.is_file():
             # a single non-image object (say an SR) is claimed, to say what it is
             return is_dicom_file(p)
-    except OSError:
+    except (OSError, *HEADER_ERRORS):  # get_reader never raises
         return False
     return False
 
@@ -207,7 +194,7 @@ def read_dicom(path: PathLike) -> list[LayerData]:
         data, geometry, meta["placement"] = layer_geometry(series, data)
         kwargs: dict[str, Any] = {"name": series.name, **geometry, "metadata": {"dicom": meta}}
         if series.rgb:
-            kwargs["contrast_limits"] = list(display.window.limits())
+            kwargs["contrast_limits"] = list(showable_limits(*display.window.limits()))
         else:
             kwargs.update(layer_display_kwargs(display, inverted=series.invert))
             meta["value_range"] = list(_value_range(series, data))

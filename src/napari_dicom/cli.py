@@ -372,6 +372,18 @@ def _scan_warnings(scanned: Any) -> list[str]:
             if not any(r and r in str(w) for r in reasons)]
 
 
+def _nothing_found(scanned: Any, sources: Sequence[Path | str]) -> str:
+    """Why no image was found, on one line naming the sources and what they held."""
+    why = [str(s.reason) for s in list(getattr(scanned, "non_image", []) or [])[:2]]
+    n_other = int(getattr(scanned, "non_dicom", 0) or 0)
+    if n_other:
+        why.append(f"{n_other} file(s) that are not DICOM" if n_other > 1 or len(sources) > 1
+                   else f"{Path(sources[0]).name if Path(sources[0]).is_file() else '1 file'}"
+                   " is not DICOM")
+    return (f"no DICOM images found in {', '.join(map(str, sources))}"
+            + (f" ({'; '.join(why)})" if why else ""))
+
+
 def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
     from .core.batch import ExportOptions, MissingDependencyError, export_all, require_cv2
     from .core.output import ExportRefused
@@ -443,11 +455,14 @@ def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> in
     if non_dicom or n_non_image:
         print(f"ignored: {non_dicom} non-DICOM files, {n_non_image} DICOM files without an "
               "image", file=stdout)
+    not_walked = int(getattr(scanned, "not_walked", 0) or 0)
+    if not_walked:
+        print(f"not opened: {not_walked} (named pipes, devices, link loops; see the warnings)",
+              file=stdout)
     manifest = batch.manifest if batch.manifest is not None else "not written"
     print(f"output: {batch.out}  (run manifest: {manifest})", file=stdout)
     if not batch.results and not batch.error:
-        print(f"{PROG} export: no DICOM images found in {', '.join(map(str, sources))}",
-              file=stderr)
+        print(f"{PROG} export: {_nothing_found(scanned, sources)}", file=stderr)
         return 1
     return 0 if batch.complete and batch.results else 1
 
@@ -594,8 +609,12 @@ def cmd_info(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
                                          "file(s)" if objects else ""), file=stdout)
         for item in scanned.skipped:
             print(f"skipped: {item.path}: {_reason(item)}", file=stderr)
+        shown = {w for d in series for w in d["warnings"]}
+        for w in _scan_warnings(scanned):
+            if w not in shown:
+                print(f"warning: {w}", file=stderr)
     if not series and not objects:
-        print(f"{PROG} info: no DICOM images found", file=stderr)
+        print(f"{PROG} info: {_nothing_found(scanned, sources)}", file=stderr)
         return 1
     return 1 if skipped else 0
 

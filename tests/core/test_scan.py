@@ -306,13 +306,20 @@ def test_truncated_file_skipped_with_figures():
     ]
 
 
-def test_absurd_size_skipped(tmp_path: Path):
+def test_absurd_size_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A header claiming more pixel data than the memory budget is refused at the scan,
+    before anything is allocated (the budget is set by its environment variable)."""
     ds = pydicom.dcmread(CT_SMALL)
-    ds.NumberOfFrames = 3_000_000
+    ds.NumberOfFrames = 3_000
     ds.save_as(tmp_path / "huge.dcm")
+    monkeypatch.setenv("NAPARI_DICOM_MEMORY_BUDGET", "64M")
     res = scan([tmp_path / "huge.dcm"])
     assert res.series == []
-    assert "more than the 17179869184 bytes" in res.skipped[0].reason
+    # 128 x 128 x 3000 frames x 2 bytes = 93.75 MiB
+    assert res.skipped[0].reason == (
+        "huge.dcm: the pixel data its header claims (128 x 128 x 3000 frames x 16 bits) "
+        "needs 94 MiB, more than the memory budget of 64 MiB (set NAPARI_DICOM_MEMORY_BUDGET "
+        "to change it)")
 
 
 def test_invalid_window_dropped_with_warning(tmp_path: Path):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .render import Window
 
 #: a mouse drag across this many screen pixels changes the width (or the level) by the
@@ -29,10 +31,12 @@ def showable_limits(lo: float, hi: float) -> tuple[float, float]:
 
     Equal limits (a LINEAR window of width 1, a threshold at ``lo``) become ``lo - 0.5 ..
     lo + 0.5``: for integer data the same picture, values up to ``lo - 0.5`` black and
-    from ``lo + 0.5`` white."""
-    if hi > lo:
+    from ``lo + 0.5`` white. Limits napari rounds to one float32 value (a window of width
+    1 at 1e38) are spread just enough to differ there too."""
+    if hi > lo and np.float32(hi) > np.float32(lo):
         return lo, hi
-    return lo - 0.5, lo + 0.5
+    half = max(0.5, abs(lo) * 2.0**-20)  # above float32 rounding at any magnitude
+    return lo - half, lo + half
 
 
 def drag_per_pixel(lo: float, hi: float) -> float:

@@ -33,11 +33,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import logging
 import math
 import os
+import struct
 import sys
 import threading
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +49,7 @@ import numpy.typing as npt
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import (  # type: ignore[attr-defined]
     apply_color_lut,
     get_decoder,
@@ -73,6 +76,7 @@ from .render import (
     render_uint8,
     rescale_dtype,
 )
+from .safety import TooLargeError, codestream_size, is_panic, one_line, read_deflated, too_large
 
 if TYPE_CHECKING:
     import dask.array
@@ -138,7 +142,30 @@ _DECODE_ERRORS = (
     IndexError,
     RuntimeError,
     InvalidDicomError,
+    BytesLengthException,
+    # damaged headers met while decoding: no Pixel Data element (AttributeError), an IS
+    # of 1e400 (OverflowError), a truncated deflated or nested data set, an element length
+    # of gigabytes (MemoryError from the file read; the header's pixel claim passed the
+    # memory budget, so a failed allocation here comes from a damaged length)
+    MemoryError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+    struct.error,
+    zlib.error,
 )
+
+
+@contextlib.contextmanager
+def _panics_as_errors() -> Iterator[None]:
+    """A Rust decoder's panic (``PanicException``, a BaseException) inside the block
+    becomes a RuntimeError, which callers treat as a damaged file."""
+    try:
+        yield
+    except BaseException as exc:
+        if is_panic(exc):
+            raise RuntimeError(f"the decoder failed ({one_line(exc)})") from exc
+        raise
 
 
 class _MissingDecoder(DicomLoadError):
@@ -412,6 +439,7 @@ def _fast_decode(
         data = series.source.read_frame(path, frame)
     else:
         data = _jpeg_frame(path, frame, plane)
+    _check_codestream(path, series, [data[:8192]])
     arr = np.asarray(getattr(_imagecodecs(), decoder)(data))
     if int(series.pixel_representation) == 1:
         arr = arr.view(f"i{arr.dtype.itemsize}")
@@ -444,6 +472,7 @@ def _turbo_decode(
     """
     ic = _imagecodecs()
     data = _jpeg_frame(path, frame, plane)
+    _check_codestream(path, series, [data[:8192]])
     if int(series.samples_per_pixel) == 3:
         space = getattr(ic.JPEG8.CS, _JPEG_COLOUR[series.photometric])
         rgb: npt.NDArray[Any] = np.asarray(
@@ -584,7 +613,7 @@ def _check_fast(
         except (*_DECODE_ERRORS, AttributeError):  # AttributeError: a build without SOF3
             pass
     try:
-        ref, _ = _decode(p.path, p.frame, series)
+        ref, _ = _decode(p.path, p.frame, series, plane=p)
     except (*_DECODE_ERRORS, DicomLoadError):
         return None
     if fast.shape == ref.shape and np.array_equal(fast, ref):
@@ -623,25 +652,27 @@ def _decode(
         except _DECODE_ERRORS as exc:  # imagecodecs' errors are RuntimeError subclasses
             log.info("%s: imagecodecs could not decode (%s); trying pydicom", path, exc)
     ds_out = Dataset() if series.photometric.startswith("PALETTE") else None
+    _check_codestream(path, series, _fragment_heads(path, plane))
     try:
-        whole = _read_whole(series, path)
-        if whole is not None:
-            ds_out = whole
-            arr = pixel_array(whole, index=frame)
-        else:
-            try:
-                arr = pixel_array(path, index=frame, ds_out=ds_out)
-            except _DECODE_ERRORS as first:
-                ds_out = _reparsed(path)
-                if ds_out is None:
-                    raise
-                cut = _truncation(ds_out, series)
-                if cut is not None and (frame or 0) >= cut[0]:
-                    raise DicomLoadError(f"{path}: {cut[2]}") from None
+        with _panics_as_errors():
+            whole = _read_whole(series, path)
+            if whole is not None:
+                ds_out = whole
+                arr = pixel_array(whole, index=frame)
+            else:
                 try:
-                    arr = pixel_array(_padded(ds_out, cut), index=frame)
-                except _DECODE_ERRORS:
-                    raise first from None
+                    arr = pixel_array(path, index=frame, ds_out=ds_out)
+                except _DECODE_ERRORS as first:
+                    ds_out = _reparsed(path)
+                    if ds_out is None:
+                        raise
+                    cut = _truncation(ds_out, series)
+                    if cut is not None and (frame or 0) >= cut[0]:
+                        raise DicomLoadError(f"{path}: {cut[2]}") from None
+                    try:
+                        arr = pixel_array(_padded(ds_out, cut), index=frame)
+                    except _DECODE_ERRORS:
+                        raise first from None
     except NotImplementedError as exc:  # no decoder for the syntax at all
         msg = missing_decoder_message(series.transfer_syntax or _file_syntax(path), path)
         raise _MissingDecoder(msg or f"{path}: {exc}") from exc
@@ -765,7 +796,12 @@ def _read_whole(series: Series, path: str) -> Dataset | None:
     Meta Information (no Transfer Syntax UID: the encoding pydicom detected decides it,
     PS3.5 A.1/A.2/A.3). ``None`` for every other file."""
     if _deflated(series):
-        return dcmread(path)
+        with open(path, "rb") as fp:
+            try:
+                ds: Dataset = read_deflated(fp, stop_before_pixels=False)
+            except TooLargeError as exc:
+                raise DicomLoadError(f"{path}: {exc}") from exc
+        return ds
     if series.transfer_syntax:
         return None
     ds = dcmread(path, force=True)
@@ -786,6 +822,58 @@ def _file_syntax(path: str) -> str:
         return ""
 
 
+#: JPEG, JPEG-LS, JPEG 2000 and HTJ2K: codestreams whose header gives the image size
+_CODESTREAM_PREFIX = "1.2.840.10008.1.2.4."
+
+
+@functools.lru_cache(maxsize=256)
+def _heads_at(path: str, at: int, mtime_ns: int) -> tuple[bytes, ...]:
+    """The first bytes of every fragment of the encapsulated Pixel Data at ``at`` (PS3.5
+    A.4: a Basic Offset Table item, then one item per fragment)."""
+    heads = []
+    with open(path, "rb") as f:
+        f.seek(at)
+        first = True
+        while True:
+            item = f.read(8)
+            if len(item) < 8 or item[:4] != b"\xfe\xff\x00\xe0":
+                break
+            (length,) = struct.unpack("<I", item[4:])
+            if not first:
+                heads.append(f.read(min(length, 8192)))
+                f.seek(f.tell() - min(length, 8192) + length)
+            else:
+                f.seek(length, os.SEEK_CUR)
+            first = False
+    return tuple(heads)
+
+
+def _fragment_heads(path: str, plane: Plane | None) -> list[bytes]:
+    if plane is None or plane.fragments_at is None:
+        return []
+    try:
+        return list(_heads_at(path, plane.fragments_at, os.stat(path).st_mtime_ns))
+    except OSError:
+        return []
+
+
+def _check_codestream(path: str, series: Series, heads: Sequence[bytes]) -> None:
+    """Refuse to decode a frame whose codestream header (JPEG SOF, JPEG-LS SOF55, JPEG 2000
+    SIZ) describes a larger image than the DICOM header: the decoder would allocate what
+    the codestream says (65500 x 65500 from a few hundred bytes)."""
+    if not series.transfer_syntax.startswith(_CODESTREAM_PREFIX):
+        return
+    for h in heads:
+        size = codestream_size(h)
+        if size is None:
+            continue
+        rows, cols, comps = size
+        if rows > series.rows or cols > series.columns or comps > 4:
+            raise DicomLoadError(
+                f"{path}: the compressed image says {rows} x {cols} pixels ({comps} "
+                f"components), the header {series.rows} x {series.columns}; not decoded")
+
+
 def _to_values(
     arr: npt.NDArray[Any], plane: Plane, series: Series, dtype: np.dtype[Any],
     ds: Dataset | None,
@@ -804,6 +892,13 @@ def _check_shape(arr: npt.NDArray[Any], series: Series, path: str) -> None:
         )
 
 
+def _reason(exc: BaseException) -> str:
+    """Why a plane was not decoded, on one line (a DicomLoadError names its file)."""
+    if isinstance(exc, DicomLoadError):
+        return one_line(exc)
+    return f"cannot decode the pixel data ({one_line(exc)})"
+
+
 @contextlib.contextmanager
 def _naming_the_file(path: str) -> Iterator[None]:
     """A decoder's error inside the block becomes a :class:`DicomLoadError` that names
@@ -813,7 +908,7 @@ def _naming_the_file(path: str) -> Iterator[None]:
     except DicomLoadError:
         raise
     except _DECODE_ERRORS as exc:
-        raise DicomLoadError(f"{path}: cannot decode the pixel data ({exc})") from exc
+        raise DicomLoadError(f"{path}: cannot decode the pixel data ({one_line(exc)})") from exc
 
 
 def load_plane(
@@ -907,6 +1002,10 @@ def load_series(
     _check_series(series)
     if lazy is None:
         lazy = array_bytes(series) > (memory_budget() if budget is None else budget)
+    if not lazy and budget is None:  # asked for in memory: within the budget or refused
+        problem = too_large(array_bytes(series), f"series {series.name!r}")
+        if problem:
+            raise DicomLoadError(problem)
     if lazy:
         return _load_lazy(series)
     return load_now(series, jobs=jobs, progress=progress)

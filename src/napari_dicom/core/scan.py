@@ -33,27 +33,34 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from .render import LUT, Window, WindowError, normalize_function
+from .safety import (
+    HEADER_ERRORS,
+    is_deflated_part10,
+    one_line,
+    pixel_bytes,
+    read_deflated,
+    too_large,
+)
 from .series import Plane, Series
 
 __all__ = [
     "ScanResult",
     "Skipped",
+    "has_image",
     "header_dict",
     "is_dicom_file",
     "iter_files",
     "scan",
     "scan_datasets",
+    "walk",
 ]
 
-#: expected pixel data larger than this is refused before anything is allocated
-MAX_PIXEL_BYTES = 1 << 34
 #: relative spread of slice spacings tolerated before a warning
 SPACING_TOLERANCE = 0.01
 #: gantry tilt (degrees) below which positions count as "along the normal"
@@ -116,6 +123,9 @@ class ScanResult:
     #: files that are not DICOM (counted, not listed)
     non_dicom: int = 0
     warnings: list[str] = field(default_factory=list)
+    #: entries a folder walk left out: named pipes, devices, link loops, unreadable
+    #: folders (each named in ``warnings``)
+    not_walked: int = 0
 
     def summary(self) -> str:
         """One log line, e.g. ``"2 series (40 + 1 images); 1 skipped; 3 non-DICOM files"``."""
@@ -130,6 +140,8 @@ class ScanResult:
             parts.append(f"{len(self.non_image)} non-image DICOM objects")
         if self.non_dicom:
             parts.append(f"{self.non_dicom} non-DICOM files")
+        if self.not_walked:
+            parts.append(f"{self.not_walked} not opened (pipes, devices, link loops)")
         if self.warnings:
             parts.append(f"{len(self.warnings)} warnings")
         return "; ".join(parts)
@@ -158,8 +170,7 @@ def is_dicom_file(path: str | os.PathLike[str]) -> bool:
         return False
     try:
         ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, EOFError, ValueError, struct.error, KeyError,
-            TypeError, IndexError, AttributeError, NotImplementedError):
+    except (OSError, *HEADER_ERRORS):
         return False
     return len(ds) > 0 and any(int(t) >> 16 in (0x0008, 0x0010, 0x0020, 0x0028)
                                for t in ds.keys())
@@ -172,11 +183,25 @@ def is_dicom_image(path: str | os.PathLike[str]) -> bool:
     if not is_dicom_file(path):
         return False
     try:
-        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=["Rows"])
-    except (InvalidDicomError, OSError, EOFError, ValueError, struct.error, KeyError,
-            TypeError, IndexError, AttributeError, NotImplementedError):
+        ds = _read_header(path, specific_tags=["Rows"])
+    except (OSError, *HEADER_ERRORS):
         return False
     return "Rows" in ds
+
+
+def _read_header(
+    path: str | os.PathLike[str], *, specific_tags: list[str] | None = None,
+) -> Dataset:
+    """``dcmread(path, force=True, stop_before_pixels=True)``, a deflated data set
+    inflated no further than its header (``core.safety.read_deflated``)."""
+    with open(path, "rb") as fp:
+        head = fp.read(4096)
+        fp.seek(0)
+        if is_deflated_part10(head):
+            ds: Dataset = read_deflated(fp, stop_before_pixels=True)
+            return ds
+        return pydicom.dcmread(fp, force=True, stop_before_pixels=True,
+                               specific_tags=specific_tags)
 
 
 def _plausible_raw_start(head: bytes) -> bool:
@@ -195,15 +220,89 @@ def _plausible_raw_start(head: bytes) -> bool:
     return False
 
 
-def iter_files(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list[Skipped]]:
-    """Expand files and folders (recursively) into a sorted, de-duplicated file list.
+def _kind_of(path: str) -> str:
+    """What a directory entry that is neither a folder nor a regular file is, in words."""
+    import stat
 
-    A DICOMDIR given as a path stands for its folder. Paths that do not exist are
-    returned as :class:`Skipped`.
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a broken link" if os.path.islink(path) else "unreadable"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def walk(
+    top: str, notes: list[str], seen: set[tuple[int, int]] | None = None,
+    order: Callable[[list[os.DirEntry[str]]], list[os.DirEntry[str]]] | None = None,
+) -> Iterable[tuple[str, list[str]]]:
+    """``(folder, regular files in it)`` for ``top`` and every folder below it.
+
+    Only regular files are listed (opening a named pipe blocks forever; a device can
+    stream without end). Links to folders are followed, once: a folder reached a second
+    time (a link loop, or two links to one folder) is not walked again, and said so in
+    ``notes``, as are pipes, sockets, devices, broken links and unreadable folders.
+    ``order`` sorts the entries of each folder (default: by name); subfolders are walked
+    depth first in that order.
+    """
+    seen = set() if seen is None else seen
+    try:
+        st = os.stat(top)
+        seen.add((st.st_dev, st.st_ino))
+    except OSError:
+        pass
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            notes.append(f"{folder}: folder not read ({exc.strerror or exc})")
+            continue
+        entries = order(entries) if order is not None else sorted(entries, key=lambda e: e.name)
+        files: list[str] = []
+        subdirs: list[str] = []
+        for e in entries:
+            try:
+                if e.is_dir():
+                    est = e.stat()
+                    key = (est.st_dev, est.st_ino)
+                    if key in seen:
+                        notes.append(f"{e.path}: a link to a folder already read "
+                                     f"({os.path.realpath(e.path)}); not followed again")
+                        continue
+                    seen.add(key)
+                    subdirs.append(e.path)
+                elif e.is_file():
+                    files.append(e.path)
+                else:
+                    notes.append(f"{e.path}: {_kind_of(e.path)}; not opened")
+            except OSError as exc:
+                notes.append(f"{e.path}: not read ({exc.strerror or exc})")
+        yield folder, files
+        stack.extend(reversed(subdirs))
+
+
+def iter_files(
+    paths: Sequence[str | os.PathLike[str]], notes: list[str] | None = None,
+) -> tuple[list[str], list[Skipped]]:
+    """Expand files and folders (recursively, following links to folders once) into a
+    sorted, de-duplicated list of regular files.
+
+    A DICOMDIR given as a path stands for its folder. Paths that do not exist, or are not
+    regular files or folders (a named pipe), are returned as :class:`Skipped`; what a
+    folder walk left out (pipes, link loops, unreadable folders) is added to ``notes``.
     """
     out: list[str] = []
     missing: list[Skipped] = []
     seen: set[str] = set()
+    notes = [] if notes is None else notes
 
     def add(p: str) -> None:
         key = os.path.normcase(os.path.abspath(p))
@@ -211,26 +310,69 @@ def iter_files(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list
             seen.add(key)
             out.append(p)
 
+    def add_tree(top: str) -> None:
+        files: list[str] = []
+        for _folder, names in walk(top, notes):
+            files.extend(names)
+        for f in sorted(files):
+            add(f)
+
     for raw in paths:
         p = os.fspath(raw)
         if os.path.isdir(p):
-            files: list[str] = []
-            for root, dirs, names in os.walk(p):
-                dirs.sort()
-                files.extend(os.path.join(root, n) for n in names)
-            for f in sorted(files):
-                add(f)
+            add_tree(p)
         elif os.path.isfile(p):
             if os.path.basename(p).upper() == "DICOMDIR":
-                for root, dirs, names in os.walk(os.path.dirname(p) or "."):
-                    dirs.sort()
-                    for n in sorted(names):
-                        add(os.path.join(root, n))
+                add_tree(os.path.dirname(p) or ".")
             else:
                 add(p)
+        elif os.path.lexists(p):
+            missing.append(Skipped(p, f"{p}: {_kind_of(p)}, not a file or folder; not opened"))
         else:
             missing.append(Skipped(p, f"{p}: no such file or folder"))
     return out, missing
+
+
+#: names that are not DICOM, left unopened by :func:`has_image`
+_NOT_DICOM_SUFFIXES = (
+    ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".txt", ".csv", ".json",
+    ".xml", ".html", ".htm", ".pdf", ".zip", ".gz", ".tgz", ".7z", ".py", ".md", ".mp4",
+    ".avi", ".mov", ".nii", ".nrrd", ".mha", ".mhd", ".h5", ".npy", ".npz", ".exe", ".dll",
+    ".ini", ".log", ".db", ".ds_store",
+)
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+
+def _probe_order(entries: list[os.DirEntry[str]]) -> list[os.DirEntry[str]]:
+    """Likely DICOM first: named ``*.dcm`` (etc.), then other visible entries, then
+    hidden ones; names that are surely not DICOM are left out."""
+    def rank(e: os.DirEntry[str]) -> tuple[int, str]:
+        low = e.name.lower()
+        return (0 if low.endswith(_DICOM_SUFFIXES) else 2 if low.startswith(".") else 1,
+                e.name)
+
+    return sorted((e for e in entries if not e.name.lower().endswith(_NOT_DICOM_SUFFIXES)),
+                  key=rank)
+
+
+def has_image(folder: str | os.PathLike[str], seconds: float = 2.0) -> bool:
+    """Whether ``folder`` (walked as :func:`iter_files` does) holds a DICOM image: stops at
+    the first one. Files named like DICOM are probed first in each folder, hidden files
+    last; names that are surely not DICOM (``*.png``, ``*.txt``...) are not opened. Gives
+    up (``False``) after ``seconds``; a probe reads 132 bytes of a file that is not DICOM.
+    Never raises.
+    """
+    import time
+
+    deadline = time.monotonic() + seconds
+    notes: list[str] = []
+    for _folder, files in walk(os.fspath(folder), notes, order=_probe_order):
+        for f in files:
+            if is_dicom_image(f):
+                return True
+            if time.monotonic() > deadline:
+                return False
+    return False
 
 
 # ---------------------------------------------------------------------------------------
@@ -315,7 +457,7 @@ def _uint(ds: Dataset, tag: int) -> int | None:
         parts = _strs(ds, tag)
         try:
             return int(float(parts[0])) if parts else None
-        except ValueError:
+        except (ValueError, OverflowError):  # "1e400", "-inf", "nan"
             return None
     val = ds[tag].value
     if val is None or val == "":
@@ -326,7 +468,7 @@ def _uint(ds: Dataset, tag: int) -> int | None:
             return None
     try:
         return int(float(val))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -406,6 +548,8 @@ def _name(path: str) -> str:
 def _sop_class_name(uid: str | None) -> str:
     if not uid:
         return "unknown SOP class"
+    if len(uid) > 64 or uid.strip("0123456789."):  # PS3.5 9.1: digits and dots, <= 64
+        return "a damaged SOP Class UID"
     name = UID(uid).name
     return name if name != uid else f"SOP class {uid}"
 
@@ -473,11 +617,18 @@ def _pixel_check(path: str, fp: Any, ds: Dataset, size: int) -> tuple[str | None
     """
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
     if ts == "1.2.840.10008.1.2.1.99":  # deflated: file offsets mean nothing here
-        return (None if _TAG["Rows"] in ds else "no pixel data"), None
+        if _TAG["Rows"] not in ds:
+            return "no pixel data", None
+        return _claim_problem(path, ds, size, deflated=True), None
     pos = fp.tell()
     head = fp.read(12)
     little = ts != "1.2.840.10008.1.2.2"
     if len(head) < 8:
+        sop = _str(ds, _TAG["SOPClassUID"]) or str(getattr(
+            ds.get("file_meta", Dataset()), "MediaStorageSOPClassUID", "") or "")
+        if _TAG["Rows"] in ds or "Image" in _sop_class_name(sop):  # then the end of the file
+            return (f"{_name(path)}: the file ends before its pixel data (truncated or "
+                    "damaged header)"), None
         return "no pixel data", None
     order = "<" if little else ">"
     group, elem = struct.unpack(order + "HH", head[:4])
@@ -493,26 +644,15 @@ def _pixel_check(path: str, fp: Any, ds: Dataset, size: int) -> tuple[str | None
     else:
         (length,) = struct.unpack(order + "I", head[8:12])
         hdr = 12
-    rows = _uint(ds, _TAG["Rows"]) or 0
-    cols = _uint(ds, _TAG["Columns"]) or 0
-    spp = _uint(ds, _TAG["SamplesPerPixel"]) or 1
-    bits = _uint(ds, _TAG["BitsAllocated"]) or 16
-    nf = _uint(ds, _TAG["NumberOfFrames"]) or 1
-    samples = spp
-    photometric = (_str(ds, _TAG["PhotometricInterpretation"]) or "").upper()
-    if spp == 3 and photometric == "YBR_FULL_422" and (not ts or ts in _NATIVE_TS):
-        samples = 2  # 4:2:2 native: Y Y Cb Cr for each pair of pixels (PS3.3 C.7.6.3.1.2)
-    n_bits = rows * cols * samples * nf * bits
-    expected = (n_bits + 7) // 8
-    desc = (f"{rows} x {cols}{' x ' + str(spp) if spp != 1 else ''} x {nf} "
-            f"frame{'s' if nf != 1 else ''} x {bits} bits")
-    if expected > MAX_PIXEL_BYTES:
-        return (f"{_name(path)}: header says {expected} bytes of pixel data ({desc}), "
-                f"more than the {MAX_PIXEL_BYTES} bytes this reader accepts"), None
+    problem = _claim_problem(path, ds, size, deflated=False)
+    if problem:
+        return problem, None
     if length == 0xFFFFFFFF:  # encapsulated: the codec checks the fragments
         return None, (pos + hdr if tag == 0x7FE00010 and little else None)
     if ts and ts not in _NATIVE_TS:
         return None, None
+    expected, desc = _claim(ds, ts)
+    nf = _uint(ds, _TAG["NumberOfFrames"]) or 1
     available = max(0, size - pos - hdr)
     held = min(length, available)
     if held < expected:
@@ -523,6 +663,39 @@ def _pixel_check(path: str, fp: Any, ds: Dataset, size: int) -> tuple[str | None
                 f"pixel data ({desc}), the file holds {held} ({expected - held} missing)"
                 ), None
     return None, None
+
+
+def _claim(ds: Dataset, ts: str = "") -> tuple[int, str]:
+    """Bytes of pixel data the header claims (as stored, for transfer syntax ``ts``), and
+    the claim in words."""
+    rows = _uint(ds, _TAG["Rows"]) or 0
+    cols = _uint(ds, _TAG["Columns"]) or 0
+    spp = _uint(ds, _TAG["SamplesPerPixel"]) or 1
+    bits = _uint(ds, _TAG["BitsAllocated"]) or 16
+    nf = _uint(ds, _TAG["NumberOfFrames"]) or 1
+    samples = spp
+    photometric = (_str(ds, _TAG["PhotometricInterpretation"]) or "").upper()
+    if spp == 3 and photometric == "YBR_FULL_422" and (not ts or ts in _NATIVE_TS):
+        samples = 2  # 4:2:2 native: Y Y Cb Cr for each pair of pixels (PS3.3 C.7.6.3.1.2)
+    desc = (f"{rows} x {cols}{' x ' + str(spp) if spp != 1 else ''} x {nf} "
+            f"frame{'s' if nf != 1 else ''} x {bits} bits")
+    return pixel_bytes(rows, cols, samples, nf, bits), desc
+
+
+def _claim_problem(path: str, ds: Dataset, size: int, deflated: bool) -> str | None:
+    """Why the header's pixel data claim is refused before anything is allocated: more
+    than the memory budget (``core.safety``), or more frames than the file can hold
+    (each frame takes at least a byte; an encapsulated one an 8-byte item; deflate
+    shrinks data at most ~1032:1)."""
+    expected, desc = _claim(ds)
+    problem = too_large(expected, f"the pixel data its header claims ({desc})")
+    if problem:
+        return f"{_name(path)}: {problem}"
+    nf = _uint(ds, _TAG["NumberOfFrames"]) or 1
+    if nf > max(1, size) * (1032 if deflated else 1):
+        return (f"{_name(path)}: header says {nf} frames, more than a file of {size} bytes "
+                "can hold")
+    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -680,7 +853,10 @@ def _read_record_quiet(
                 fp.seek(pixels_at)
             else:
                 fp.seek(0)
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
+                if not force and is_deflated_part10(head):
+                    ds = read_deflated(fp, stop_before_pixels=True)
+                else:
+                    ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
             meta_class = str(getattr(ds.get("file_meta", Dataset()),
                                      "MediaStorageSOPClassUID", "") or "")
             sop_class = _str(ds, _TAG["SOPClassUID"]) or meta_class
@@ -691,9 +867,8 @@ def _read_record_quiet(
                 return ("object", path)
             size = os.fstat(fp.fileno()).st_size
             problem, fragments_at = _pixel_check(path, fp, ds, size)
-    except (InvalidDicomError, EOFError, ValueError, struct.error, KeyError, TypeError,
-            IndexError, AttributeError, NotImplementedError) as exc:
-        return Skipped(path, f"{_name(path)}: cannot read the DICOM header ({exc})")
+    except HEADER_ERRORS as exc:
+        return Skipped(path, f"{_name(path)}: cannot read the DICOM header ({_why(exc)})")
     except OSError as exc:
         return Skipped(path, f"{_name(path)}: cannot open ({exc.strerror or exc})")
     if force and len(ds) == 0:
@@ -704,8 +879,15 @@ def _read_record_quiet(
         return Skipped(path, problem)
     try:
         return _build_record(path, ds, sop_class, cache, fragments_at)
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError, WindowError) as exc:
-        return Skipped(path, f"{_name(path)}: unusable image header ({exc})")
+    except (WindowError, *HEADER_ERRORS) as exc:
+        return Skipped(path, f"{_name(path)}: unusable image header ({_why(exc)})")
+
+
+def _why(exc: BaseException) -> str:
+    """An exception as a short reason on one line."""
+    if isinstance(exc, RecursionError):
+        return "sequences nested too deeply"
+    return one_line(exc, 200)
 
 
 def _vec(vals: list[float] | None, n: int) -> tuple[float, ...] | None:
@@ -784,6 +966,10 @@ def _build_record(
                 frame_time = _median(np.asarray(ftv[1:], dtype=float))
     else:
         frames = [base]
+    for f in frames:  # C.11.1: a rescale of inf or NaN gives no picture at all
+        if not (math.isfinite(f.slope) and math.isfinite(f.intercept)):
+            raise ValueError(f"Rescale Slope {f.slope:g} / Intercept {f.intercept:g} "
+                             "is not a finite number")
     return _Record(
         path=path,
         series_uid=_str(ds, t["SeriesInstanceUID"]) or f"no-series-uid:{path}",
@@ -1068,9 +1254,12 @@ def _implementation(ds: Dataset) -> str:
 def _full_header(path: str) -> Dataset:
     """Whole header of the first file of a series (text values, sequences)."""
     with open(path, "rb") as fp:
-        head = fp.read(132)
+        head = fp.read(4096)
         fp.seek(0)
-        force = not (len(head) == 132 and head[128:132] == b"DICM")
+        if is_deflated_part10(head):
+            ds: Dataset = read_deflated(fp, stop_before_pixels=True)
+            return ds
+        force = not (len(head) >= 132 and head[128:132] == b"DICM")
         return pydicom.dcmread(fp, stop_before_pixels=True, force=force)
 
 
@@ -1350,8 +1539,9 @@ def scan(
         local.non_image.extend(remote.non_image)
         local.warnings.extend(remote.warnings)
         return local
-    files, missing = iter_files(paths)
-    result = ScanResult(skipped=list(missing))
+    notes: list[str] = []
+    files, missing = iter_files(paths, notes)
+    result = ScanResult(skipped=list(missing), warnings=notes, not_walked=len(notes))
     records: list[_Record] = []
     for f, r in zip(files, _read_records(files, progress, processes), strict=True):
         if r is None:
@@ -1365,7 +1555,7 @@ def scan(
         else:
             records.append(r)
     records = _split_orientations(_without_duplicates(records, result))
-    result.series = _assemble(records, result.warnings)
+    result.series = _assemble(records, result.warnings, result.skipped)
     result.series.sort(key=lambda s: s.sort_key())
     for s in result.skipped:
         result.warnings.append(f"skipped {s.reason}")
@@ -1522,7 +1712,9 @@ def _without_duplicates(records: list[_Record], result: ScanResult) -> list[_Rec
     return kept
 
 
-def _assemble(records: Iterable[_Record], warns_out: list[str]) -> list[Series]:
+def _assemble(
+    records: Iterable[_Record], warns_out: list[str], skipped_out: list[Skipped] | None = None,
+) -> list[Series]:
     groups: dict[tuple[Any, ...], list[_Record]] = {}
     for r in records:
         groups.setdefault(_group_key(r), []).append(r)
@@ -1538,17 +1730,39 @@ def _assemble(records: Iterable[_Record], warns_out: list[str]) -> list[Series]:
             recs = groups[key]
             suffix = "" if gi == 0 else str(gi + 1)
             for sub in _split_multiframe(recs):
-                frames = _with_locations(sub)
-                parts = _arrange(frames)
-                for pi, part in enumerate(parts):
-                    n_split += 1
-                    if len(parts) > 1 and "|" not in part[0]:
-                        part = (f"{part[0]}|part {pi + 1}", part[1])
-                    out.append(_make_series(sub, part, suffix, warns_out))
+                made = _series_of(sub, suffix, warns_out, skipped_out)
+                n_split += len(made)
+                out.extend(made)
         if n_split > len(keys):
             warns_out.append(f"series {uid}: split into {n_split} layers (images of different "
                             "size, orientation, echo, or unequal repeats per position)")
     return out
+
+
+def _series_of(
+    sub: list[_Record], suffix: str, warns_out: list[str], skipped_out: list[Skipped] | None,
+) -> list[Series]:
+    """The layers of one group of records. The first file's whole header describes the
+    series; when it cannot be read (a damaged element the header-only parse did not
+    touch), that file is skipped and the next one describes the series."""
+    while sub:
+        frames = _with_locations(sub)
+        parts = _arrange(frames)
+        try:
+            made = []
+            for pi, part in enumerate(parts):
+                if len(parts) > 1 and "|" not in part[0]:
+                    part = (f"{part[0]}|part {pi + 1}", part[1])
+                made.append(_make_series(sub, part, suffix, warns_out))
+            return made
+        except (OSError, *HEADER_ERRORS) as exc:
+            bad = sub[0].path
+            reason = f"{_name(bad)}: cannot read the DICOM header ({_why(exc)})"
+            if skipped_out is None:
+                raise
+            skipped_out.append(Skipped(bad, reason))
+            sub = sub[1:]
+    return []
 
 
 def _split_multiframe(recs: list[_Record]) -> list[list[_Record]]:
@@ -1591,16 +1805,16 @@ def header_dict(ds: Dataset, max_depth: int = 3) -> dict[str, Any]:
     fm = getattr(ds, "file_meta", None)
     if fm is not None and "TransferSyntaxUID" in fm:
         out["TransferSyntaxUID"] = str(fm.TransferSyntaxUID)
-    for elem in ds:
-        if int(elem.tag) in _PIXEL_TAGS or elem.tag.group == 0x0002:
+    for tag in list(ds.keys()):
+        if int(tag) in _PIXEL_TAGS or tag.group == 0x0002:
             continue
-        key = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
-        try:
-            value = elem.value
-        except (ValueError, TypeError, KeyError, struct.error) as exc:
-            out[key] = f"<unreadable: {exc}>"
-            continue
-        out[key] = _jsonable(value, elem.VR, max_depth)
+        key = f"({tag.group:04X},{tag.element:04X})"
+        try:  # a damaged element (unknown VR, stray item, bad charset) is shown as such
+            elem = ds[tag]
+            key = elem.keyword or key
+            out[key] = _jsonable(elem.value, elem.VR, max_depth)
+        except HEADER_ERRORS as exc:
+            out[key] = f"<unreadable: {_why(exc)}>"
     return out
 
 

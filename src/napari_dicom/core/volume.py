@@ -45,6 +45,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import iter_pixels, pixel_array  # type: ignore[attr-defined]
 
 from . import pixels as px
+from . import safety
 from .render import IntHistogram, WindowError
 from .stats import remember_histogram
 
@@ -67,7 +68,7 @@ log = logging.getLogger(__name__)
 
 #: a series whose array needs at most this fraction of the available memory is loaded
 #: into memory; a larger one stays lazy
-MEMORY_FRACTION = 0.5
+MEMORY_FRACTION = safety.BUDGET_FRACTION
 #: arrays up to this size are loaded before the reader returns (tens of milliseconds);
 #: larger ones show their first plane at once and load in the background
 BACKGROUND_BYTES = 32 << 20
@@ -81,23 +82,15 @@ _TODO, _BUSY, _DONE = 0, 1, 2
 
 def memory_available() -> int:
     """Bytes of memory available to a new allocation without swapping (Linux
-    ``MemAvailable``; elsewhere the free physical pages)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
+    ``MemAvailable``, elsewhere the free physical pages; within an ``RLIMIT_AS``)."""
+    return safety.memory_available()
 
 
 def memory_budget() -> int:
-    """Bytes a whole series array may take: :data:`MEMORY_FRACTION` of what is available."""
-    return int(memory_available() * MEMORY_FRACTION)
+    """Bytes a whole series array may take: the one budget of ``core.safety`` (by default
+    :data:`MEMORY_FRACTION` of :func:`memory_available`; ``NAPARI_DICOM_MEMORY_BUDGET``
+    sets it)."""
+    return safety.memory_budget(memory_available())
 
 
 def _narrow_dtype(series: Series) -> tuple[np.dtype[Any], np.dtype[Any]]:
@@ -182,23 +175,29 @@ class _Planes:
                     self._source_fault(ks[i:], exc)
                     raise
                 except (px.DicomLoadError, *px._DECODE_ERRORS) as exc:
-                    self._give_up([k], str(exc))
+                    self._give_up([k], px._reason(exc))
             return
         frames = [series.planes[k].frame or 0 for k in ks]
         ds_out = Dataset() if series.photometric.startswith("PALETTE") else None
         read = 0
+        try:  # a codestream larger than the header is not decoded at all (core.safety)
+            px._check_codestream(path, series, px._fragment_heads(path, series.planes[ks[0]]))
+        except px.DicomLoadError as exc:
+            self._give_up(ks, px._reason(exc))
+            return
         try:
             src: str | Dataset = path
-            whole = px._read_whole(series, path)
-            if whole is not None:
-                src = ds_out = whole
-            for k, arr in zip(ks, iter_pixels(src, indices=frames, ds_out=ds_out),
-                              strict=True):
-                read += 1
-                try:
-                    self._store(k, arr, ds_out)
-                except (px.DicomLoadError, *px._DECODE_ERRORS) as exc:  # another size
-                    self._give_up([k], str(exc))
+            with px._panics_as_errors():
+                whole = px._read_whole(series, path)
+                if whole is not None:
+                    src = ds_out = whole
+                for k, arr in zip(ks, iter_pixels(src, indices=frames, ds_out=ds_out),
+                                  strict=True):
+                    read += 1
+                    try:
+                        self._store(k, arr, ds_out)
+                    except (px.DicomLoadError, *px._DECODE_ERRORS) as exc:  # another size
+                        self._give_up([k], px._reason(exc))
         except NotImplementedError as exc:
             self._give_up(ks[read:], "no decoder")
             msg = px.missing_decoder_message(series.transfer_syntax, path)
@@ -224,7 +223,7 @@ class _Planes:
         series = self.series
         ds = px._reparsed(path)
         if ds is None:
-            self._give_up(ks, str(first))
+            self._give_up(ks, px._reason(first))
             return
         cut = px._truncation(ds, series)
         ds = px._padded(ds, cut)
@@ -234,13 +233,14 @@ class _Planes:
                 self._give_up([k], cut[2])
                 continue
             try:
-                self._store(k, pixel_array(ds, index=frame), ds)
+                with px._panics_as_errors():
+                    self._store(k, pixel_array(ds, index=frame), ds)
             except NotImplementedError as exc:
                 self._give_up(ks[i:], "no decoder")
                 msg = px.missing_decoder_message(series.transfer_syntax, path)
                 raise px._MissingDecoder(msg or f"{path}: {exc}") from exc
             except (px.DicomLoadError, *px._DECODE_ERRORS) as exc:
-                self._give_up([k], str(exc))
+                self._give_up([k], px._reason(exc))
 
     def _decode_one(self, k: int) -> tuple[npt.NDArray[Any], Dataset | None]:
         first = self._first.pop(k, None)  # plane 0 as the fast-decode check decoded it
