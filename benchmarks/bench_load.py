@@ -24,8 +24,9 @@ Philips-style (unsigned 16 bits stored) headers, uncompressed and JPEG Lossless,
   Lossless);
 * first slice shown: ``open`` returned with the layer sliced, and that minus the header
   scan alone (goal <= 0.3 s at 1000 slices);
-* peak memory of the user path in a fresh process (tracemalloc) against the final array
-  (goal <= 1.1x) and its dtype (goal int16 for all three);
+* peak memory of the user path in a fresh process (tracemalloc, over a second open of
+  the series: the first makes the imports) against the final array (goal <= 1.1x) and its
+  dtype (goal int16 for all three);
 * ``--widget``: the Window / Level widget taking a 1000-slice layer whose volume is in
   memory (its whole-series histogram), against the same widget on a plain copy of the
   array (goal <= 0.2 s). Needs a display (``xvfb-run``).
@@ -229,10 +230,15 @@ _USER_PEAK = """
 import sys, tracemalloc
 import numpy as np
 from napari.components import ViewerModel
-import napari_dicom._reader, napari_dicom.core.volume
+import gc, time
 import npe2
 npe2.PluginManager.instance().discover(include_npe1=False)
 vm = ViewerModel()
+# a first open makes the imports and caches a session makes once; then the measured one
+np.asarray(vm.open(sys.argv[1], plugin="napari-dicom")[0].data)
+vm.layers.clear()
+time.sleep(1.0)  # its background histogram
+gc.collect()
 tracemalloc.start()
 layer = vm.open(sys.argv[1], plugin="napari-dicom")[0]
 a = np.asarray(layer.data)

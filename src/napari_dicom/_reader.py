@@ -206,6 +206,7 @@ def read_dicom(path: PathLike) -> list[LayerData]:
             show_info(f"{series.name}: {own}")
         if loading is not None:
             _swap_when_loaded(loading, data, told=len(series.warnings))
+        layers.extend(_overlay_layers(series))
     if result.objects:
         layers.extend(_object_layers(result.objects, result.series))
     if not layers:
@@ -238,6 +239,18 @@ def _object_layers(objects: Sequence[str], series: Sequence[Any]) -> list[LayerD
     from .core.objects import object_layers
 
     layers, warns = object_layers(objects, series)
+    for w in _unique(warns):
+        show_warning(w)
+    return [label_layer_data(layer) for layer in layers]
+
+
+def _overlay_layers(series: Any) -> list[LayerData]:
+    """Overlay planes (60xx) of an image series as Labels layers beside it."""
+    from napari.utils.notifications import show_warning
+
+    from .core.overlay import overlay_layers
+
+    layers, warns = overlay_layers(series)
     for w in _unique(warns):
         show_warning(w)
     return [label_layer_data(layer) for layer in layers]
