@@ -73,6 +73,15 @@ def _series_url(server: Orthanc, path: str | Path) -> str:
     return server.dicomweb(*_uids(path))
 
 
+def _no_credentials_around(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An authenticated Orthanc is started: no credentials from the environment or a
+    netrc file unless the test sets them."""
+    skip_without_orthanc()
+    for var in (dicomweb.ENV_TOKEN, dicomweb.ENV_USER, dicomweb.ENV_PASSWORD):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+
+
 def _count_frames(server: dicomweb.Server) -> list[str]:
     """Frame requests made through ``server``'s session from now on."""
     seen: list[str] = []
@@ -321,10 +330,7 @@ def test_server_stopped_mid_series_fails_then_completes_on_retry(
 def test_credentials_basic_wrong_and_right(tmp_path: Path, data: Data,
                                            monkeypatch: pytest.MonkeyPatch,
                                            caplog: pytest.LogCaptureFixture) -> None:
-    skip_without_orthanc()
-    for var in (dicomweb.ENV_TOKEN, dicomweb.ENV_USER, dicomweb.ENV_PASSWORD):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    _no_credentials_around(monkeypatch, tmp_path)
     server = Orthanc(tmp_path / "orthanc", users={"alice": "wonderland-7"})
     try:
         server.upload([CT_SMALL])
@@ -433,10 +439,7 @@ def test_widget_credentials_reach_the_reader_and_stay_out_of_layers(
 ) -> None:
     from qtpy.QtCore import Qt
 
-    skip_without_orthanc()
-    for var in (dicomweb.ENV_TOKEN, dicomweb.ENV_USER, dicomweb.ENV_PASSWORD):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    _no_credentials_around(monkeypatch, tmp_path)
     server = Orthanc(tmp_path / "orthanc", users={"bob": "builder-42"})
     try:
         server.upload([CT_SMALL])

@@ -391,3 +391,54 @@ def test_non_finite_and_equal_limits_via_napari(make_napari_viewer: Any, tmp_pat
     assert np.float32(hi) > np.float32(lo) and lo == pytest.approx(1e38, rel=1e-6)
     warned = [str(r.message) for r in records if "slope.dcm" in str(r.message)]
     assert len(warned) == 1 and "Rescale Slope inf" in warned[0] and "\n" not in warned[0]
+
+
+def _dicomdir(folder: Path, refs: list[list[str]]) -> Path:
+    """A DICOMDIR whose image records reference ``refs`` (File-set IDs, PS3.10 8.3)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.FileSetID = "TEST"
+    records = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # '..' is no valid CS: the point
+        for ref in refs:
+            rec = Dataset()
+            rec.DirectoryRecordType = "IMAGE"
+            rec.ReferencedFileID = ref
+            records.append(rec)
+        ds.DirectoryRecordSequence = records
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "DICOMDIR"
+        ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicomdir_problems_get_a_clear_message(make_napari_viewer: Any, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A DICOMDIR that is not DICOM, or whose records point outside its folder (never
+    read: its folder is), is claimed by get_reader and refused with a message naming
+    the problem, in the CLI and through napari's open (not "no compatible reader")."""
+    text = tmp_path / "text" / "DICOMDIR"
+    text.parent.mkdir()
+    text.write_text("not a directory\n")
+    outside = _dicomdir(tmp_path / "cd", [["..", "elsewhere", "IM1"]])
+    _phantom(tmp_path / "elsewhere", n=1)
+    for path, why in ((text, "DICOMDIR: not a DICOM file"),
+                      (outside, "DICOMDIR: 1 of its 1 records point outside its folder "
+                                "(e.g. ../elsewhere/IM1), which is not read")):
+        assert napari_get_reader(str(path)) is not None
+        assert main(["info", str(path)]) == 1
+        _out, err = capsys.readouterr()
+        assert f"skipped: {path}: {why.split(': ', 1)[1]}" in err
+        viewer = make_napari_viewer()
+        with pytest.raises(Exception) as info:  # napari wraps the reader's error
+            viewer.open(str(path), plugin="napari-dicom")
+        chain = [str(info.value), str(info.value.__cause__), str(info.value.__context__)]
+        assert any(why in c for c in chain), chain

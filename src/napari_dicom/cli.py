@@ -50,6 +50,20 @@ output layout (names made portable, unique on collision, always inside OUT):
       label-map PNGs named like the series' PNGs (8-bit, 16-bit past 255 labels),
       manifest.csv, labels.csv (value -> segment / ROI name, colour, source file)
 
+de-identified output (--deidentify; PS3.15 Annex E basic profile in spirit):
+  OUT/P_<hash>/ST_<hash>/SE_<hash>/SE_<hash>_0001.png ...   hash: HMAC-SHA256 of the
+      Patient ID / Study / Series Instance UID with a key (--deid-key, --deid-key-file,
+      the key of an existing mapping file, else a new random one)
+  replaced: Series and SOP Instance UIDs in manifests and PNG text (2.25.<hash>)
+  left out: patient name, ID, birth date, all dates, study/series descriptions,
+      accession number, institution, source file paths, failure messages
+  kept: modality, series number, window (centre, width, function, polarity, VOI LUT
+      explanation), slice location (mm), image size and count, status
+  the key and pseudonym -> original table: OUT.deid-mapping.json beside OUT (or
+      --deid-mapping FILE, outside OUT); keep it private
+  pixels are NOT scrubbed: a series that may carry burned-in annotation (Burned In
+      Annotation = YES, US, SC / Secondary Capture) gets a warning line
+
 existing files: napari-dicom's own earlier export of a series (known by its
 manifest.csv) is replaced as a whole once the new one is complete (PNGs the new one
 does not have are removed); an interrupted or failed export leaves it as it was.
@@ -176,6 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="replace files in OUT that napari-dicom did not write (a "
                     "manifest.csv, PNGs under the names it writes); without it they make "
                     "the export refuse")
+    deid = ex.add_argument_group("de-identification (see below)")
+    deid.add_argument("--deidentify", action="store_true",
+                      help="pseudonymous folder and file names (keyed hash of the UIDs); no "
+                      "patient name, ID, dates or descriptions in names, manifests or PNG "
+                      "text; pixels are not scrubbed")
+    key = deid.add_mutually_exclusive_group()
+    key.add_argument("--deid-key", metavar="KEY",
+                     help="the secret of the keyed hash (same key: same names)")
+    key.add_argument("--deid-key-file", metavar="FILE", type=Path,
+                     help="read the secret from FILE (its first line)")
+    deid.add_argument("--deid-mapping", metavar="FILE", type=Path,
+                      help="where the key and the pseudonym -> original table go (default "
+                      "OUT.deid-mapping.json beside OUT; never inside OUT)")
     ex.add_argument("--masks", action="store_true",
                     help="also write the label maps of the SEG and RTSTRUCT objects found "
                     "with a series, beside its PNGs: SERIES_masks/LAYER/, planes named like "
@@ -412,8 +439,9 @@ def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> in
     if out.exists() and not out.is_dir():
         raise UsageError(f"{PROG} export: error: output {out} exists and is not a folder")
     jobs = args.jobs or os.cpu_count() or 1
+    pseud, mapping = _deid_setup(args, out)
     options = ExportOptions(request, args.frames, args.clahe, jobs, args.skip_existing,
-                            args.overwrite)
+                            args.overwrite, pseud)
     show = not args.quiet and stderr.isatty()
     bar = ProgressBar(stderr, show)
     # the loader logs damaged images; this command reports them itself (below)
@@ -441,6 +469,7 @@ def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> in
             hint = "; pass --overwrite to replace them" if r.status == "refused" else ""
             print(f"{r.status}: series {r.series.name} ({src}): {r.message}{hint}",
                   file=stderr)
+    burned = _burned_in_warnings(batch, stderr) if pseud is not None else 0
     for w in _scan_warnings(scanned):
         print(f"warning: {w}", file=stderr)
     if args.masks:
@@ -474,12 +503,102 @@ def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> in
               file=stdout)
     manifest = batch.manifest if batch.manifest is not None else "not written"
     print(f"output: {batch.out}  (run manifest: {manifest})", file=stdout)
+    if pseud is not None and mapping is not None:
+        _deid_summary(pseud, mapping, burned, stdout, stderr)
     if not batch.results and not batch.error:
         print(f"{PROG} export: {_nothing_found(scanned, sources)}", file=stderr)
         return 1
     return 0 if batch.complete and batch.results else 1
 
 
+def _deid_setup(args: argparse.Namespace, out: Path) -> tuple[Any, Path | None]:
+    """The pseudonymizer and mapping file of ``--deidentify`` (None, None without it)."""
+    given = args.deid_key is not None or args.deid_key_file is not None
+    if args.deidentify and getattr(args, "masks", False):
+        raise UsageError(f"{PROG} export: error: --masks cannot be de-identified yet "
+                         "(segment and ROI names, source paths); leave out one of them")
+    if not args.deidentify:
+        if given or args.deid_mapping is not None:
+            raise UsageError(f"{PROG} export: error: --deid-key, --deid-key-file and "
+                             "--deid-mapping go with --deidentify")
+        return None, None
+    from .core.deid import (
+        DeidError,
+        Pseudonymizer,
+        default_mapping_path,
+        read_mapping_key,
+        write_mapping,
+    )
+
+    mapping = (args.deid_mapping.resolve() if args.deid_mapping is not None
+               else default_mapping_path(out))
+    root = out.resolve()
+    if mapping == root or mapping.is_relative_to(root):
+        raise UsageError(f"{PROG} export: error: the mapping file {mapping} would be inside "
+                         f"the output folder {root}; it holds the key: put it elsewhere")
+    try:
+        if args.deid_key is not None:
+            key: str | None = args.deid_key
+        elif args.deid_key_file is not None:
+            try:
+                lines = args.deid_key_file.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise DeidError(f"cannot read the key file {args.deid_key_file}: "
+                                f"{getattr(exc, 'strerror', None) or exc}") from None
+            key = lines[0].strip() if lines else ""
+            if not key:
+                raise DeidError(f"the key file {args.deid_key_file} is empty")
+        else:
+            key = read_mapping_key(mapping)
+        pseud = Pseudonymizer(key) if key else Pseudonymizer.generate()
+        if given:  # a mapping file of another key would mix two keys: refuse it now
+            stored = read_mapping_key(mapping)
+            if stored is not None and stored != pseud.key:
+                raise DeidError(f"{mapping} holds another key; pass --deid-mapping with "
+                                "another file")
+        # the key is saved before anything is written: an interrupted run can be resumed
+        # with the same names
+        write_mapping(mapping, pseud)
+    except DeidError as exc:
+        raise UsageError(f"{PROG} export: error: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"{PROG} export: error: cannot write the mapping file {mapping}: "
+                         f"{exc.strerror or exc}") from None
+    return pseud, mapping
+
+
+def _burned_in_warnings(batch: Any, stderr: IO[str]) -> int:
+    """One warning line per exported series that may carry burned-in annotation."""
+    from .core.deid import burned_in_reason
+
+    n = 0
+    for r in batch.results:
+        reason = burned_in_reason(r.series)
+        if reason is None or r.folder is None:
+            continue
+        n += 1
+        where = r.folder.relative_to(batch.out) if r.folder.is_relative_to(batch.out) \
+            else r.folder.name
+        print(f"warning: {where}: may carry burned-in annotation ({reason}): pixels are "
+              "not scrubbed; check these images before sharing", file=stderr)
+    return n
+
+
+def _deid_summary(pseud: Any, mapping: Path, burned: int, stdout: IO[str],
+                  stderr: IO[str]) -> None:
+    from .core.deid import DeidError, write_mapping
+
+    try:
+        write_mapping(mapping, pseud)
+        where = f"key and mapping: {mapping} (keep it private, not with the output)"
+    except (DeidError, OSError) as exc:
+        where = f"mapping NOT written: {exc}"
+        print(f"{PROG} export: error: de-identification {where}", file=stderr)
+    line = f"de-identified: names, manifests and PNG text; {where}"
+    print(line, file=stdout)
+    if burned:
+        print(f"burned-in annotation possible in {burned} series (pixels are not "
+              "scrubbed; see the warnings)", file=stdout)
 def _export_masks(batch: Any, overwrite: bool, stdout: IO[str], stderr: IO[str]) -> None:
     """``export --masks``: the label maps of the scan's SEG / RTSTRUCT objects beside
     the PNGs of the series they lie on."""

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,9 @@ from .render import (
     normalize_function,
 )
 from .series import Series
+
+if TYPE_CHECKING:
+    from .deid import Pseudonymizer
 
 __all__ = [
     "CLAHE_MISSING",
@@ -266,6 +269,8 @@ class ExportOptions:
     jobs: int | None = None
     skip_existing: bool = False
     overwrite: bool = False
+    #: de-identified names, manifests and PNG text (:mod:`~napari_dicom.core.deid`)
+    deidentify: Pseudonymizer | None = None
 
 
 @dataclass
@@ -397,6 +402,17 @@ def _subset_meta(meta: dict[str, Any], keep: Sequence[int], n: int) -> dict[str,
     return out
 
 
+def _shared_meta(meta: dict[str, Any], options: ExportOptions) -> dict[str, Any]:
+    """The metadata that goes into the PNG text and stack manifest (scrubbed when
+    de-identifying)."""
+    return meta if options.deidentify is None else options.deidentify.scrub_meta(meta)
+
+
+def _shared_uid(series: Series, options: ExportOptions) -> str:
+    """The Series Instance UID written into the PNG text (a pseudonym when de-identifying)."""
+    return series.uid if options.deidentify is None else options.deidentify.uid(series.uid)
+
+
 def export_one(
     series: Series,
     folder: Path,
@@ -434,8 +450,9 @@ def export_one(
             raise DicomLoadError(f"series {series.name!r}: no plane could be decoded")
         display, note = choose_display(series, data, options.window)
         result.display, result.note = display, note
-        meta = _subset_meta(
-            series_metadata(series, display, note), keep, len(series.planes)
+        meta = _shared_meta(
+            _subset_meta(series_metadata(series, display, note), keep, len(series.planes)),
+            options,
         )
         if options.clahe and series.rgb:
             arr = np.asarray(data)
@@ -459,7 +476,7 @@ def export_one(
             jobs=options.jobs,
             progress=progress,
             skip_existing=options.skip_existing,
-            series_uid=series.uid,
+            series_uid=_shared_uid(series, options),
             rgb=series.rgb,
             overwrite=options.overwrite,
         )
@@ -530,11 +547,12 @@ def _export_streaming(
     try:
         stack = PlaneStack(series, keep)
         display, note = choose_display(series, stack, options.window)
-        meta = _subset_meta(series_metadata(series, display, note), keep,
-                            len(series.planes))
+        meta = _shared_meta(_subset_meta(series_metadata(series, display, note), keep,
+                                          len(series.planes)), options)
         paths = export_stack(
             stack, display, folder, meta=meta, jobs=options.jobs, progress=tick,
-            skip_existing=options.skip_existing, series_uid=series.uid, rgb=series.rgb,
+            skip_existing=options.skip_existing, series_uid=_shared_uid(series, options),
+            rgb=series.rgb,
             overwrite=options.overwrite,
         )
     except DicomLoadError:
@@ -599,7 +617,7 @@ def export_all(
     check_run_manifest(out, options.overwrite)
     jobs = options.jobs or os.cpu_count() or 1
     scanned = scan([os.fspath(s) for s in sources], progress=scan_progress, processes=jobs)
-    namer = OutputNamer(out)
+    namer = OutputNamer(out, options.deidentify)
     n_series = len(scanned.series)
     slots: list[SeriesResult | None] = [None] * n_series
     plan: list[tuple[int, Series, Path, int]] = []  # index, series, folder, images
@@ -667,13 +685,13 @@ def export_all(
     if not error:
         path = namer.root / "manifest.csv"
         try:
-            batch.manifest = write_run_manifest(namer.root, results)
+            batch.manifest = write_run_manifest(namer.root, results, options.deidentify)
         except OSError as exc:
             batch.error = f"cannot write the run manifest {path}: {exc.strerror or exc}"
     return batch
 
 
-def _row(r: SeriesResult, root: Path) -> dict[str, str]:
+def _row(r: SeriesResult, root: Path, deid: Pseudonymizer | None = None) -> dict[str, str]:
     s = r.series
     d = r.display
     w = d.window if d is not None and d.voi_lut is None else None
@@ -683,7 +701,7 @@ def _row(r: SeriesResult, root: Path) -> dict[str, str]:
         window = f"{w.label()} {w.explanation}".strip()
     else:
         window = ""
-    return {
+    row = {
         "source": series_source(s),
         "output": str(r.folder.relative_to(root)) if r.folder is not None else "",
         "images": str(r.images),
@@ -703,6 +721,12 @@ def _row(r: SeriesResult, root: Path) -> dict[str, str]:
         "modality": s.modality,
         "series_instance_uid": s.uid,
     }
+    if deid is not None:  # see core.deid: what is replaced, left out and kept
+        patient = r.folder.relative_to(root).parts[0] if r.folder is not None else ""
+        row.update(source="", message="", patient_id=patient, study_date="",
+                   study_description="", series_description="",
+                   series_instance_uid=deid.uid(s.uid, record=True))
+    return row
 
 
 RUN_MANIFEST_HEADER = ",".join(RUN_MANIFEST_COLUMNS)
@@ -721,15 +745,17 @@ def check_run_manifest(out: str | os.PathLike[str], overwrite: bool = False) -> 
     )
 
 
-def write_run_manifest(root: Path, results: Sequence[SeriesResult]) -> Path:
-    """``root/manifest.csv``: one row per series (written atomically)."""
+def write_run_manifest(root: Path, results: Sequence[SeriesResult],
+                       deid: Pseudonymizer | None = None) -> Path:
+    """``root/manifest.csv``: one row per series (written atomically); de-identified
+    rows with ``deid``."""
     from .export import write_atomic
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=RUN_MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for r in results:
-        writer.writerow(_row(r, root))
+        writer.writerow(_row(r, root, deid))
     root.mkdir(parents=True, exist_ok=True)
     path = root / "manifest.csv"
     write_atomic(path, buf.getvalue().encode("utf-8"))

@@ -21,8 +21,12 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .series import Series, sanitize
+
+if TYPE_CHECKING:
+    from .deid import Pseudonymizer
 
 __all__ = ["OutputNamer", "UnsafePathError", "component", "series_parts"]
 
@@ -109,10 +113,15 @@ class OutputNamer:
     ----------
     root
         The output root (``-o OUT``); it need not exist yet.
+    pseudonyms
+        De-identified names (:mod:`~napari_dicom.core.deid`): keyed hashes of the Patient
+        ID and the Study / Series Instance UIDs instead of the header's text.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str],
+                 pseudonyms: Pseudonymizer | None = None) -> None:
         self.root = Path(root).resolve()
+        self.pseudonyms = pseudonyms
         self._tree = _Level()
 
     def folder_for(self, series: Series, key: str | None = None) -> Path:
@@ -126,7 +135,10 @@ class OutputNamer:
         UnsafePathError
             If the folder would resolve (symbolic links followed) outside the root.
         """
-        patient, study, name = series_parts(series)
+        if self.pseudonyms is not None:
+            patient, study, name = self.pseudonyms.series_parts(series, key)
+        else:
+            patient, study, name = series_parts(series)
         level = self._tree
         p_name = level.name_for(f"patient:{series.patient_id}", patient)
         level = level.child(p_name)

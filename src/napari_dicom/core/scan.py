@@ -1557,9 +1557,52 @@ def scan(
     records = _split_orientations(_without_duplicates(records, result))
     result.series = _assemble(records, result.warnings, result.skipped)
     result.series.sort(key=lambda s: s.sort_key())
+    if not result.series:  # a DICOMDIR given: say why it gave nothing
+        for raw in paths:
+            p = str(os.fspath(raw))
+            if os.path.basename(p).upper() == "DICOMDIR" and os.path.isfile(p):
+                why = dicomdir_problem(p) or "its folder holds no DICOM image"
+                result.skipped.append(Skipped(p, f"{_name(p)}: {why}"))
     for s in result.skipped:
         result.warnings.append(f"skipped {s.reason}")
     return result
+
+
+def dicomdir_problem(path: str) -> str | None:
+    """Why a DICOMDIR (PS3.10 7.2) leads to no image: not DICOM, damaged, not a media
+    directory, records pointing outside its folder (never read: its folder is) or to files
+    that are not there; ``None`` when none of these. Never raises."""
+    if not is_dicom_file(path):
+        return "not a DICOM file"
+    try:
+        ds = _read_header(path)
+        records = ds.get("DirectoryRecordSequence")
+        meta_class = str(getattr(ds.get("file_meta", Dataset()),
+                                 "MediaStorageSOPClassUID", "") or "")
+        if meta_class != _DICOMDIR_CLASS and records is None:
+            return f"not a DICOMDIR ({_sop_class_name(meta_class)})"
+        root = os.path.realpath(os.path.dirname(path) or ".")
+        outside: list[str] = []
+        missing = n = 0
+        for rec in records or []:
+            ref = rec.get("ReferencedFileID")
+            if not ref:
+                continue
+            parts = [str(ref)] if isinstance(ref, str) else [str(x) for x in ref]
+            n += 1
+            target = os.path.realpath(os.path.join(root, *parts))
+            if os.path.commonpath([root, target]) != root:
+                outside.append("/".join(parts))
+            elif not os.path.isfile(target):
+                missing += 1
+    except (OSError, *HEADER_ERRORS) as exc:
+        return f"damaged ({_why(exc)})"
+    if outside:
+        return (f"{len(outside)} of its {n} records point outside its folder (e.g. "
+                f"{outside[0]}), which is not read")
+    if missing:
+        return f"{missing} of its {n} records point to files that are not there"
+    return None
 
 
 def _is_url(text: str) -> bool:
