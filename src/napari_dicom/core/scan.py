@@ -191,16 +191,22 @@ def is_dicom_image(path: str | os.PathLike[str]) -> bool:
 
 def _read_header(
     path: str | os.PathLike[str], *, specific_tags: list[str] | None = None,
+    force: bool | None = True,
 ) -> Dataset:
-    """``dcmread(path, force=True, stop_before_pixels=True)``, a deflated data set
-    inflated no further than its header (``core.safety.read_deflated``)."""
+    """``dcmread(path, force=force, stop_before_pixels=True)``, a deflated data set
+    inflated no further than its header (``core.safety.read_deflated``).
+
+    ``force=None``: forced only when the file has no DICM preamble.
+    """
     with open(path, "rb") as fp:
         head = fp.read(4096)
         fp.seek(0)
         if is_deflated_part10(head):
             ds: Dataset = read_deflated(fp, stop_before_pixels=True)
             return ds
-        return pydicom.dcmread(fp, force=True, stop_before_pixels=True,
+        if force is None:
+            force = not (len(head) >= 132 and head[128:132] == b"DICM")
+        return pydicom.dcmread(fp, force=force, stop_before_pixels=True,
                                specific_tags=specific_tags)
 
 
@@ -1253,14 +1259,7 @@ def _implementation(ds: Dataset) -> str:
 
 def _full_header(path: str) -> Dataset:
     """Whole header of the first file of a series (text values, sequences)."""
-    with open(path, "rb") as fp:
-        head = fp.read(4096)
-        fp.seek(0)
-        if is_deflated_part10(head):
-            ds: Dataset = read_deflated(fp, stop_before_pixels=True)
-            return ds
-        force = not (len(head) >= 132 and head[128:132] == b"DICM")
-        return pydicom.dcmread(fp, stop_before_pixels=True, force=force)
+    return _read_header(path, force=None)
 
 
 def _text(ds: Dataset, keyword: str) -> str:
