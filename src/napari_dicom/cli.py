@@ -886,6 +886,9 @@ def run() -> NoReturn:
         if sys.argv[1:2] == ["export"]:
             if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
+            from .core.output import watch_interrupts
+
+            watch_interrupts()
             _tune_allocator()
         if sys.argv[1:2] in (["export"], ["info"]):
             _import_pydicom_without_download_extras()

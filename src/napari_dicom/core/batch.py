@@ -34,7 +34,13 @@ import numpy as np
 import numpy.typing as npt
 
 from .naming import OutputNamer, UnsafePathError
-from .output import ExportRefused, is_disk_full, manifest_header, plan_stack
+from .output import (
+    ExportRefused,
+    interrupts_to_main_thread,
+    is_disk_full,
+    manifest_header,
+    plan_stack,
+)
 from .presets import get_preset
 from .render import (
     Display,
@@ -647,7 +653,8 @@ def export_all(
         small = [p for p in plan if jobs > 1 and p[3] < SMALL_SERIES_PER_JOB * jobs]
         if small:
             single = replace(options, jobs=1)
-            with ThreadPoolExecutor(jobs, thread_name_prefix="napari-dicom-series") as pool:
+            with ThreadPoolExecutor(jobs, thread_name_prefix="napari-dicom-series",
+                                    initializer=interrupts_to_main_thread) as pool:
                 futures = {pool.submit(export_one, series, folder, single): (index, folder, k)
                            for index, series, folder, k in small}
                 try:

@@ -68,6 +68,8 @@ from .output import (
     ExportError,
     ExportRefused,
     StackPlan,
+    check_interrupt,
+    interrupts_to_main_thread,
     is_own_png,
     plan_stack,
     remove_leftovers,
@@ -752,7 +754,8 @@ def _run_threads(
     pending: set[Future[int]] = set()
     todo = iter(batches)
     exhausted = False
-    with ThreadPoolExecutor(n_jobs, thread_name_prefix="napari-dicom-export") as pool:
+    with ThreadPoolExecutor(n_jobs, thread_name_prefix="napari-dicom-export",
+                            initializer=interrupts_to_main_thread) as pool:
         try:
             while not exhausted or pending:
                 while not exhausted and len(pending) < 2 * n_jobs:
@@ -764,6 +767,7 @@ def _run_threads(
                 if not pending:
                     break
                 finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                check_interrupt()
                 for f in finished:
                     done += f.result()  # re-raises the worker's error
                 if progress is not None:

@@ -46,6 +46,7 @@ from pydicom.pixels import iter_pixels, pixel_array  # type: ignore[attr-defined
 
 from . import pixels as px
 from . import safety
+from .output import interrupts_to_main_thread
 from .render import IntHistogram, WindowError
 from .stats import remember_histogram
 
@@ -335,7 +336,8 @@ class _Planes:
                 if progress is not None:
                     progress(done, self.n)
             return
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="dicom-decode") as pool:
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="dicom-decode",
+                                initializer=interrupts_to_main_thread) as pool:
             futures: list[Future[int]] = [pool.submit(task, p, ks) for p, ks in tasks]
             try:
                 for fut in futures:
