@@ -159,6 +159,27 @@ def _staged_pngs(parent: Path) -> int:
         return 0
 
 
+def _interrupt_once_staged(proc: subprocess.Popen[str], parent: Path,
+                           n: int) -> tuple[int, str]:
+    """Stop ``proc`` (SIGSTOP) once ``n`` PNGs are staged under ``parent``, send SIGINT,
+    let it go on; return the staged count at the stop and its stderr."""
+    try:
+        deadline = time.monotonic() + 60
+        while _staged_pngs(parent) < n and proc.poll() is None:
+            assert time.monotonic() < deadline, "the export never started writing"
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGSTOP)
+        staged = _staged_pngs(parent)
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return staged, stderr
+
+
 @pytest.fixture(scope="module")
 def long_series(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = tmp_path_factory.mktemp("long")
@@ -186,20 +207,7 @@ def test_sigint_mid_export_exits_130_and_keeps_the_earlier_export(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore
         else None)
-    try:
-        deadline = time.monotonic() + 60
-        while _staged_pngs(folder.parent) < 3 and proc.poll() is None:
-            assert time.monotonic() < deadline, "the export never started writing"
-            time.sleep(0.001)
-        proc.send_signal(signal.SIGSTOP)
-        staged = _staged_pngs(folder.parent)
-        proc.send_signal(signal.SIGINT)
-        proc.send_signal(signal.SIGCONT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    staged, stderr = _interrupt_once_staged(proc, folder.parent, 3)
     assert 3 <= staged < 150, "not stopped mid-export"
     assert proc.returncode == 130, stderr
     assert stderr.strip() == "napari-dicom: interrupted"
@@ -226,19 +234,7 @@ def test_sigint_while_small_series_run_side_by_side(tmp_path: Path) -> None:
         [sys.executable, "-m", "napari_dicom", "export", str(src), "-o", str(old), "-q",
          "--jobs", "2", "--window=500,100"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while _staged_pngs(study) < 1 and proc.poll() is None:
-            assert time.monotonic() < deadline, "the export never started writing"
-            time.sleep(0.001)
-        proc.send_signal(signal.SIGSTOP)
-        proc.send_signal(signal.SIGINT)
-        proc.send_signal(signal.SIGCONT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _, stderr = _interrupt_once_staged(proc, study, 1)
     assert proc.returncode == 130, stderr
     assert stderr.strip() == "napari-dicom: interrupted"
     after = _snapshot(old)
