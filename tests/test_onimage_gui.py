@@ -28,6 +28,7 @@ MARKER_HU = 3000  # brighter than anything in the phantom (cortical bone is 1500
 def _series(folder: Path, orientation: tuple[float, ...]) -> list[Path]:
     """An axial phantom series whose file pixel (row 0, column 0) holds a bright marker."""
     volume = ct_phantom_volume(N, SIZE, seed=0, noise=0.0)
+    volume += (10 * np.arange(N, dtype=np.int16))[:, None, None]  # each slice its own values
     volume[:, :6, :6] = MARKER_HU
     return write_ct_phantom(folder, n_slices=N, size=SIZE, orientation=orientation,
                             volume=volume, patient_id="PID-0042")
@@ -51,6 +52,12 @@ def _errors_since(n: int) -> list[str]:
 def _letters(widget: Any) -> dict[str, str]:
     texts = widget.info.texts
     return {e: texts[f"napari_dicom_{e}"] for e in ("top", "bottom", "left", "right")}
+
+
+def _window(widget: Any) -> str:
+    """The window lines of the bottom-left overlay (without the value under the mouse)."""
+    lines = widget.info.texts["napari_dicom_window"].split("\n")
+    return "\n".join(line for line in lines if not line.startswith("Value "))
 
 
 def _mouse_move(canvas: Any, xy: tuple[int, int]) -> None:
@@ -141,17 +148,17 @@ def test_window_text_follows_the_window_level_dock(
     opened: tuple[Any, Any, Any], qtbot: Any,
 ) -> None:
     viewer, widget, layer = opened
-    assert widget.info.texts["napari_dicom_window"].startswith("W 400 / L 40 HU")
+    assert _window(widget).startswith("W 400 / L 40 HU")
     _dock, wl = viewer.window.add_plugin_dock_widget(PLUGIN, "Window / Level")
     brain = next(c for c in wl._preset.choices if c.startswith("CT Brain"))
     wl._preset.value = brain
-    qtbot.waitUntil(lambda: widget.info.texts["napari_dicom_window"] == "W 80 / L 40 HU\nBrain",
+    qtbot.waitUntil(lambda: _window(widget) == "W 80 / L 40 HU\nBrain",
                     timeout=2000)
     wl._width.value = 350.0  # typed by the user: no longer the preset
-    qtbot.waitUntil(lambda: widget.info.texts["napari_dicom_window"] == "W 350 / L 40 HU",
+    qtbot.waitUntil(lambda: _window(widget) == "W 350 / L 40 HU",
                     timeout=2000)
     layer.contrast_limits = (0.0, 99.0)  # the layer controls' slider
-    assert widget.info.texts["napari_dicom_window"] == "W 100 / L 50 HU"
+    assert _window(widget) == "W 100 / L 50 HU"
 
 
 def test_value_under_the_cursor_with_its_unit(
@@ -173,6 +180,12 @@ def test_value_under_the_cursor_with_its_unit(
         # napari's status bar: the bare value; the overlay: the value with its unit
         qtbot.waitUntil(lambda hu=hu: float(viewer.status["value"]) == hu, timeout=5000)
         assert widget.info.texts["napari_dicom_window"].endswith(f"\nValue {hu} HU")
+    # paging with the mouse still: the value of the new slice under it (10 HU per slice)
+    viewer.dims.set_current_step(0, (viewer.dims.current_step[0] + 2) % N)
+    k2, r2, c2 = (int(np.floor(v + 0.5)) for v in layer.world_to_data(viewer.cursor.position))
+    assert (r2, c2) == (r, c) and abs(k2 - k) == 2
+    hu += 10 * (k2 - k)
+    assert widget.info.texts["napari_dicom_window"].endswith(f"\nValue {hu} HU")
     viewer.scene.camera.zoom /= 4  # the image shrinks to the middle of the canvas
     qtbot.wait(100)  # (drawn: vispy maps the next mouse position through the new camera)
     _mouse_move(canvas, (2, 2))  # outside the image: no value
@@ -201,7 +214,7 @@ def test_a_layer_that_is_not_dicom(opened: tuple[Any, Any, Any]) -> None:
     viewer.add_image(np.zeros((8, 8)), name="plain")
     note = "Layer 'plain' is not a DICOM image layer: nothing to show."
     assert widget.note == note
-    assert widget.info.texts["napari_dicom_window"] == note
+    assert widget.info.texts["napari_dicom_window"] == "plain: not a DICOM image layer"
     assert not any(widget.info.texts[k] for k in widget.info.texts if k != "napari_dicom_window")
     viewer.layers.selection.active = layer
     assert widget.note == ""

@@ -78,7 +78,6 @@ class OnImageInfo:
         self.parts = {name: name != "patient" for name in PARTS}
         self.shown = False
         self.note = ""
-        self._value = ""
         self._layer: Any = None
         self._later = later
         v = self.viewer
@@ -89,6 +88,7 @@ class OnImageInfo:
         v.dims.events.ndisplay.connect(self.update)
         v.scene.camera.events.orientation.connect(self.update)
         v.cursor.events.position.connect(self._on_cursor)
+        v.events.mouse_over_canvas.connect(self._on_cursor)
 
     # ------------------------------------------------------------------ switching
 
@@ -136,7 +136,6 @@ class OnImageInfo:
             self._layer.events.contrast_limits.disconnect(self._on_limits)
             self._layer.events.name.disconnect(self.update)
         self._layer = layer
-        self._value = ""  # the cursor's value was another layer's
         if layer is not None:
             layer.events.contrast_limits.connect(self._on_limits)
             layer.events.name.connect(self.update)
@@ -179,15 +178,16 @@ class OnImageInfo:
             for key in OVERLAYS:
                 self._set(key, "")
             if layer is not None:  # a user who switched the overlay on learns why it is empty
-                self._set("napari_dicom_window", self.note)
+                self._set("napari_dicom_window", f"{layer.name}: not a DICOM image layer")
             return
         unit = value_unit(meta)
         rgb = bool(getattr(layer, "rgb", False))
         lines = []
         if self.parts["window"] and not rgb:
             lines.append(window_text(layer.metadata, layer.contrast_limits, unit))
-        if self.parts["value"] and self._value:
-            lines.append(f"Value {self._value}")
+        value = self._cursor_value(layer, meta) if self.parts["value"] else ""
+        if value:
+            lines.append(f"Value {value}")
         self._set("napari_dicom_window", "\n".join(lines))
         self._set("napari_dicom_slice",
                   self._slice(layer, meta) if self.parts["slice"] else "")
@@ -256,18 +256,18 @@ class OnImageInfo:
         return slice_text(k, n, world_axis, world_value)
 
     def _on_cursor(self, _event: Any = None) -> None:
-        if not self.shown or not self.parts["value"]:
-            return
-        layer, meta = self._dicom_layer()
-        value = ""
-        if meta and self.viewer.dims.ndisplay == 2:
-            raw = layer.get_value(self.viewer.cursor.position, world=True)
-            if isinstance(raw, tuple) and len(raw) == 2 and layer.multiscale:
-                raw = raw[1]  # (level, value)
-            value = value_text(raw, value_unit(meta))
-        if value != self._value:
-            self._value = value
+        if self.shown and self.parts["value"]:
             self.update()
+
+    def _cursor_value(self, layer: Any, meta: dict[str, Any]) -> str:
+        """The value under the mouse with its unit; "" when the mouse is off the canvas
+        or off the layer, and in the 3-D view."""
+        if not self.viewer.mouse_over_canvas or self.viewer.dims.ndisplay != 2:
+            return ""
+        raw = layer.get_value(self.viewer.cursor.position, world=True)
+        if isinstance(raw, tuple) and len(raw) == 2 and layer.multiscale:
+            raw = raw[1]  # (level, value)
+        return value_text(raw, value_unit(meta))
 
 
 def _data_axis(placement: dict[str, Any], world_axis: int) -> int:
