@@ -1543,6 +1543,7 @@ def scan(
                      processes=processes, reader=reader)
         local.series = sorted([*local.series, *remote.series], key=lambda s: s.sort_key())
         local.non_image.extend(remote.non_image)
+        local.objects.extend(remote.objects)
         local.warnings.extend(remote.warnings)
         return local
     notes: list[str] = []
