@@ -14,6 +14,7 @@ import pytest
 from napari._app_model import get_app_model
 from napari._app_model.constants import MenuId
 from napari.utils.notifications import NotificationSeverity, notification_manager
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 
 from napari_dicom.core.phantom import ct_phantom_volume, write_ct_phantom
@@ -190,6 +191,37 @@ def test_value_under_the_cursor_with_its_unit(
     qtbot.wait(100)  # (drawn: vispy maps the next mouse position through the new camera)
     _mouse_move(canvas, (2, 2))  # outside the image: no value
     assert "Value" not in widget.info.texts["napari_dicom_window"]
+
+
+def test_window_text_after_a_preset_key(opened: tuple[Any, Any, Any], qtbot: Any) -> None:
+    from qtpy.QtCore import Qt
+
+    viewer, widget, layer = opened
+    _dock, wl = viewer.window.add_plugin_dock_widget(PLUGIN, "Window / Level")
+    combo = wl._preset.native
+    shown = {combo.itemData(i): combo.itemText(i) for i in range(combo.count())}
+    brain = next(v for v in shown if v and v.startswith("CT Brain"))
+    key = int(shown[brain].split("Ctrl+")[1].rstrip("]"))
+    canvas = viewer.window._qt_viewer.canvas.native
+    # a real key press on the canvas: Qt -> vispy -> napari's keymap -> the dock's action
+    qtbot.keyClick(canvas, getattr(Qt.Key, f"Key_{key}"), Qt.KeyboardModifier.ControlModifier)
+    qtbot.waitUntil(lambda: _window(widget) == "W 80 / L 40 HU\nBrain", timeout=2000)
+    qtbot.keyClick(canvas, Qt.Key.Key_0, Qt.KeyboardModifier.ControlModifier)  # file default
+    ds = pydicom.dcmread(next(iter(layer.metadata["dicom"]["files"])), stop_before_pixels=True)
+    first = [v[0] if isinstance(v, MultiValue) else v for v in (ds.WindowWidth, ds.WindowCenter)]
+    want = f"W {float(first[0]):g} / L {float(first[1]):g} HU"  # the file's first window
+    qtbot.waitUntil(lambda: _window(widget).split("\n")[0] == want, timeout=2000)
+
+
+def test_closing_the_dock_takes_the_overlays_away(opened: tuple[Any, Any, Any]) -> None:
+    viewer, widget, _layer = opened
+    assert [k for k in viewer.canvas.overlays if k.startswith("napari_dicom_")]
+    viewer.window.remove_dock_widget(widget)
+    assert not [k for k in viewer.canvas.overlays if k.startswith("napari_dicom_")]
+    viewer.dims.set_current_step(0, 1)  # nothing left listening
+    assert not [k for k in viewer.canvas.overlays if k.startswith("napari_dicom_")]
+    _dock, again = viewer.window.add_plugin_dock_widget(PLUGIN, INFO)
+    assert _letters(again)["top"] == "A"
 
 
 def test_patient_text_is_off_until_asked(opened: tuple[Any, Any, Any], qtbot: Any) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.components.overlays import TextOverlay
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtWidgets import QCheckBox, QLabel, QVBoxLayout, QWidget
 
 from .core.meta import dicom_meta
@@ -81,14 +81,18 @@ class OnImageInfo:
         self._layer: Any = None
         self._later = later
         v = self.viewer
-        v.layers.selection.events.active.connect(self.update)
-        v.layers.events.removed.connect(self.update)
-        v.dims.events.current_step.connect(self.update)
-        v.dims.events.order.connect(self.update)
-        v.dims.events.ndisplay.connect(self.update)
-        v.scene.camera.events.orientation.connect(self.update)
-        v.cursor.events.position.connect(self._on_cursor)
-        v.events.mouse_over_canvas.connect(self._on_cursor)
+        self._emitters = [
+            (v.layers.selection.events.active, self.update),
+            (v.layers.events.removed, self.update),
+            (v.dims.events.current_step, self.update),
+            (v.dims.events.order, self.update),
+            (v.dims.events.ndisplay, self.update),
+            (v.scene.camera.events.orientation, self.update),
+            (v.cursor.events.position, self._on_cursor),
+            (v.events.mouse_over_canvas, self._on_cursor),
+        ]
+        for emitter, callback in self._emitters:
+            emitter.connect(callback)
 
     # ------------------------------------------------------------------ switching
 
@@ -118,7 +122,11 @@ class OnImageInfo:
         self.update()
 
     def close(self) -> None:
+        """Take the overlays away and stop following the viewer."""
         self.show(False)
+        for emitter, callback in self._emitters:
+            emitter.disconnect(callback)
+        self._emitters = []
 
     @property
     def texts(self) -> dict[str, str]:
@@ -304,10 +312,22 @@ class OnImageWidget(QWidget):
         layout.addStretch(1)
         self._shown.toggled.connect(self._on_shown)
         viewer = self.info.viewer
-        viewer.layers.selection.events.active.connect(self._say)
-        viewer.layers.events.removed.connect(self._say)
+        self._emitters = [viewer.layers.selection.events.active, viewer.layers.events.removed]
+        for emitter in self._emitters:
+            emitter.connect(self._say)
         self.info.show(True)
         self._say()
+
+    def event(self, event: QEvent | None) -> bool:
+        # napari closes a dock (its x button, Window menu, remove_dock_widget) by taking
+        # this widget out of it: the overlays go with it
+        if (event is not None and event.type() == QEvent.Type.ParentChange
+                and self.parent() is None and self._emitters):
+            self.info.close()
+            for emitter in self._emitters:
+                emitter.disconnect(self._say)
+            self._emitters = []
+        return bool(super().event(event))
 
     @property
     def note(self) -> str:
