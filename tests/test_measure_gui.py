@@ -240,6 +240,11 @@ def test_copy_table_puts_tab_separated_rows_on_the_clipboard(
     cells = dict(zip(HEADERS, row.split("\t"), strict=True))
     assert cells["Mean"] == f"{HU_LIVER:.2f}" and cells["Pixels"] == "9"
     assert cells["Unit"] == "HU" and cells["Shape"] == "rectangle"
+    # Ctrl+C in the table copies the same table
+    QApplication.clipboard().setText("")
+    widget._table.setFocus()
+    qtbot.keyClick(widget._table, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
+    assert QApplication.clipboard().text() == text
 
 
 def test_measure_in_napari_layers_measure_menu(make_napari_viewer: Any) -> None:
