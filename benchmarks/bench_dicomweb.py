@@ -23,6 +23,7 @@ the median of ``--repeat`` runs with the plugin's session cache emptied before e
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -155,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
     mb = args.slices * args.size * args.size * 2 / 1e6
     print(f"\n{args.slices} slices of {args.size}x{args.size} int16 ({mb:.0f} MB of values), "
-          f"Orthanc on loopback, median of {args.repeat}\n")
+          f"Orthanc on loopback, median of {args.repeat}; load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores\n")
     head = (f"{'series':<14} {'first slice':>12} {'whole':>8} {'again':>8} | "
             f"{'local 1st':>9} {'local':>7} {'whole/local':>11} | {'client 1st':>10} "
             f"{'client':>7} {'client/plugin':>13}")

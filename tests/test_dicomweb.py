@@ -291,10 +291,10 @@ def test_server_stopped_mid_series_fails_then_completes_on_retry(
     server = Orthanc(tmp_path / "orthanc")
     try:
         server.upload(sorted(data.native.iterdir()))
-        url = server.dicomweb(*_uids(next(iter(sorted(data.native.iterdir())))))
-        series = scan([url]).series[0]
-        source = series.source
-        assert isinstance(source, dicomweb.Server)
+        # frame by frame (the series stream, started with the headers, may bring it all)
+        source = dicomweb.Server(server.base, stream=False)
+        items = source.series_datasets(*_uids(next(iter(sorted(data.native.iterdir())))))
+        series = scan_datasets(items, source=source).series[0]
         stopped = threading.Event()
 
         def stop_after_two(r: requests.Response, *a: Any, **kw: Any) -> requests.Response:
@@ -307,7 +307,6 @@ def test_server_stopped_mid_series_fails_then_completes_on_retry(
         got: list[str] = []
         source.session.hooks["response"].append(stop_after_two)
         source._fetcher._workers = 1  # one connection: the stop falls between two frames
-        source.stream = False  # frame by frame (a series stream may have it all at once)
         with pytest.raises(DicomWebError) as exc:
             load_series(series, lazy=False)
         msg = str(exc.value)
@@ -467,4 +466,79 @@ def test_widget_credentials_reach_the_reader_and_stay_out_of_layers(
         assert "builder-42" not in json.dumps(layer.metadata, default=str)
     finally:
         dicomweb.forget_credentials()
+        server.stop()
+
+
+# --------------------------------------------------------------------------------------
+# segmentations and structure sets in a study
+# --------------------------------------------------------------------------------------
+
+
+def _same_layers(remote: list[Any], local: list[Any]) -> None:
+    """The layers a URL gave are the layers the files gave: kind, name, values, place,
+    display and metadata (a segmentation's source is its URL instead of its file). The
+    objects come in the server's series order, from files in the folder's file order."""
+    remote = sorted(remote, key=lambda ly: ly.name)
+    local = sorted(local, key=lambda ly: ly.name)
+    assert [(type(a).__name__, a.name) for a in remote] == [
+        (type(b).__name__, b.name) for b in local]
+    for a, b in zip(remote, local, strict=True):
+        if type(a).__name__ == "Shapes":
+            assert len(a.data) == len(b.data) > 0
+            for pa, pb in zip(a.data, b.data, strict=True):
+                np.testing.assert_array_equal(pa, pb)
+            assert a.features["roi"].tolist() == b.features["roi"].tolist()
+        else:
+            np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data))
+        for attr in ("scale", "translate"):
+            np.testing.assert_allclose(getattr(a, attr), getattr(b, attr))
+        assert a.visible == b.visible
+        if "segmentation" in b.metadata:
+            ma, mb = dict(a.metadata["segmentation"]), dict(b.metadata["segmentation"])
+            assert ma.pop("source").startswith("dicomweb+http://127.0.0.1:")
+            assert Path(mb.pop("source")).suffix == ".dcm"
+            pa, pb = dict(ma.pop("planes")), dict(mb.pop("planes"))
+            assert all(f.startswith("dicomweb+http://") for f in pa.pop("files"))
+            assert all(Path(f).is_file() for f in pb.pop("files"))
+            assert ma == mb and pa == pb
+            if type(a).__name__ == "Labels":
+                for v in (1, 2, 3):
+                    np.testing.assert_allclose(a.colormap.map(np.array([v])),
+                                               b.colormap.map(np.array([v])))
+        else:
+            np.testing.assert_allclose(a.contrast_limits, b.contrast_limits)
+
+
+def test_study_with_seg_and_rtstruct_gives_the_layers_the_files_give(
+        make_napari_viewer, tmp_path: Path) -> None:
+    from segdata import write_ct, write_rtstruct, write_seg
+
+    skip_without_orthanc()
+    folder = tmp_path / "study"
+    ct = write_ct(folder / "ct", n=8, size=40)
+    masks = np.zeros((8, 40, 40, 3), bool)
+    masks[1:5, 5:20, 5:20, 0] = True  # Liver
+    masks[3:7, 15:30, 15:30, 1] = True  # Tumour, overlapping Liver: two label layers
+    masks[6:8, 30:36, 2:8, 2] = True  # Vessel
+    order = [5, 2, 7, 0, 3, 1, 6, 4]  # SEG frames not in slice order
+    write_seg(folder / "seg.dcm", [ct[i] for i in order], masks[order])
+    square = [np.array([[-8.0, -6.0, z], [8.0, -6.0, z], [8.0, 7.0, z], [-8.0, 7.0, z]])
+              for z in (2.5, 5.0, 7.5)]
+    write_rtstruct(folder / "rs.dcm", ct, [("Body", (255, 0, 0), square)])
+    server = Orthanc(tmp_path / "orthanc")
+    try:
+        server.upload([*ct, folder / "seg.dcm", folder / "rs.dcm"])
+        local = make_napari_viewer().open(str(folder), plugin=PLUGIN)
+        assert sorted(type(ly).__name__ for ly in local) == [
+            "Image", "Labels", "Labels", "Labels", "Shapes"]
+        study, _ = _uids(ct[0])
+        remote = make_napari_viewer().open(server.dicomweb(study), plugin=PLUGIN)
+        _same_layers(remote, local)
+        # the SEG's series URL alone: its CT comes from the same study, as a SEG file
+        # opened alone finds its CT in its folder
+        seg_series = _uids(folder / "seg.dcm")[1]
+        alone = make_napari_viewer().open(server.dicomweb(study, seg_series), plugin=PLUGIN)
+        seg_local = make_napari_viewer().open(str(folder / "seg.dcm"), plugin=PLUGIN)
+        _same_layers(alone, seg_local)
+    finally:
         server.stop()

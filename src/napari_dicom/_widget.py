@@ -1015,10 +1015,8 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
     # open / closed -----------------------------------------------------------------------
 
     def _activate(self) -> None:
-        first = not _LIVE
         _LIVE.add(self)
-        if first:
-            _bind_keys()
+        _bind_keys()  # idempotent: napari's action manager skips a shortcut already bound
         if self._wheel.value:
             self._start_wheel()
 
