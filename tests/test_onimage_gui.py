@@ -186,7 +186,8 @@ def test_value_under_the_cursor_with_its_unit(
     k2, r2, c2 = (int(np.floor(v + 0.5)) for v in layer.world_to_data(viewer.cursor.position))
     assert (r2, c2) == (r, c) and abs(k2 - k) == 2
     hu += 10 * (k2 - k)
-    assert widget.info.texts["napari_dicom_window"].endswith(f"\nValue {hu} HU")
+    qtbot.waitUntil(lambda: widget.info.texts["napari_dicom_window"].endswith(
+        f"\nValue {hu} HU"), timeout=2000)
     viewer.scene.camera.zoom /= 4  # the image shrinks to the middle of the canvas
     qtbot.wait(100)  # (drawn: vispy maps the next mouse position through the new camera)
     _mouse_move(canvas, (2, 2))  # outside the image: no value

@@ -137,16 +137,21 @@ class OnImageInfo:
     # ------------------------------------------------------------------ updating
 
     def _watch(self, layer: Any) -> None:
-        """Follow the contrast limits (the window) of the selected layer only."""
+        """Follow the contrast limits (the window), name and slicing of the selected layer
+        only."""
         if self._layer is layer:
             return
         if self._layer is not None:
             self._layer.events.contrast_limits.disconnect(self._on_limits)
             self._layer.events.name.disconnect(self.update)
+            self._layer.events.set_data.disconnect(self.update)
         self._layer = layer
         if layer is not None:
             layer.events.contrast_limits.connect(self._on_limits)
             layer.events.name.connect(self.update)
+            # the new slice is in: the value under a still mouse is the new slice's (the
+            # dims event reaches us before napari has sliced the layer)
+            layer.events.set_data.connect(self.update)
 
     def _on_limits(self, _event: Any = None) -> None:
         self.update()
