@@ -1,0 +1,201 @@
+"""Benchmark: ``napari-dicom export`` locally against ``--scheduler`` (Dask distributed).
+
+Input: a tree of ``--series`` x ``--per-series`` small CT files (default 400 x 50 = 20 000
+files of 64 x 64, one folder per series), written by this script into a temporary folder
+(removed at the end).
+
+Measured in the same run, each through :func:`napari_dicom.core.batch.export_all` (the
+function the command line calls), into a fresh output folder:
+
+1. ``local``: this process (the scan over forked processes, series side by side on
+   threads), ``--jobs`` = the cores;
+2. ``local:N``: a :class:`distributed.LocalCluster` of N worker processes
+   (``--scheduler local:N``);
+3. ``processes``: a ``dask scheduler`` and N ``dask worker`` processes started as separate
+   programs on 127.0.0.1 (``--scheduler tcp://127.0.0.1:PORT``), as on real machines.
+
+Each path first exports a small warm-up tree (imports, first-call costs in every
+worker). Then ``local`` once more: the machine is shared, and the two local runs bound the drift.
+Each prints files/s of the whole run and of the scan (header reads) and export phases
+apart, and the cluster's overhead against the mean of the local runs (goal: within 15 %).
+Cluster start-up (seconds, once per cluster) is printed apart and not in the rates: a
+cluster is started once for many runs. Every output is compared byte for byte with the
+first local run's.
+
+    python benchmarks/bench_cluster.py [--series 400] [--per-series 50] [--size 64]
+                                       [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+if SRC not in sys.path:
+    sys.path.insert(0, SRC)
+
+from napari_dicom.core.batch import ExportOptions, export_all  # noqa: E402
+from napari_dicom.core.cluster import DaskRunner  # noqa: E402
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def write_tree(root: Path, n_series: int, per_series: int, size: int) -> int:
+    """``n_series`` folders of ``per_series`` CT files; returns the number of files."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 4096, (16, size, size), dtype=np.uint16)
+    study = generate_uid()
+    n = 0
+    for s in range(n_series):
+        folder = root / f"patient{s % 20:02d}" / f"series{s:04d}"
+        folder.mkdir(parents=True)
+        series_uid = generate_uid()
+        for i in range(per_series):
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = CT
+            meta.MediaStorageSOPInstanceUID = sop = generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = pydicom.Dataset()
+            ds.file_meta = meta
+            ds.SOPClassUID, ds.SOPInstanceUID = CT, sop
+            ds.PatientID = f"BENCH{s % 20:02d}"
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series_uid
+            ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", s + 1, i + 1
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.Rows = ds.Columns = size
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+            ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+            ds.ImagePositionPatient = [0.0, 0.0, 2.0 * i]
+            ds.PixelSpacing = [0.7, 0.7]
+            ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+            ds.WindowCenter, ds.WindowWidth = 40, 400
+            ds.PixelData = pixels[(s + i) % 16].tobytes()
+            ds.save_as(folder / f"{i:04d}.dcm", enforce_file_format=True)
+            n += 1
+    return n
+
+
+def tree_bytes(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file()}
+
+
+def run(src: Path, out: Path, jobs: int, runner: Any = None) -> dict[str, float]:
+    t0 = time.perf_counter()
+    batch = export_all([src], out, ExportOptions(jobs=jobs), runner=runner)
+    total = time.perf_counter() - t0
+    assert not batch.error and not batch.failed, batch.error
+    return {"total": total, "scan": batch.scan_seconds, "export": batch.export_seconds,
+            "images": batch.written, "workers": batch.workers}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--series", type=int, default=400)
+    ap.add_argument("--per-series", type=int, default=50)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    jobs = os.cpu_count() or 1
+    tmp = Path(tempfile.mkdtemp(prefix="napari-dicom-bench-cluster-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        t0 = time.perf_counter()
+        n_files = write_tree(tmp / "src", args.series, args.per_series, args.size)
+        print(f"tree: {n_files} files in {args.series} series of {args.size}x{args.size} "
+              f"(written in {time.perf_counter() - t0:.0f} s); load: "
+              f"{os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}; cores: {jobs}")
+        # warm-up: the first export in a process imports numpy, pydicom, the codecs (each
+        # worker too): a small tree through every path before its timed run
+        write_tree(tmp / "warm", 4, 5, args.size)
+        n_warm = 0
+
+        def warm(runner: Any = None) -> None:
+            nonlocal n_warm
+            n_warm += 1
+            run(tmp / "warm", tmp / f"out-warm{n_warm}", jobs, runner)
+
+        warm()
+        results: list[tuple[str, dict[str, float], float]] = []
+        ref = tmp / "out-local"
+        results.append(("local", run(tmp / "src", ref, jobs), 0.0))
+        reference = tree_bytes(ref)
+
+        t0 = time.perf_counter()
+        with DaskRunner(f"local:{args.workers}") as runner:
+            started = time.perf_counter() - t0
+            warm(runner)
+            results.append((f"local:{args.workers}",
+                            run(tmp / "src", tmp / "out-localcluster", jobs, runner), started))
+        assert tree_bytes(tmp / "out-localcluster") == reference, "local:N output differs"
+
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (SRC, os.environ.get("PYTHONPATH", "")) if p))
+        address = f"tcp://127.0.0.1:{free_port()}"
+        t0 = time.perf_counter()
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env,
+                 "cwd": tmp}
+        procs.append(subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host",
+                                       "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+                                       "--no-dashboard"], **quiet))  # type: ignore[call-overload]
+        for _ in range(args.workers):
+            procs.append(subprocess.Popen([sys.executable, "-m", "dask", "worker", address,
+                                           "--nthreads", "1", "--host", "127.0.0.1",
+                                           "--no-dashboard"], **quiet))  # type: ignore[call-overload]
+        import distributed
+
+        with distributed.Client(address, timeout=60) as c:
+            c.wait_for_workers(args.workers, timeout=120)
+        with DaskRunner(address) as runner:
+            started = time.perf_counter() - t0
+            warm(runner)
+            results.append(("processes", run(tmp / "src", tmp / "out-processes", jobs,
+                                             runner), started))
+        assert tree_bytes(tmp / "out-processes") == reference, "scheduler output differs"
+        results.append(("local (again)", run(tmp / "src", tmp / "out-local2", jobs), 0.0))
+
+        base = [r for name, r, _ in results if name.startswith("local") and ":" not in name]
+        base_rate = sum(n_files / r["total"] for r in base) / len(base)
+        print(f"{'run':<14} {'workers':>7} {'files/s':>8} {'scan f/s':>9} {'export f/s':>10}"
+              f" {'total s':>8} {'vs local':>9} {'start-up s':>10}")
+        for name, r, started in results:
+            rate = n_files / r["total"]
+            print(f"{name:<14} {r['workers']:>7.0f} {rate:>8.0f} {n_files / r['scan']:>9.0f} "
+                  f"{n_files / r['export']:>10.0f} {r['total']:>8.1f} "
+                  f"{100 * (base_rate / rate - 1):>+8.1f}% {started:>10.1f}")
+        print("overhead: time of the run against the mean of the local runs (goal within 15 %); "
+              "every output the same bytes as the first local run's")
+        print(f"load after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
