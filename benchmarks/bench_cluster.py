@@ -15,15 +15,18 @@ function the command line calls), into a fresh output folder:
    programs on 127.0.0.1 (``--scheduler tcp://127.0.0.1:PORT``), as on real machines.
 
 Each path first exports a small warm-up tree (imports, first-call costs in every
-worker). Then ``local`` once more: the machine is shared, and the two local runs bound the drift.
-Each prints files/s of the whole run and of the scan (header reads) and export phases
-apart, and the cluster's overhead against the mean of the local runs (goal: within 15 %).
+worker). The three run in ``--rounds`` rounds (default 3) of local, ``local:N``, processes: the
+machine is shared and its speed drifts within minutes, so each cluster run is compared
+with the local run of its own round. Prints files/s of the whole run and of the scan
+(header reads) and export phases apart (median and range over the rounds), and the
+cluster's overhead against the local run (median and range of the rounds; goal: within
+15 %).
 Cluster start-up (seconds, once per cluster) is printed apart and not in the rates: a
 cluster is started once for many runs. Every output is compared byte for byte with the
 first local run's.
 
     python benchmarks/bench_cluster.py [--series 400] [--per-series 50] [--size 64]
-                                       [--workers 2]
+                                       [--workers 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import argparse
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -115,6 +119,7 @@ def main() -> None:
     ap.add_argument("--per-series", type=int, default=50)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     jobs = os.cpu_count() or 1
     tmp = Path(tempfile.mkdtemp(prefix="napari-dicom-bench-cluster-"))
@@ -136,18 +141,10 @@ def main() -> None:
             run(tmp / "warm", tmp / f"out-warm{n_warm}", jobs, runner)
 
         warm()
-        results: list[tuple[str, dict[str, float], float]] = []
-        ref = tmp / "out-local"
-        results.append(("local", run(tmp / "src", ref, jobs), 0.0))
+        ref = tmp / "out-ref"
+        run(tmp / "src", ref, jobs)
         reference = tree_bytes(ref)
-
-        t0 = time.perf_counter()
-        with DaskRunner(f"local:{args.workers}") as runner:
-            started = time.perf_counter() - t0
-            warm(runner)
-            results.append((f"local:{args.workers}",
-                            run(tmp / "src", tmp / "out-localcluster", jobs, runner), started))
-        assert tree_bytes(tmp / "out-localcluster") == reference, "local:N output differs"
+        shutil.rmtree(ref)
 
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in (SRC, os.environ.get("PYTHONPATH", "")) if p))
@@ -166,25 +163,39 @@ def main() -> None:
 
         with distributed.Client(address, timeout=60) as c:
             c.wait_for_workers(args.workers, timeout=120)
-        with DaskRunner(address) as runner:
-            started = time.perf_counter() - t0
-            warm(runner)
-            results.append(("processes", run(tmp / "src", tmp / "out-processes", jobs,
-                                             runner), started))
-        assert tree_bytes(tmp / "out-processes") == reference, "scheduler output differs"
-        results.append(("local (again)", run(tmp / "src", tmp / "out-local2", jobs), 0.0))
+        started = {"processes": time.perf_counter() - t0}
+        t0 = time.perf_counter()
+        with DaskRunner(f"local:{args.workers}") as local_n, DaskRunner(address) as remote:
+            started[f"local:{args.workers}"] = time.perf_counter() - t0
+            runners = {"local": None, f"local:{args.workers}": local_n, "processes": remote}
+            for r in runners.values():
+                if r is not None:
+                    warm(r)
+            # rounds of (local, local:N, processes): each cluster run against the local
+            # run of its own round, the machine's speed drifting between rounds
+            table: dict[str, list[dict[str, float]]] = {name: [] for name in runners}
+            for k in range(args.rounds):
+                for name, r in runners.items():
+                    out = tmp / f"out-{k}-{name.replace(':', '')}"
+                    table[name].append(run(tmp / "src", out, jobs, r))
+                    assert tree_bytes(out) == reference, f"{name}: output differs"
+                    shutil.rmtree(out)
+        print(f"{args.rounds} rounds; per run: files/s (whole run, scan phase, export phase); "
+              "overhead: the run's time against the local run of the same round")
+        print(f"{'run':<10} {'workers':>7} {'files/s':>16} {'scan f/s':>16} "
+              f"{'export f/s':>16} {'overhead (median, range)':>26} {'start-up s':>10}")
+        for name, rows in table.items():
+            def rng(key: str, rows: list[dict[str, float]] = rows) -> str:
+                v = sorted(n_files / r[key] for r in rows)
+                return f"{statistics.median(v):.0f} ({v[0]:.0f}-{v[-1]:.0f})"
 
-        base = [r for name, r, _ in results if name.startswith("local") and ":" not in name]
-        base_rate = sum(n_files / r["total"] for r in base) / len(base)
-        print(f"{'run':<14} {'workers':>7} {'files/s':>8} {'scan f/s':>9} {'export f/s':>10}"
-              f" {'total s':>8} {'vs local':>9} {'start-up s':>10}")
-        for name, r, started in results:
-            rate = n_files / r["total"]
-            print(f"{name:<14} {r['workers']:>7.0f} {rate:>8.0f} {n_files / r['scan']:>9.0f} "
-                  f"{n_files / r['export']:>10.0f} {r['total']:>8.1f} "
-                  f"{100 * (base_rate / rate - 1):>+8.1f}% {started:>10.1f}")
-        print("overhead: time of the run against the mean of the local runs (goal within 15 %); "
-              "every output the same bytes as the first local run's")
+            over = sorted(100 * (r["total"] / base["total"] - 1)
+                          for r, base in zip(rows, table["local"], strict=True))
+            ov = (f"{statistics.median(over):+.1f}% ({over[0]:+.0f}..{over[-1]:+.0f})"
+                  if name != "local" else "")
+            print(f"{name:<10} {rows[0]['workers']:>7.0f} {rng('total'):>16} {rng('scan'):>16} "
+                  f"{rng('export'):>16} {ov:>26} {started.get(name, 0.0):>10.1f}")
+        print("every output the same bytes as the local run's (goal: overhead within 15 %)")
         print(f"load after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     finally:
         for p in reversed(procs):

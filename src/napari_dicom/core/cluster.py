@@ -199,7 +199,8 @@ class DaskRunner:
             n = int(self.target)
             self.cluster = distributed.LocalCluster(
                 n_workers=n, threads_per_worker=self.threads, processes=True,
-                dashboard_address=None, host="127.0.0.1", silence_logs=logging.CRITICAL,
+                # its HTTP server on a free loopback port: 8787 may be taken
+                dashboard_address="127.0.0.1:0", host="127.0.0.1", silence_logs=logging.CRITICAL,
             )
             self.client = distributed.Client(self.cluster)
         else:
