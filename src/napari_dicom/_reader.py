@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from .core.pixels import (
     value_range,
 )
 from .core.scan import ScanResult
-from .core.volume import SeriesVolume, open_series
+from .core.volume import SeriesVolume, VolumeView, open_series
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ _PROGRESS_FIRST = 0.5
 _PROGRESS_EVERY = 0.2
 #: the most of the time progress bar updates may take
 _PROGRESS_SHARE = 0.05
+#: the Qt bindings napari runs on (through qtpy): a QApplication needs one's QtWidgets
+_QT_BINDINGS = ("PyQt5", "PyQt6", "PySide2", "PySide6")
 
 
 def _folder_has_image(folder: Path) -> bool:
@@ -320,11 +324,15 @@ def _swap_when_loaded(volume: SeriesVolume, shown: Any, told: int) -> None:
     thread: 3-D, the widget's statistics and ``np.asarray(layer.data)`` then run at memory
     speed. Contrast limits, colormap and the shown plane stay as they are.
 
-    Without a Qt application (a headless ``ViewerModel``) nothing is swapped: indexing the
-    volume and ``np.asarray`` already read the finished array. Damaged planes found by the
-    background load (the series' warnings after the first ``told``) are notified then.
+    Without a Qt application (a headless ``ViewerModel``, a script) nothing is swapped:
+    indexing the volume and ``np.asarray`` already read the finished array; and a process
+    that has not imported Qt cannot have one, so reading there does not import Qt (~0.2 s
+    and a display library a script does not need). Damaged planes found by the background
+    load (the series' warnings after the first ``told``) are notified then.
     """
     if not volume.in_memory:
+        return
+    if not _qt_loaded():
         return
     from qtpy.QtWidgets import QApplication
 
@@ -336,10 +344,15 @@ def _swap_when_loaded(volume: SeriesVolume, shown: Any, told: int) -> None:
     def swap(_: Any) -> None:
         from napari import Viewer
 
-        for viewer in list(getattr(Viewer, "_instances", ())):
+        viewers = list(getattr(Viewer, "_instances", ()))
+        swapped = False
+        for viewer in viewers:
             for layer in viewer.layers:
                 if layer.data is shown:
                     layer.data = volume.finished(shown)
+                    swapped = True
+        if not swapped:  # loaded before napari added the layer: swap when it does
+            _swap_on_insert(viewers, weakref.ref(shown))
         from napari.utils.notifications import show_warning
 
         series = volume.series
@@ -347,6 +360,30 @@ def _swap_when_loaded(volume: SeriesVolume, shown: Any, told: int) -> None:
             show_warning(f"{series.name}: {w}")
 
     volume.when_loaded(swap)
+
+
+def _swap_on_insert(viewers: Sequence[Any], shown: weakref.ref[Any]) -> None:
+    """Give the layer showing ``shown`` (a loaded volume or its view) the finished array
+    when a viewer adds it: once; a layer napari never adds leaves a callback that holds
+    nothing (weak reference)."""
+
+    def inserted(event: Any) -> None:
+        data = shown()
+        if data is None or event.value.data is not data:
+            return
+        for viewer in viewers:
+            viewer.layers.events.inserted.disconnect(inserted)
+        volume = data.base if isinstance(data, VolumeView) else data
+        event.value.data = volume.finished(data)
+
+    for viewer in viewers:
+        viewer.layers.events.inserted.connect(inserted)
+
+
+def _qt_loaded() -> bool:
+    """Whether this process imported a Qt binding's widgets: without them it has no
+    QApplication and no napari window (a script, a headless ``ViewerModel``)."""
+    return any(f"{binding}.QtWidgets" in sys.modules for binding in _QT_BINDINGS)
 
 
 def _value_range(series: Any, data: Any) -> tuple[float, float]:
@@ -362,6 +399,8 @@ def _widen_ranges_of_current_viewer() -> None:
     given (the stored window), so its own slider could only narrow the window, and a
     reader cannot pass a range. The viewer that is opening the files widens the range of
     each layer it adds to ``metadata["dicom"]["value_range"]``."""
+    if not _qt_loaded():
+        return  # no napari window without Qt (napari.current_viewer would import it)
     from napari import current_viewer
 
     viewer = current_viewer()
