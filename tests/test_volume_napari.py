@@ -157,3 +157,40 @@ def test_loaded_before_napari_adds_the_layer_is_swapped_when_it_does(
     np.testing.assert_array_equal(layer.data, ct_phantom_volume(N, SIZE))
     other = viewer.add_image(np.zeros((2, 4, 4), np.int16))  # later layers are left alone
     assert isinstance(other.data, np.ndarray) and other.data.shape == (2, 4, 4)
+
+
+def test_summary_names_the_dtype_the_volume_ends_in(
+    make_napari_viewer: Any, qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GE-style CT one of whose planes holds a value below int16: while it loads the
+    layer's summary says int16 and that a plane may need int32; once the volume is in
+    the layer, the summary says int32, as the data is (never a wrong dtype in words)."""
+    import pydicom
+
+    from napari_dicom.core.scan import scan
+
+    write_ct_phantom(tmp_path, n_slices=N, size=SIZE, shuffle_instance_numbers=False)
+    plane = scan([tmp_path]).series[0].planes[N - 1]
+    ds = pydicom.dcmread(plane.path)
+    stored = ds.pixel_array.copy()
+    stored[5, 7] = -32768  # HU -33792
+    ds.PixelData = stored.tobytes()
+    ds.save_as(plane.path)
+    monkeypatch.setattr(volume, "BACKGROUND_BYTES", 0)
+    gate = threading.Event()
+    run = volume._Planes.run
+
+    def gated_run(self: Any, *args: Any, **kwargs: Any) -> None:
+        gate.wait(30)
+        run(self, *args, **kwargs)
+
+    monkeypatch.setattr(volume._Planes, "run", gated_run)
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(tmp_path), plugin=PLUGIN)[0]
+    assert layer.data.dtype == np.int16
+    assert "values in HU (int16; int32 if a plane needs it)" in layer.metadata["dicom"]["summary"]
+    gate.set()
+    qtbot.waitUntil(lambda: isinstance(layer.data, np.ndarray), timeout=30000)
+    assert layer.data.dtype == np.int32 and layer.data[N - 1, 5, 7] == -33792
+    summary = layer.metadata["dicom"]["summary"]
+    assert "values in HU (int32)" in summary and "int16" not in summary

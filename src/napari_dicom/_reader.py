@@ -199,7 +199,10 @@ def read_dicom(path: PathLike) -> list[LayerData]:
             continue
         loading = data if isinstance(data, SeriesVolume) else None
         display, note = default_display(series, data)
-        meta = series_metadata(series, display, note, dtype=data.dtype)
+        widen = loading.may_widen_to if loading is not None else None  # before dtype
+        dtype = data.dtype
+        meta = series_metadata(series, display, note, dtype=dtype,
+                               may_widen=widen if widen != dtype else None)
         data, geometry, meta["placement"] = layer_geometry(series, data)
         kwargs: dict[str, Any] = {"name": series.name, **geometry, "metadata": {"dicom": meta}}
         if series.rgb:
@@ -349,7 +352,7 @@ def _swap_when_loaded(volume: SeriesVolume, shown: Any, told: int) -> None:
         for viewer in viewers:
             for layer in viewer.layers:
                 if layer.data is shown:
-                    layer.data = volume.finished(shown)
+                    _hand_over(layer, volume, shown)
                     swapped = True
         if not swapped:  # loaded before napari added the layer: swap when it does
             _swap_on_insert(viewers, weakref.ref(shown))
@@ -373,11 +376,22 @@ def _swap_on_insert(viewers: Sequence[Any], shown: weakref.ref[Any]) -> None:
             return
         for viewer in viewers:
             viewer.layers.events.inserted.disconnect(inserted)
-        volume = data.base if isinstance(data, VolumeView) else data
-        event.value.data = volume.finished(data)
+        _hand_over(event.value, data.base if isinstance(data, VolumeView) else data, data)
 
     for viewer in viewers:
         viewer.layers.events.inserted.connect(inserted)
+
+
+def _hand_over(layer: Any, volume: SeriesVolume, shown: Any) -> None:
+    """``layer`` (showing ``shown``) gets the finished array; its summary names the
+    dtype the volume ended in (int32 when a plane needed it)."""
+    from .core.pixels import describe_series
+
+    layer.data = volume.finished(shown)
+    meta = (layer.metadata or {}).get("dicom")
+    if meta is not None and "summary" in meta:
+        note = meta.get("default_source") or "its default display"
+        meta["summary"] = describe_series(volume.series, layer.data.dtype, note)
 
 
 def _qt_loaded() -> bool:

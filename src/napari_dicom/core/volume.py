@@ -602,6 +602,16 @@ class SeriesVolume:
                 self._histogram.set_exception(exc)
 
     @property
+    def may_widen_to(self) -> np.dtype[Any] | None:
+        """The dtype the volume goes to if a plane not decoded yet does not fit its dtype
+        (``int32`` for a CT started as ``int16``), ``None`` once that cannot happen."""
+        planes = self._planes
+        with planes.cond:
+            if planes.dtype == planes.safe or bool(np.all(planes.state == _DONE)):
+                return None
+            return planes.safe
+
+    @property
     def loaded(self) -> bool:
         """Whether the whole volume is in memory (:meth:`result` returns at once)."""
         return self._result is not None
