@@ -7,6 +7,7 @@ import contextlib
 import csv
 import hashlib
 import hmac
+import importlib.util
 import io
 import json
 import zlib
@@ -295,3 +296,44 @@ def test_mapping_inside_output_refused(source: tuple[Path, list[str]], tmp_path:
     code, _, err = _run(["export", str(src), "-o", str(out), "--deidentify", "--masks"])
     assert code == 2 and "--masks" in err
     assert not out.exists()
+
+
+def test_messages_name_no_identifier(source: tuple[Path, list[str]], tmp_path: Path) -> None:
+    """Under --deidentify, stderr and stdout name source files by their path under SRC
+    and carry none of the identifying values (the SRC folder here is named after the
+    patient); the same run without it shows them (the check is able to fail)."""
+    import shutil
+
+    src, uids = source
+    copy = tmp_path / src.name
+    shutil.copytree(src, copy)
+    (copy / "ct" / "cut.dcm").write_bytes((copy / "ct" / "000.dcm").read_bytes()[:700])
+    needles = [n.lower() for n in _needles(uids)]
+    plain = _run(["export", str(copy), "-o", str(tmp_path / "plain"), "-q"])
+    assert plain[0] == 1
+    assert any(n in (plain[1] + plain[2]).lower() for n in needles)
+    code, stdout, stderr = _run(["export", str(copy), "-o", str(tmp_path / "out"), "-q",
+                                 "--deidentify", "--deid-key", "s3cret"])
+    assert code == 1
+    assert f"skipped: {Path('ct', 'cut.dcm')}: " in stderr
+    said = (stdout + stderr).lower()
+    assert [n for n in needles if n in said] == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("distributed") is None,
+                    reason="needs the 'cluster' extra")
+def test_deidentified_on_a_cluster(source: tuple[Path, list[str]], tmp_path: Path) -> None:
+    """``--scheduler local:2 --deidentify``: the de-identified local run's bytes, no
+    identifying value in any name or byte, none on stderr or stdout."""
+    src, uids = source
+    local = _run(["export", str(src), "-o", str(tmp_path / "a"), "-q", "--deidentify",
+                  "--deid-key", "s3cret"])
+    code, stdout, stderr = _run(["export", str(src), "-o", str(tmp_path / "b"), "-q",
+                                 "--deidentify", "--deid-key", "s3cret",
+                                 "--scheduler", "local:2"])
+    assert code == local[0] == 0, stderr
+    assert _tree(tmp_path / "b") == _tree(tmp_path / "a")
+    assert _leaks(tmp_path / "b", _needles(uids)) == []
+    said = (stdout + stderr).lower()
+    assert [n for n in _needles(uids) if n.lower() in said] == []
+    assert "workers: 2" in stdout

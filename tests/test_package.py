@@ -110,6 +110,7 @@ def test_manifest_menus_and_categories_in_npe2() -> None:
         "napari-dicom.export_png", "napari-dicom.use_for_dicom"
     ]
     assert ours("napari/file/acquire") == ["napari-dicom.dicomweb"]
+    assert ours("napari/layers/measure") == ["napari-dicom.measure"]
 
 
 def test_pyproject_has_hub_metadata() -> None:

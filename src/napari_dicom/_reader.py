@@ -21,6 +21,7 @@ import numpy as np
 from .core.adjust import showable_limits
 from .core.geometry import layer_geometry
 from .core.pixels import (
+    CT_DEFAULT_WINDOW,
     DicomLoadError,
     default_display,
     plane_windows_note,
@@ -213,6 +214,8 @@ def read_dicom(path: PathLike) -> list[LayerData]:
         layers.append((data, kwargs, "image"))
         for w in _unique([*series.warnings, *meta["placement"].get("warnings", [])]):
             show_warning(_named(series.name, w))
+        if not meta["default_stored"] and display.window == CT_DEFAULT_WINDOW:
+            show_info(f"{series.name}: {note}")  # a window chosen here, not the file's
         own = plane_windows_note(series)  # per-frame windows: say what the layer shows
         if own:
             show_info(f"{series.name}: {own}")

@@ -37,9 +37,11 @@ from magicgui.widgets import (
     Slider,
 )
 from napari.layers import Image as ImageLayer
+from napari.utils.action_manager import action_manager
+from napari.utils.interactions import Shortcut
 from napari.utils.notifications import show_info
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QSizePolicy
+from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtWidgets import QComboBox, QSizePolicy
 
 from ._colormaps import layer_display_kwargs
 from .core.adjust import (
@@ -49,6 +51,8 @@ from .core.adjust import (
     min_width,
     nice_step,
     slider_to_width,
+    wheel_pages,
+    wheel_zoom,
     width_to_slider,
 )
 from .core.meta import (
@@ -61,7 +65,7 @@ from .core.meta import (
     step_from_dict,
     step_limits,
 )
-from .core.presets import CT_PRESETS, file_presets, is_ct_like
+from .core.presets import CT_PRESETS, KEYED_PRESETS, file_presets, is_ct_like, numbered
 from .core.render import (
     VOI_FUNCTIONS,
     Display,
@@ -95,13 +99,91 @@ def _eligible(layer: Any) -> bool:
     return isinstance(layer, ImageLayer) and not layer.rgb
 
 
+# keys ------------------------------------------------------------------------------------
+# napari 0.9 gives Image layers the keys 1 (pan/zoom mode) and 2 (transform mode), Labels,
+# Points and Shapes 1..7, and the viewer no Ctrl+digit: the presets take Ctrl+1..9 and the
+# file default Ctrl+0 (Cmd on macOS), so no napari key changes meaning. They are actions of
+# napari's action manager on the Image layer keymap, so napari lists them (Preferences >
+# Shortcuts, "Image layer" group) and a user can move them (e.g. to bare 3..9); they are
+# bound only while a Window / Level widget is open, and act only on a layer it can window.
+
+#: action name -> (number key, default shortcut); 0 is "reset to file default"
+KEY_ACTIONS: dict[str, tuple[int, str]] = {
+    **{f"napari-dicom:window_preset_{i}": (i, f"Ctrl-{i}") for i in range(1, KEYED_PRESETS + 1)},
+    "napari-dicom:window_file_default": (0, "Ctrl-0"),
+}
+_ACTION_OF_KEY = {n: name for name, (n, _) in KEY_ACTIONS.items()}
+#: the Window / Level widgets alive now (the keys go to the one whose viewer holds the layer)
+_LIVE: weakref.WeakSet[WindowLevelWidget] = weakref.WeakSet()
+#: shortcuts bound to our actions now, as napari shows them (kept from napari's events)
+_BOUND: dict[str, list[str]] = {}
+
+
+def _key_command(number: int) -> Any:
+    def command(layer: ImageLayer) -> None:
+        for widget in list(_LIVE):
+            if any(lyr is layer for lyr in widget.viewer.layers):
+                widget.press_key(number, layer)
+                return
+
+    what = "reset to file default" if number == 0 else f"preset {number}"
+    command.__name__ = f"window_{what.replace(' ', '_')}"
+    command.__doc__ = f"Window / Level: {what} (napari-dicom)"
+    return command
+
+
+def _on_shortcut_changed(event: Any) -> None:
+    name = getattr(event, "name", "")
+    if name not in KEY_ACTIONS:
+        return
+    if event.shortcut:
+        _BOUND.setdefault(name, []).append(str(Shortcut(event.shortcut)))
+    else:
+        _BOUND[name] = []
+    for widget in list(_LIVE):
+        widget._refresh_key_hints()
+
+
+def _bind_keys() -> None:
+    """Register the actions (once) and bind their shortcuts: the user's from napari's
+    settings when there are any, else the defaults."""
+    from napari.settings import get_settings
+
+    if not getattr(_bind_keys, "registered", False):
+        action_manager.events.shortcut_changed.connect(_on_shortcut_changed)
+        for name, (number, _) in KEY_ACTIONS.items():
+            what = "reset to file default" if number == 0 else f"preset {number}"
+            action_manager.register_action(
+                name, _key_command(number),
+                f"Window / Level: {what} (napari-dicom)", ImageLayer,
+            )
+        _bind_keys.registered = True  # type: ignore[attr-defined]
+    saved = get_settings().shortcuts.shortcuts
+    for name, (_, default) in KEY_ACTIONS.items():
+        for shortcut in saved.get(name, [default]):
+            action_manager.bind_shortcut(name, shortcut)
+
+
+def _unbind_keys() -> None:
+    if getattr(_bind_keys, "registered", False):
+        for name in KEY_ACTIONS:
+            action_manager.unbind_shortcut(name)
+
+
+def key_text(number: int) -> str:
+    """How napari shows the shortcut of number key ``number`` now ("Ctrl+1"; "" unbound)."""
+    return " / ".join(_BOUND.get(_ACTION_OF_KEY[number], []))
+
+
 class WindowLevelWidget(Container):  # type: ignore[type-arg]
     """Window / Level for the grayscale image layers of ``viewer``.
 
     Controls: layer, window centre and width (spin box + slider), VOI LUT function,
     invert, presets (stored windows, CT presets, min-max, file default), percentile
     stretch, histogram with the window drawn on it, window/level by mouse drag, and
-    export of the layer as an 8-bit PNG stack exactly as shown.
+    export of the layer as an 8-bit PNG stack exactly as shown. While it is open: Ctrl+1..9
+    apply the first presets of the list, Ctrl+0 the file default (:data:`KEY_ACTIONS`), and
+    an option makes the mouse wheel page through slices (Ctrl+wheel zooms).
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -144,6 +226,13 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         )
         self._invert = CheckBox(text="invert (MONOCHROME1 look)")
         self._preset = ComboBox(label="preset", choices=self._preset_choices, value=CUSTOM)
+        self._keys_hint = Label(label="", value="")
+        self._keys_hint.native.setWordWrap(True)
+        # the keys shown in the list must not widen the dock (the canvas keeps its room)
+        self._preset.native.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self._preset.native.setMinimumContentsLength(24)
         self._quick = ComboBox(label="percentiles", choices=list(QUICK_PERCENTILES), value="1 / 99")
         self._lo_q = FloatSpinBox(label="low %", min=0.0, max=100.0, step=0.01, value=1.0)
         self._hi_q = FloatSpinBox(label="high %", min=0.0, max=100.0, step=0.01, value=99.0)
@@ -155,6 +244,14 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         self._hist.min_width, self._hist.min_height = HIST_SIZE
         self._hist_note = Label(label="", value="")
         self._drag = CheckBox(text="drag on canvas: ↔ width, ↕ level", value=False)
+        self._wheel = CheckBox(text="wheel pages slices (Ctrl+wheel zooms)", value=False)
+        self._wheel.tooltip = (
+            "As in PACS viewers: the mouse wheel on the canvas moves through the slices, one "
+            "per notch; Ctrl+wheel zooms about the cursor. Unticked: napari's own wheel "
+            "(zoom; Ctrl+wheel pages)."
+        )
+        self._wheel_progress = 0.0
+        self._wheel_saved: list[Any] = []
         self._export_path = FileEdit(
             label="PNG file", mode=FileDialogMode.OPTIONAL_FILE, filter="*.png"
         )
@@ -177,6 +274,7 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
             self._function,
             self._invert,
             self._preset,
+            self._keys_hint,
             self._quick,
             self._lo_q,
             self._hi_q,
@@ -187,6 +285,7 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
             self._hist,
             self._hist_note,
             self._drag,
+            self._wheel,
             self._export_path,
             self._export,
             self._status,
@@ -195,7 +294,7 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         # what is disabled while no image layer is chosen: everything but the chooser and
         # the read-only labels
         read_only = (self._layer_combo, self._reason, self._readout, self._hist,
-                     self._hist_note, self._status)
+                     self._hist_note, self._status, self._keys_hint, self._wheel)
         self._controls = [w for w in layout if all(w is not r for r in read_only)]
 
         self._layer_combo.changed.connect(self._on_layer_chosen)
@@ -210,6 +309,7 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         self._apply.changed.connect(self._on_apply_percentile)
         self._scope.changed.connect(self._on_scope)
         self._drag.changed.connect(self._on_drag_toggle)
+        self._wheel.changed.connect(self._on_wheel_toggle)
         self._export.changed.connect(self._on_export)
 
         viewer.layers.events.inserted.connect(self._on_layers_changed)
@@ -217,11 +317,20 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         viewer.layers.events.moved.connect(self._on_layers_changed)
         viewer.layers.selection.events.active.connect(self._on_active)
         viewer.dims.events.current_step.connect(self._on_step)
+        viewer.dims.events.order.connect(self._on_step)  # a roll shows another plane
         for layer in viewer.layers:
             layer.events.name.connect(self._on_layers_changed)
 
+        # the preset keys are bound, and the wheel option acts, while a widget is open (in
+        # a dock: napari's close button takes the widget out of its dock, unparented)
+        self._lifecycle = _ParentWatch(weakref.ref(self))
+        self.native.installEventFilter(self._lifecycle)
+        self.native.destroyed.connect(_teardown_callback(weakref.ref(self)))
+        self._activate()
+
         active = viewer.layers.selection.active
         self._refresh_layers(prefer=active if _eligible(active) else None)
+        self._refresh_key_hints()
 
     # ------------------------------------------------------------------ helpers
 
@@ -277,14 +386,26 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
             self._stats[key] = st
         return st
 
-    def _plane_index(self) -> list[int]:
-        """Index of the shown plane over the layer's leading axes (data coordinates)."""
+    def _plane_index(self) -> list[int | None]:
+        """Index of the shown plane in the layer's data: ``None`` on the two data axes
+        napari shows, the data index of the slider position on the others.
+
+        The shown axes are the last two of ``viewer.dims.order`` (napari's roll and
+        transpose change it), mapped to the layer's axes (a layer's axes are the last
+        world axes); the slider position goes through the layer's own world-to-data
+        transform (patient-space scale, translate, transposition or affine).
+        """
         layer = self._layer
         if layer is None or layer.ndim <= 2:
             return []
-        point = np.asarray(self.viewer.dims.point)[-layer.ndim :]
+        dims = self.viewer.dims
+        point = np.asarray(dims.point)[-layer.ndim :]
         data_pt = np.asarray(layer.world_to_data(point))
-        return [math.floor(v + 0.5) for v in data_pt[:-2]]
+        offset = dims.ndim - layer.ndim
+        shown = [int(a) - offset for a in dims.order[-2:]]
+        if any(a < 0 for a in shown):  # a world axis this layer lacks: its own plane
+            shown = [layer.ndim - 2, layer.ndim - 1]
+        return [None if j in shown else math.floor(v + 0.5) for j, v in enumerate(data_pt)]
 
     # ------------------------------------------------------------------ layer list
 
@@ -687,17 +808,73 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
                 out[f"CT {w.explanation}: {w.label()}"] = w
         return out
 
-    def _preset_choices(self, _widget: Any = None) -> list[str]:
+    def _preset_entries(self) -> list[str]:
+        """The presets of the chosen layer in list order, without "(custom)" and reset."""
         if self._layer is None:
-            return [CUSTOM]
+            return []
         meta = self._meta()
-        choices = [CUSTOM, *self._preset_windows()]
+        entries = [*self._preset_windows()]
         for i, lut in enumerate(file_voi_luts(meta), start=1):
-            choices.append(_lut_label(i, lut.explanation))
-        choices.append(MINMAX)
-        if meta.get("default"):
-            choices.append(RESET)
+            entries.append(_lut_label(i, lut.explanation))
+        entries.append(MINMAX)
+        return entries
+
+    def _preset_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
+        """(shown text, value) pairs: each keyed preset shows its key, e.g. "Ctrl+2"."""
+        if self._layer is None:
+            return [(CUSTOM, CUSTOM)]
+        keys = {entry: key_text(n) for n, entry in numbered(self._preset_entries()).items()}
+        choices = [(CUSTOM, CUSTOM)]
+        for entry in self._preset_entries():
+            key = keys.get(entry, "")
+            choices.append((f"{entry}    [{key}]" if key else entry, entry))
+        if self._meta().get("default"):
+            key = key_text(0)
+            choices.append((f"{RESET}    [{key}]" if key else RESET, RESET))
         return choices
+
+    def _refresh_key_hints(self) -> None:
+        """The key hint line and tooltip, from the shortcuts napari has bound now."""
+        first, last, zero = key_text(1), key_text(KEYED_PRESETS), key_text(0)
+        parts = []
+        if first:
+            parts.append(f"{first} … {last} presets" if last else f"{first} preset 1")
+        if zero:
+            parts.append(f"{zero} file default")
+        self._keys_hint.value = "keys: " + " · ".join(parts) if parts else ""
+        self._preset.tooltip = (
+            "Number keys apply the first presets of this list in order; "
+            + (", ".join(parts) if parts else "no keys bound")
+            + ". They act on the selected image layer while this widget is open; "
+            "napari lists them under Preferences > Shortcuts, group 'Image layer'."
+        )
+        if self._layer is not None:
+            with self._guard():
+                value = self._preset.value
+                self._preset.reset_choices()
+                if value in self._preset.choices:
+                    self._preset.value = value
+
+    def press_key(self, number: int, layer: Any) -> None:
+        """Number key ``number`` pressed with ``layer`` selected: its preset (0: the file
+        default) on that layer, when the widget can window it."""
+        if not _eligible(layer):
+            return
+        if layer is not self._layer:
+            self._refresh_layers(prefer=layer)
+        if number == 0:
+            if RESET not in self._preset.choices:
+                self._say("no file default: the layer is not from a DICOM file")
+                return
+            self._on_preset(RESET)
+            self._say(f"{key_text(0)}: {RESET}")
+            return
+        entry = numbered(self._preset_entries()).get(number)
+        if entry is None:
+            self._say(f"no preset {number} for this layer")
+            return
+        self._on_preset(entry)
+        self._say(f"{key_text(number)}: {entry}")
 
     def _on_preset(self, value: str) -> None:
         if self._updating or self._layer is None or value in (None, CUSTOM):
@@ -865,6 +1042,79 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
             self._set_center_width(window.center, window.width)
             yield
 
+    # open / closed -----------------------------------------------------------------------
+
+    def _activate(self) -> None:
+        _LIVE.add(self)
+        _bind_keys()  # idempotent: napari's action manager skips a shortcut already bound
+        if self._wheel.value:
+            self._start_wheel()
+
+    def _deactivate(self) -> None:
+        self._stop_wheel()
+        _LIVE.discard(self)
+        if not _LIVE:
+            _unbind_keys()
+
+    # mouse wheel -------------------------------------------------------------------------
+
+    def _on_wheel_toggle(self, value: bool) -> None:
+        if value:
+            self._start_wheel()
+        else:
+            self._stop_wheel()
+
+    def _start_wheel(self) -> None:
+        callbacks = self.viewer.mouse_wheel_callbacks
+        if self.wheel_page in callbacks:
+            return
+        # napari's own Ctrl+wheel slice scrolling steps aside while ours pages: Ctrl+wheel
+        # zooms instead (put back by _stop_wheel)
+        self._wheel_saved = [cb for cb in callbacks if getattr(cb, "__name__", "") == "dims_scroll"]
+        for cb in self._wheel_saved:
+            callbacks.remove(cb)
+        callbacks.insert(0, self.wheel_page)
+        self._wheel_progress = 0.0
+
+    def _stop_wheel(self) -> None:
+        callbacks = self.viewer.mouse_wheel_callbacks
+        if self.wheel_page in callbacks:
+            callbacks.remove(self.wheel_page)
+        for cb in self._wheel_saved:
+            if cb not in callbacks:
+                callbacks.insert(0, cb)
+        self._wheel_saved = []
+
+    def wheel_page(self, viewer: Any, event: Any) -> None:
+        """Viewer mouse-wheel callback while "wheel pages slices" is ticked: the wheel moves
+        the slice slider one step per notch, Ctrl+wheel zooms about the cursor (2-D view;
+        the 3-D view keeps napari's wheel)."""
+        dims = viewer.dims
+        if dims.ndisplay != 2:
+            return
+        delta = float(event.delta[1])
+        if "Control" in event.modifiers:
+            displayed = list(dims.displayed)
+            center = list(viewer.scene.camera.center)[-2:]
+            cursor = [float(event.position[a]) for a in displayed]
+            zoom, new_center = wheel_zoom(viewer.scene.camera.zoom, center, cursor, delta)
+            viewer.scene.camera.zoom = zoom
+            viewer.scene.camera.center = (*list(viewer.scene.camera.center)[:-2], *new_center)
+            event.handled = True
+            return
+        if event.modifiers or not dims.not_displayed:
+            return  # Alt+wheel: napari's layer scrolling; Shift: left alone
+        steps, self._wheel_progress = wheel_pages(
+            self._wheel_progress, delta, bool(event.native.inverted())
+        )
+        event.handled = True  # no zoom
+        if steps:
+            axis = dims.last_used
+            if axis not in dims.not_displayed:
+                axis = dims.not_displayed[-1]
+            step = min(max(dims.current_step[axis] + steps, 0), dims.nsteps[axis] - 1)
+            dims.set_current_step(axis, step)
+
     # export ------------------------------------------------------------------------------
 
     def _on_export(self, _value: Any = None) -> None:
@@ -906,6 +1156,40 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
 
 
 # ---------------------------------------------------------------------------------------
+
+
+class _ParentWatch(QObject):
+    """Tells the widget when napari docks it (a parent) or closes its dock (none)."""
+
+    def __init__(self, ref: weakref.ref[WindowLevelWidget]) -> None:
+        super().__init__()
+        self._ref = ref
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:
+        if event.type() == QEvent.Type.ParentChange:
+            widget = self._ref()
+            if widget is not None:
+                if obj.parent() is None:
+                    widget._deactivate()
+                else:
+                    widget._activate()
+        return False
+
+
+def _teardown_callback(ref: weakref.ref[WindowLevelWidget]) -> Any:
+    """What to do when the widget's Qt side is destroyed (viewer closed): its wheel
+    callback leaves the viewer, and the keys go when no widget is left."""
+
+    def gone(*_: Any) -> None:
+        widget = ref()
+        if widget is not None:
+            with contextlib.suppress(RuntimeError, ValueError):
+                widget._stop_wheel()
+            _LIVE.discard(widget)
+        if not _LIVE:
+            _unbind_keys()
+
+    return gone
 
 
 def replace_explanation(window: Window, explanation: str) -> Window:

@@ -69,6 +69,13 @@ manifest.csv) is replaced as a whole once the new one is complete (PNGs the new 
 does not have are removed); an interrupted or failed export leaves it as it was.
 Files it did not write are never overwritten unless --overwrite is given.
 
+on a Dask cluster (--scheduler): the headers are read and the series exported by the
+workers (a task per folder chunk, a task per series); names, progress, manifests and PNGs
+are the same bytes as a local run. SRC and OUT must be the same paths on every worker (a
+shared file system: yours to provide). A worker that dies has its tasks run again; a
+scheduler that goes away stops the run (what was exported stays): rerun with
+--skip-existing to resume.
+
 exit status: 0 all converted, 1 some files or series skipped or refused (listed) or
 the disk full, 2 usage error or OUT/manifest.csv not napari-dicom's, 130 interrupted
 
@@ -78,6 +85,8 @@ examples:
   napari-dicom export study/ -o png --window=-600,1500 --voi-function sigmoid
   napari-dicom export cr.dcm -o png --percentile 1 99 --ignore-extremes --invert auto
   napari-dicom export big/ -o png --jobs 4 --skip-existing     # resume a run
+  napari-dicom export /shared/dicom -o /shared/png --scheduler tcp://head:8786
+  napari-dicom export big/ -o png --scheduler local:4    # 4 worker processes here
   napari-dicom export study/ -o png --masks        # CT PNGs + SEG/RTSTRUCT label maps
 """
 
@@ -185,7 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
                     help="parallel decode/encode workers (default: all cores)")
     ex.add_argument("--skip-existing", action="store_true",
-                    help="resume: PNGs already present are not rewritten")
+                    help="resume: complete PNGs already present are not rewritten (one of "
+                    "napari-dicom's cut short is written anew)")
+    ex.add_argument("--scheduler", metavar="ADDRESS|local[:N]",
+                    help="run on a Dask cluster: the address of a running dask.distributed "
+                    "scheduler (tcp://host:8786), or local[:N] for N worker processes here "
+                    "(default N: the cores); needs the 'cluster' extra. Workers read SRC and "
+                    "write OUT themselves: both must be the same path on every worker (a "
+                    "shared file system, yours to provide)")
     ex.add_argument("--overwrite", action="store_true",
                     help="replace files in OUT that napari-dicom did not write (a "
                     "manifest.csv, PNGs under the names it writes); without it they make "
@@ -424,6 +440,82 @@ def _nothing_found(scanned: Any, sources: Sequence[Path | str]) -> str:
             + (f" ({'; '.join(why)})" if why else ""))
 
 
+def _cluster_runner(args: argparse.Namespace) -> Any:
+    """The :class:`~napari_dicom.core.cluster.DaskRunner` of ``--scheduler`` (not yet
+    connected), or None."""
+    if args.scheduler is None:
+        return None
+    from .core.cluster import CLUSTER_MISSING, DaskRunner
+
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise UsageError(f"{PROG} export: error: {CLUSTER_MISSING}") from None
+    try:
+        return DaskRunner(args.scheduler, threads=args.jobs or 1)
+    except ValueError as exc:
+        raise UsageError(f"{PROG} export: error: {exc}") from None
+
+
+class _Redactor:
+    """What ``export --deidentify`` prints on stderr: source files by their path relative
+    to the SRC they were found under, series by their pseudonymous output folder, and the
+    header values it leaves out of the output (patient, dates, descriptions, UIDs) replaced
+    in every message. Without ``--deidentify`` everything is printed as it is.
+
+    The relative path keeps the folder names under SRC: a tree whose folders are named
+    after patients still shows them (said in ``--help`` and the README)."""
+
+    #: header keywords whose values are left out of messages (PS3.15 Annex E in spirit)
+    KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs",
+                "AccessionNumber", "InstitutionName", "ReferringPhysicianName", "StudyID",
+                "StudyDescription", "SeriesDescription", "StudyDate", "SeriesDate",
+                "AcquisitionDate", "ContentDate", "StudyTime", "SeriesTime")
+
+    def __init__(self, pseud: Any, sources: Sequence[Path | str], batch: Any) -> None:
+        self.on = pseud is not None
+        if not self.on:
+            return
+        self.roots = sorted((Path(s).resolve() for s in sources if isinstance(s, Path)),
+                            key=lambda p: -len(str(p)))
+        values: dict[str, str] = {}
+        for r in batch.results:
+            se = r.series
+            for uid in (se.uid, se.study_uid):
+                if uid:
+                    values[uid] = pseud.uid(uid)
+            header = se.header or {}
+            texts = [se.patient_id, se.study_date, se.study_description, se.description,
+                     *(str(header.get(k) or "") for k in self.KEYWORDS)]
+            for t in texts:
+                for form in {t, t.replace("^", " ")}:
+                    if len(form.strip()) >= 3 and form not in values:
+                        values[form] = "[removed]"
+        self.values = sorted(values.items(), key=lambda kv: -len(kv[0]))
+
+    def path(self, path: str | os.PathLike[str]) -> str:
+        """A source file as printed."""
+        if not self.on:
+            return str(path)
+        p = Path(path).resolve()
+        for root in self.roots:
+            if p == root:
+                return self.text(p.name)
+            if p.is_relative_to(root):
+                return self.text(str(p.relative_to(root)))
+        return self.text(p.name)
+
+    def text(self, text: str) -> str:
+        """A message as printed: source paths relative, identifying values removed."""
+        if not self.on:
+            return text
+        for root in self.roots:
+            text = text.replace(str(root) + os.sep, "").replace(str(root), root.name)
+        for value, repl in self.values:
+            text = text.replace(value, repl)
+        return text
+
+
 def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
     from .core.batch import ExportOptions, MissingDependencyError, export_all, require_cv2
     from .core.output import ExportRefused
@@ -439,6 +531,7 @@ def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> in
     if out.exists() and not out.is_dir():
         raise UsageError(f"{PROG} export: error: output {out} exists and is not a folder")
     jobs = args.jobs or os.cpu_count() or 1
+    runner = _cluster_runner(args)
     pseud, mapping = _deid_setup(args, out)
     options = ExportOptions(request, args.frames, args.clahe, jobs, args.skip_existing,
                             args.overwrite, pseud)
@@ -449,35 +542,62 @@ def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> in
     logger = logging.getLogger("napari_dicom")
     logger.addHandler(quiet_log)
     try:
-        with _source_faults("export", sources):
+        with _source_faults("export", sources), \
+                (runner if runner is not None else contextlib.nullcontext()):
             batch = export_all(sources, out, options, progress=bar,
-                               series_progress=bar.series)
+                               series_progress=bar.series, runner=runner)
     except ExportRefused as exc:
         raise UsageError(f"{PROG} export: error: {exc}; choose another output folder or "
                          "pass --overwrite") from None
+    except ConnectionError as exc:  # core.cluster.ClusterError: no scheduler (any more)
+        raise UsageError(f"{PROG} export: error: {exc}", status=1) from None
     finally:
         logger.removeHandler(quiet_log)
         bar.close()
     scanned = batch.scan
+    red = _Redactor(pseud, sources, batch)
     for s in scanned.skipped:
-        print(f"skipped: {s.path}: {_reason(s)}", file=stderr)
+        print(f"skipped: {red.path(s.path)}: {red.text(_reason(s))}", file=stderr)
     for r in batch.results:
         for i, reason in sorted(r.damaged.items()):
-            print(f"skipped: {r.series.planes[i].path}: {reason}", file=stderr)
+            print(f"skipped: {red.path(r.series.planes[i].path)}: {red.text(reason)}",
+                  file=stderr)
         if r.status in ("failed", "refused"):
-            src = r.series.planes[0].path if r.series.planes else r.series.uid
             hint = "; pass --overwrite to replace them" if r.status == "refused" else ""
+            if red.on:
+                where = (str(r.folder.relative_to(batch.out)) if r.folder is not None
+                         else f"series {pseud.uid(r.series.uid)}")
+                print(f"{r.status}: series {where}: {red.text(r.message)}{hint}",
+                      file=stderr)
+                continue
+            src = r.series.planes[0].path if r.series.planes else r.series.uid
             print(f"{r.status}: series {r.series.name} ({src}): {r.message}{hint}",
                   file=stderr)
     burned = _burned_in_warnings(batch, stderr) if pseud is not None else 0
     for w in _scan_warnings(scanned):
-        print(f"warning: {w}", file=stderr)
+        print(f"warning: {red.text(w)}", file=stderr)
     if args.masks:
         _export_masks(batch, args.overwrite, stdout, stderr)
     if batch.error:
-        print(f"{PROG} export: error: {batch.error}", file=stderr)
+        print(f"{PROG} export: error: {red.text(batch.error)}", file=stderr)
+    _export_summary(args, batch, runner, bar.start, stdout)
+    manifest = batch.manifest if batch.manifest is not None else "not written"
+    print(f"output: {batch.out}  (run manifest: {manifest})", file=stdout)
+    if pseud is not None and mapping is not None:
+        _deid_summary(pseud, mapping, burned, stdout, stderr)
+    if not batch.results and not batch.error:
+        print(f"{PROG} export: {red.text(_nothing_found(scanned, sources))}", file=stderr)
+        return 1
+    return 0 if batch.complete and batch.results else 1
+
+
+def _export_summary(args: argparse.Namespace, batch: Any, runner: Any, start: float,
+                    stdout: IO[str]) -> None:
+    """The closing lines of ``export``: series, images, files/s per phase, who worked, what
+    was skipped and why."""
+    scanned = batch.scan
     ok = [r for r in batch.results if r.ok]
-    elapsed = time.perf_counter() - bar.start
+    elapsed = time.perf_counter() - start
     rate = batch.written / elapsed if elapsed > 0 else 0.0
     partial = [r for r in batch.results if r.status == "partial"]
     failed = len(batch.failed) - len(partial)
@@ -490,6 +610,25 @@ def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> in
     if kept:
         line += f", {kept} already present (--skip-existing)"
     print(f"{line} in {elapsed:.1f} s ({rate:.1f} images/s)", file=stdout)
+    n_read = len({p.path for se in scanned.series for p in se.planes}) + len(scanned.skipped)
+    n_done = len({p.path for r in batch.results for p in r.series.planes})
+    scan_rate = n_read / batch.scan_seconds if batch.scan_seconds > 0 else 0.0
+    export_rate = n_done / batch.export_seconds if batch.export_seconds > 0 else 0.0
+    print(f"files: {n_read} read in {batch.scan_seconds:.1f} s ({scan_rate:.0f} files/s, "
+          f"scan), {n_done} exported in {batch.export_seconds:.1f} s ({export_rate:.0f} "
+          "files/s)", file=stdout)
+    who = (runner.describe() if runner is not None
+           else f"this process, {args.jobs or os.cpu_count() or 1} thread(s)")
+    print(f"workers: {batch.workers} ({who})", file=stdout)
+    if args.skip_existing:
+        done = [r for r in batch.results if r.status == "skipped-existing"]
+        resumed = [r for r in batch.results if r.status == "ok (resumed)"]
+        cut = sum(r.incomplete for r in batch.results)
+        line = (f"resume: {len(done)} series complete already (all PNGs present and whole), "
+                f"{len(resumed)} completed, {kept} PNGs kept")
+        if cut:
+            line += f", {cut} PNGs present but cut short written anew"
+        print(line, file=stdout)
     _summary_skipped(scanned, [m for r in batch.results for m in r.damaged.values()], stdout)
     non_dicom = int(getattr(scanned, "non_dicom", 0) or 0)
     non_image = getattr(scanned, "non_image", 0)
@@ -501,14 +640,6 @@ def cmd_export(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> in
     if not_walked:
         print(f"not opened: {not_walked} (named pipes, devices, link loops; see the warnings)",
               file=stdout)
-    manifest = batch.manifest if batch.manifest is not None else "not written"
-    print(f"output: {batch.out}  (run manifest: {manifest})", file=stdout)
-    if pseud is not None and mapping is not None:
-        _deid_summary(pseud, mapping, burned, stdout, stderr)
-    if not batch.results and not batch.error:
-        print(f"{PROG} export: {_nothing_found(scanned, sources)}", file=stderr)
-        return 1
-    return 0 if batch.complete and batch.results else 1
 
 
 def _deid_setup(args: argparse.Namespace, out: Path) -> tuple[Any, Path | None]:

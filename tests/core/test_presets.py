@@ -6,9 +6,11 @@ import pytest
 
 from napari_dicom.core.presets import (
     CT_PRESETS,
+    KEYED_PRESETS,
     file_presets,
     get_preset,
     is_ct_like,
+    numbered,
     preset_names,
 )
 from napari_dicom.core.render import Window, WindowError, window_to_limits
@@ -86,3 +88,11 @@ def test_ct_like() -> None:
     assert is_ct_like({"modality": "OT", "value_unit": "HU"})
     assert not is_ct_like({"modality": "MR"})
     assert not is_ct_like({})
+
+
+def test_number_keys_go_to_the_first_nine_entries_in_list_order() -> None:
+    entries = [f"entry {i}" for i in range(12)]
+    keyed = numbered(entries)
+    assert list(keyed) == list(range(1, KEYED_PRESETS + 1)) and KEYED_PRESETS == 9
+    assert keyed[1] == "entry 0" and keyed[9] == "entry 8"
+    assert numbered(["only"]) == {1: "only"}

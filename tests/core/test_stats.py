@@ -118,3 +118,20 @@ def test_histogram_image_marks_the_window() -> None:
     assert ramp[0] == 0 and ramp[-1] == 255  # black below the window, white above
     yellow = np.all(img[10] == (255, 210, 0), axis=1)
     assert list(np.flatnonzero(yellow)) == [50, 150]
+
+
+def test_a_plane_across_any_two_axes() -> None:
+    """A full index with None on two axes names the plane napari shows after a dims roll
+    (data[:, r, :] or data[:, :, c]), exact and cached like the default planes."""
+    v = _ct_volume()
+    st = LayerStats(v, padding=[[-3024, -3024]])
+    for index, plane in (([None, 7, None], v[:, 7, :]), ([None, None, 9], v[:, :, 9]),
+                         ([2, None, None], v[2])):
+        inner = plane[plane != -3024]
+        assert st.minmax("slice", index) == (float(inner.min()), float(inner.max()))
+        assert st.percentile_limits(1, 99, False, "slice", index) == tuple(
+            np.percentile(inner, [1, 99]))
+    assert st.plane_key([2, None, None]) == st.plane_key([2]) == 2  # the default planes
+    assert st.plane_key([None, 999, None]) == (None, v.shape[1] - 1, None)  # clipped
+    with pytest.raises(WindowError, match="2 free axes"):
+        st.plane_key([None, None, None])

@@ -6,6 +6,7 @@ only wires controls to them and tests can drive them without a GUI.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -55,6 +56,37 @@ def drag_window(start: Window, dx: float, dy: float, per_px: float) -> Window:
     return Window(center, width, start.function, "")
 
 
+#: vispy's PanZoomCamera zooms by (1 + 0.007) ** 30 per wheel notch (delta 1); Ctrl+wheel
+#: zooms by the same amount when the wheel pages slices, so zooming feels unchanged
+WHEEL_ZOOM_PER_NOTCH = 1.007**30
+
+
+def wheel_pages(progress: float, delta: float, inverted: bool = False) -> tuple[int, float]:
+    """Slices to move for a wheel event of ``delta`` notches, and the fraction kept for the
+    next event (trackpads send fractions of a notch).
+
+    One slice per notch at most, whatever the system's lines-per-notch setting; wheel
+    towards the user (``delta < 0``) goes to the next slice, as napari's own Ctrl+wheel and
+    PACS viewers do; ``inverted`` (the system's "natural scrolling") flips it back.
+    """
+    forward = 1.0 if inverted else -1.0
+    progress += max(-1.0, min(1.0, float(delta))) * forward
+    steps = math.trunc(progress)
+    return steps, progress - steps
+
+
+def wheel_zoom(
+    zoom: float, center: Sequence[float], cursor: Sequence[float], delta: float
+) -> tuple[float, tuple[float, ...]]:
+    """Camera zoom and centre after ``delta`` wheel notches (``> 0`` zooms in) about the
+    point under the ``cursor``, which stays where it is on the screen (world units)."""
+    factor = WHEEL_ZOOM_PER_NOTCH ** float(delta)
+    c = np.asarray(center, dtype=float)
+    p = np.asarray(cursor, dtype=float)
+    new_center = p + (c - p) / factor
+    return zoom * factor, tuple(float(v) for v in new_center)
+
+
 def nice_step(span: float, integer: bool) -> float:
     """A 1-2-5 step near ``span / 400`` for a spin box's arrows and wheel: 10 HU on a CT
     (span ~4000), 2 on an MR of 0..1000, 1 on 8-bit data; at least 1 for integer data."""
@@ -89,11 +121,14 @@ def slider_to_width(pos: float, lo: float, hi: float) -> float:
 __all__ = [
     "DRAG_SPAN_PIXELS",
     "SLIDER_STEPS",
+    "WHEEL_ZOOM_PER_NOTCH",
     "drag_per_pixel",
     "drag_window",
     "min_width",
     "nice_step",
     "showable_limits",
     "slider_to_width",
+    "wheel_pages",
+    "wheel_zoom",
     "width_to_slider",
 ]

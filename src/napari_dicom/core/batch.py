@@ -24,11 +24,12 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +39,7 @@ from .output import (
     ExportRefused,
     interrupts_to_main_thread,
     is_disk_full,
+    kept_on_resume,
     manifest_header,
     plan_stack,
 )
@@ -59,6 +61,7 @@ __all__ = [
     "ExportOptions",
     "MissingDependencyError",
     "SeriesResult",
+    "SeriesRunner",
     "WindowRequest",
     "choose_display",
     "clahe_uint8",
@@ -294,6 +297,8 @@ class SeriesResult:
     message: str = ""
     note: str = ""
     damaged: dict[int, str] = field(default_factory=dict)
+    #: ``skip_existing``: PNGs that were there but cut short (written anew)
+    incomplete: int = 0
 
     @property
     def ok(self) -> bool:
@@ -308,6 +313,11 @@ class BatchResult:
     manifest: Path | None = None
     #: why the batch stopped early or the run manifest was not written ("" when neither)
     error: str = ""
+    #: seconds spent finding and reading the headers (scan) and exporting the series
+    scan_seconds: float = 0.0
+    export_seconds: float = 0.0
+    #: processes that read and exported (1: this one; a cluster's workers)
+    workers: int = 1
 
     @property
     def images(self) -> int:
@@ -435,7 +445,11 @@ def export_one(
     from .pixels import DicomLoadError, series_metadata
 
     result = SeriesResult(series, folder)
-    existing = {p.name for p in folder.glob("*.png")} if options.skip_existing else set()
+    existing: set[str] = set()
+    if options.skip_existing:  # what export_stack keeps: complete PNGs (kept_on_resume)
+        present = [p for p in folder.glob("*.png")]
+        existing = {p.name for p in present if kept_on_resume(p)}
+        result.incomplete = len(present) - len(existing)
     try:  # files in the way: refuse now, before decoding (export_stack checks again)
         plan_stack(folder, plane_file_names((len(selected_planes(series, options.frames)),),
                                             folder.name),
@@ -584,6 +598,27 @@ def _ticker(
     return tick
 
 
+class SeriesRunner(Protocol):
+    """Somewhere else to read headers and export series (a Dask cluster:
+    :class:`~napari_dicom.core.cluster.DaskRunner`); :func:`export_all` names the folders,
+    counts progress and writes the run manifest itself, so the output is the same."""
+
+    #: processes doing the work (for the summary)
+    workers: int
+
+    def read_headers(self, files: list[str],
+                     progress: Callable[[int, int], None] | None) -> list[Any]:
+        """:func:`~napari_dicom.core.scan.read_headers` of ``files``, in their order."""
+        ...
+
+    def export_series(
+        self, work: Sequence[tuple[int, Series, Path]], options: ExportOptions
+    ) -> Iterator[tuple[int, SeriesResult]]:
+        """``export_one(series, folder, options)`` of each item, yielded with its index as
+        each finishes."""
+        ...
+
+
 #: series with fewer images than this many per job are exported side by side, one thread
 #: each (a folder of single-image X-rays would otherwise use one core); larger series one
 #: after the other, each over all threads
@@ -598,6 +633,7 @@ def export_all(
     progress: BatchProgress | None = None,
     series_progress: Callable[[int, int], None] | None = None,
     scan_progress: Callable[..., Any] | None = None,
+    runner: SeriesRunner | None = None,
 ) -> BatchResult:
     """Scan ``sources``, export every series under ``out``, write ``out/manifest.csv``.
 
@@ -607,6 +643,10 @@ def export_all(
     ``series_progress(count, n_series)`` as series are taken up (small series, run side
     by side, when they finish). All callbacks run on the calling thread. Results and the
     run manifest keep the scan's series order.
+
+    ``runner`` reads the headers and exports the series elsewhere (a Dask cluster); the
+    folders, the progress, the results and the run manifest are made here as without it,
+    so the files are the same.
 
     Raises
     ------
@@ -622,7 +662,10 @@ def export_all(
 
     check_run_manifest(out, options.overwrite)
     jobs = options.jobs or os.cpu_count() or 1
-    scanned = scan([os.fspath(s) for s in sources], progress=scan_progress, processes=jobs)
+    t0 = time.perf_counter()
+    scanned = scan([os.fspath(s) for s in sources], progress=scan_progress, processes=jobs,
+                   reader=None if runner is None else runner.read_headers)
+    t_scan = time.perf_counter() - t0
     namer = OutputNamer(out, options.deidentify)
     n_series = len(scanned.series)
     slots: list[SeriesResult | None] = [None] * n_series
@@ -650,6 +693,17 @@ def export_all(
 
     def run_series() -> None:
         nonlocal taken
+        if runner is not None:  # every series is one task; results come back as they end
+            count = {p[0]: (p[2], p[3]) for p in plan}
+            for index, res in runner.export_series([p[:3] for p in plan], options):
+                folder, k = count[index]
+                res.series = scanned.series[index]  # the scan's object, not a copy
+                slots[index] = res
+                taken += 1
+                if series_progress is not None:
+                    series_progress(taken, n_series)
+                step(k, folder.name)
+            return
         small = [p for p in plan if jobs > 1 and p[3] < SMALL_SERIES_PER_JOB * jobs]
         if small:
             single = replace(options, jobs=1)
@@ -681,6 +735,7 @@ def export_all(
             step(n_images, folder.name)
 
     error = ""
+    t0 = time.perf_counter()
     try:
         run_series()
     except OSError as exc:  # export_one lets only a full disk through: stop the batch
@@ -688,7 +743,9 @@ def export_all(
             " (stopped: the series exported before are kept, this one keeps its earlier "
             "export; the run manifest is as it was)")
     results = [r for r in slots if r is not None]
-    batch = BatchResult(namer.root, results, scanned, error=error)
+    batch = BatchResult(namer.root, results, scanned, error=error, scan_seconds=t_scan,
+                        export_seconds=time.perf_counter() - t0,
+                        workers=1 if runner is None else runner.workers)
     if not error:
         path = namer.root / "manifest.csv"
         try:

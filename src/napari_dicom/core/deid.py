@@ -79,6 +79,15 @@ class Pseudonymizer:
         self.entries: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for a cluster worker (``export --scheduler``): the key alone. The
+        worker's pseudonyms are the same; the table of originals stays with the command,
+        which names the folders and writes the mapping file."""
+        return {"key": self.key}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["key"])  # type: ignore[misc]
+
     @classmethod
     def generate(cls) -> Pseudonymizer:
         """A new random key (256 bits, :mod:`secrets`)."""

@@ -42,9 +42,10 @@ import os
 import re
 import struct
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -92,6 +93,8 @@ ENV_PASSWORD = "NAPARI_DICOM_DICOMWEB_PASSWORD"
 CONNECTIONS = 8
 #: seconds to connect, and to wait for each reply
 TIMEOUT = (5.0, 60.0)
+#: a series whose stream is expected to take longer has its metadata asked for beside it
+STREAM_HEADERS_WITHIN = 1.0
 #: seconds between two looks at a frame's wait for the series stream
 STREAM_WAIT = 0.25
 #: frames kept for the session, bytes (the oldest go first)
@@ -509,6 +512,22 @@ class _SeriesInfo:
     #: transfer syntax frames are asked for in, and its media type
     syntax: str
     media: str
+    #: the syntax the series is stored in (frames are asked for in it when it decodes here)
+    stored: str = ""
+
+
+@dataclass
+class _Stream:
+    """A series retrieved in one streamed request."""
+
+    thread: threading.Thread
+    #: ``(sop, stored syntax, header)`` of every instance, once the stream has ended
+    result: Future[list[tuple[str, str, Dataset]]] = field(default_factory=Future)
+    #: frames (with their syntax) that came before the series' headers were settled
+    arrived: dict[str, tuple[str, list[bytes]]] = field(default_factory=dict)
+    #: instances received so far, and when the request was sent (``time.monotonic``)
+    count: int = 0
+    started: float = field(default_factory=time.monotonic)
 
 
 class Server:
@@ -550,11 +569,15 @@ class Server:
         self._series: dict[tuple[str, str], _SeriesInfo] = {}
         #: fetch a series' frames in one streamed request behind the first one asked for
         self.stream = stream
-        self._streams: dict[tuple[str, str], threading.Thread] = {}
+        self._streams: dict[tuple[str, str], _Stream] = {}
         self._prefetched: set[tuple[str, str]] = set()
         self._asked: set[tuple[str, str]] = set()
         self._closed = False
         self._instances: dict[str, tuple[_SeriesInfo, str, Dataset]] = {}
+        #: SEG / RTSTRUCT instances fetched whole: reference -> file, and back
+        self._files: dict[str, str] = {}
+        self._file_refs: dict[str, str] = {}
+        self._folder: str | None = None
         self._lock = threading.Lock()
 
     # ---- errors ---------------------------------------------------------------------
@@ -575,7 +598,10 @@ class Server:
                           if self.credentials and self.credentials.origin else "")
                        if self.credentials else "the server asks for credentials")
             elif code == 403:
-                why = "access denied"
+                why = "access denied" + (
+                    f" for the {self.credentials.kind}"
+                    + (f" from the {self.credentials.origin}" if self.credentials.origin else "")
+                    if self.credentials else " without credentials")
             elif code == 404:
                 why = "not found"
             elif code == 406:
@@ -666,37 +692,169 @@ class Server:
         return [(ref, self._instances[ref][2]) for ref in info.refs]
 
     def _load_series(self, study: str, series: str) -> _SeriesInfo:
+        """Read the series' headers, from the series itself or from its metadata.
+
+        The series is asked for in one streamed request (WADO-RS retrieve series, stored
+        syntax); its instances bring their headers and frames. When the stream will not
+        be over within :data:`STREAM_HEADERS_WITHIN` seconds (estimated from its pace and
+        the series' instance count, QIDO-RS), the metadata request (PS3.18 10.4.1.1.2)
+        starts beside it and the first to finish gives the headers; the stream goes on
+        filling the frame cache. A series that streams quickly thus opens in one request
+        (a server such as Orthanc reads every whole file to build the metadata, as much
+        work as sending the series), a big one or a slow line opens from its metadata."""
+        sid = (study, series)
         where = f"series {series}"
-        items = self._call(f"metadata of {where}", self.client.retrieve_series_metadata,
-                           study, series)
-        if not items:
-            raise DicomWebError(f"DICOMweb server {self.name}: {where} of study {study}: "
-                                "no instances (is the UID right?)")
-        loc = Location(self.base, study, series)
-        datasets: list[tuple[str, Dataset]] = []
-        for item in items:
-            sop = _text(item, "00080018")
-            if not sop:
-                continue
+        stream = self._start_stream(study, series)
+        meta: Future[list[dict[str, Any]]] = Future()
+
+        def metadata() -> None:
             try:
-                ds = dataset_from_json(item, self._bulk_handler(where))
-            except (ValueError, KeyError, TypeError, struct.error) as exc:
-                raise DicomWebError(f"DICOMweb server {self.name}: metadata of instance {sop}"
-                                    f" cannot be read ({exc})") from None
-            datasets.append((loc.instance(sop), ds))
-        stored, probe = self._stored_syntax(items, study, series, datasets)
+                meta.set_result(self._call(f"metadata of {where}",
+                                           self.client.retrieve_series_metadata,
+                                           study, series))
+            except BaseException as exc:  # handed to the waiting caller, raised there
+                meta.set_exception(exc)
+
+        def start_metadata() -> None:
+            threading.Thread(target=metadata, name="napari-dicom-dicomweb-metadata",
+                             daemon=True).start()
+
+        if stream is None:
+            start_metadata()
+        else:
+            total = self._instance_count(study, series)
+            while True:
+                try:
+                    stream.result.result(timeout=0.02)
+                except TimeoutError:
+                    pass
+                except Exception:  # the stream failed: the metadata says why
+                    start_metadata()
+                    break
+                if stream.result.done():
+                    break
+                spent, came = time.monotonic() - stream.started, stream.count
+                if total is None or (came == 0 and spent > STREAM_HEADERS_WITHIN / 2) or (
+                        came and spent * total / came > STREAM_HEADERS_WITHIN):
+                    start_metadata()
+                    break
+        pending: set[Future[Any]] = {meta} | ({stream.result} if stream else set())
+        winner: Future[Any] | None = None
+        while pending and winner is None:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            # the stream first: its headers are whole and its frames already here
+            order = [f for f in (stream.result if stream else None, meta) if f in done]
+            winner = next((f for f in order if f is not None and f.exception() is None),
+                          None)
+        if winner is None:  # the stream failed, and so did the metadata (which says why)
+            exc = meta.exception()
+            assert exc is not None
+            raise exc
+        loc = Location(self.base, study, series)
+        probe = None
+        if winner is meta:
+            items = meta.result()
+            if not items:
+                raise DicomWebError(f"DICOMweb server {self.name}: {where} of study {study}:"
+                                    " no instances (is the UID right?)")
+            datasets: list[tuple[str, Dataset]] = []
+            for item in items:
+                sop = _text(item, "00080018")
+                if not sop:
+                    continue
+                try:
+                    ds = dataset_from_json(item, self._bulk_handler(where))
+                except (ValueError, KeyError, TypeError, struct.error) as exc:
+                    raise DicomWebError(f"DICOMweb server {self.name}: metadata of instance "
+                                        f"{sop} cannot be read ({exc})") from None
+                datasets.append((loc.instance(sop), ds))
+            stored, probe = self._stored_syntax(items, study, series, datasets, stream)
+        else:
+            assert stream is not None
+            got: list[tuple[str, str, Dataset]] = winner.result()
+            if not got:
+                raise DicomWebError(f"DICOMweb server {self.name}: {where} of study {study}:"
+                                    " no instances (is the UID right?)")
+            datasets = [(loc.instance(sop), ds) for sop, _, ds in got]
+            stored = next((ts for _, ts, ds in got if "Rows" in ds), got[0][1])
+        if stored in _NATIVE:
+            stored = str(ExplicitVRLittleEndian)
         syntax = stored if stored in _FRAME_MEDIA and not missing_decoder_message(
             stored) else str(ExplicitVRLittleEndian)
-        info = _SeriesInfo(study, series, [r for r, _ in datasets], syntax, _FRAME_MEDIA[syntax])
+        info = _SeriesInfo(study, series, [r for r, _ in datasets], syntax, _FRAME_MEDIA[syntax],
+                           stored)
         for ref, ds in datasets:
             ds.file_meta = FileMetaDataset()
             ds.file_meta.TransferSyntaxUID = UID(syntax)
             self._instances[ref] = (info, _sop_of(ref), ds)
         with self._lock:
-            self._series[(study, series)] = info
+            self._series[sid] = info
+            arrived = stream.arrived if stream else {}
+            if stream:
+                stream.arrived = {}
         if probe is not None and probe[0] == syntax:  # the first frame, already here
             self._cache.put(probe[1], probe[2])
+        for sop, (ts, frames) in arrived.items():  # what streamed in before the headers
+            self._deliver(info, sop, ts, frames)
         return info
+
+    def object_file(self, ref: str) -> str:
+        """The instance ``ref`` whole (WADO-RS retrieve instance, stored syntax) in a file
+        of the session's download folder (removed at exit), for the SEG and RTSTRUCT
+        readers; fetched once per session. Its URL: :meth:`object_url`."""
+        with self._lock:
+            path = self._files.get(ref)
+        if path is not None:
+            return path
+        info, sop, _ = self._instances[ref]
+        url = f"{self.base}/studies/{info.study}/series/{info.series}/instances/{sop}"
+        accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+        what = f"instance {sop}"
+
+        def get() -> bytes:
+            with self.session.get(url, headers={"Accept": accept}, stream=True,
+                                  timeout=self.timeout) as r:
+                r.raise_for_status()
+                return next(iter(_iter_parts(r)), b"")
+
+        data = self._call(what, get)
+        if not data:
+            raise DicomWebError(f"DICOMweb server {self.name}: {what}: empty answer")
+        with self._lock:
+            if self._folder is None:
+                import shutil
+                import tempfile
+                import weakref
+
+                self._folder = tempfile.mkdtemp(prefix="napari-dicom-dicomweb-")
+                weakref.finalize(self, shutil.rmtree, self._folder, True)
+            path = os.path.join(self._folder, f"{sop}.dcm")
+        with open(path, "wb") as f:
+            f.write(data)
+        with self._lock:
+            self._files[ref] = path
+            self._file_refs[path] = ref
+        return path
+
+    def object_url(self, path: str) -> str:
+        """The ``dicomweb+...`` URL of a file :meth:`object_file` wrote (else ``path``)."""
+        with self._lock:
+            return self._file_refs.get(path, path)
+
+    def _instance_count(self, study: str, series: str) -> int | None:
+        """The series' Number of Series Related Instances (QIDO-RS); ``None`` when the
+        server does not say."""
+        import requests
+
+        try:
+            found = self.client.search_for_series(
+                study_instance_uid=study, search_filters={"SeriesInstanceUID": series},
+                fields=["NumberOfSeriesRelatedInstances"])
+        except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
+            log.debug("DICOMweb server %s: no instance count (%s)", self.name,
+                      type(exc).__name__)
+            return None
+        return _int(found[0], "00201209") if found else None
 
     def _bulk_handler(self, where: str) -> Callable[[str, str, str], bytes | None]:
         def handler(tag: str, vr: str, uri: str) -> bytes | None:
@@ -717,14 +875,21 @@ class Server:
 
     def _stored_syntax(self, items: Sequence[Mapping[str, Any]], study: str, series: str,
                        datasets: Sequence[tuple[str, Dataset]],
+                       stream: _Stream | None = None,
                        ) -> tuple[str, tuple[str, _FrameKey, bytes] | None]:
         """The series' stored transfer syntax: from the metadata (0002,0010) or (0008,3002)
         when the server gives it, else from a first frame asked for with
-        ``transfer-syntax=*`` (kept to seed the cache)."""
+        ``transfer-syntax=*`` (kept to seed the cache) unless the series stream has
+        already brought an image."""
         for tag in ("00020010", "00083002"):
             v = _text(items[0], tag)
             if v:
                 return v, None
+        if stream is not None:
+            with self._lock:
+                seen = next((ts for ts, frames in stream.arrived.values() if frames), "")
+            if seen:
+                return seen, None
         image = next((ds for _, ds in datasets if "Rows" in ds), None)
         if image is None:
             return str(ExplicitVRLittleEndian), None
@@ -785,50 +950,84 @@ class Server:
         return self._fetcher.get(key, then, None if first else streaming)
 
     def _stream(self, info: _SeriesInfo) -> Callable[[], bool]:
-        """Start (once) the series' frames in one streamed request (WADO-RS retrieve
-        series, stored syntax): on Orthanc one request per frame costs ~30 ms of server
-        time, the whole series streams at a few ms per instance. Returns whether the
-        stream is still running."""
-        sid = (info.study, info.series)
+        """Whether the series stream (started with the headers) is still running."""
         with self._lock:
-            thread = self._streams.get(sid)
-            if thread is None and self.stream and not self._closed:
-                thread = threading.Thread(target=self._stream_series, args=(info,),
-                                          name="napari-dicom-dicomweb-series", daemon=True)
-                self._streams[sid] = thread
-                thread.start()
-        if thread is None:
+            stream = self._streams.get((info.study, info.series))
+        if stream is None:
             return lambda: False
-        return thread.is_alive
+        return stream.thread.is_alive
+
+    def _start_stream(self, study: str, series: str) -> _Stream | None:
+        """Start (once per session) the series in one streamed request (WADO-RS retrieve
+        series, stored syntax): on Orthanc one request per frame costs ~20 ms of server
+        time, the whole series streams at well under 1 ms per instance. Each instance's
+        header goes to :attr:`_Stream.result` (the headers, if the stream ends before the
+        metadata comes), its frames to the cache."""
+        sid = (study, series)
+        with self._lock:
+            if not self.stream or self._closed or sid in self._streams:
+                return None
+            stream = _Stream(threading.Thread(target=self._stream_series, args=(study, series),
+                                              name="napari-dicom-dicomweb-series",
+                                              daemon=True))
+            self._streams[sid] = stream
+        stream.thread.start()
+        return stream
 
     def close(self) -> None:
         """Stop the series streams (each ends after its current instance) and wait."""
         self._closed = True
         with self._lock:
-            threads = list(self._streams.values())
+            threads = [s.thread for s in self._streams.values()]
         for t in threads:
             t.join()
 
-    def _stream_series(self, info: _SeriesInfo) -> None:
+    def _deliver(self, info: _SeriesInfo, sop: str, ts: str, frames: list[bytes]) -> None:
+        """Streamed frames of one instance to the cache, when they are in the syntax the
+        series' frames are asked for (else they are fetched on their own)."""
+        native = info.syntax == str(ExplicitVRLittleEndian)
+        if ts != info.syntax and not (native and ts in _NATIVE[:2]):
+            return
+        for i, data in enumerate(frames):
+            self._fetcher.deliver((info.study, info.series, sop, i + 1), data)
+
+    def _stream_series(self, study: str, series: str) -> None:
         import requests
         from pydicom.errors import InvalidDicomError
 
-        native = info.syntax == str(ExplicitVRLittleEndian)
+        with self._lock:
+            stream = self._streams[(study, series)]
+        got: list[tuple[str, str, Dataset]] = []
+        url = f"{self.base}/studies/{study}/series/{series}"
+        accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
         try:
-            for ds in self.client.iter_series(info.study, info.series,
-                                              media_types=(("application/dicom", "*"),)):
-                ts = str(getattr(ds.file_meta, "TransferSyntaxUID", ""))
-                if ts != info.syntax and not (native and ts in _NATIVE[:2]):
-                    continue  # not as the frames are asked for: fetched on their own
-                sop = str(ds.get("SOPInstanceUID", ""))
-                for i, data in enumerate(_frames_of(ds)):
-                    self._fetcher.deliver((info.study, info.series, sop, i + 1), data)
-                if self._closed:
-                    break
+            with self.session.get(url, headers={"Accept": accept}, stream=True,
+                                  timeout=self.timeout) as response:
+                response.raise_for_status()
+                parts = [] if response.status_code == 204 else _iter_parts(response)
+                for part in parts:
+                    ds, ts, frames = _split_instance(part)
+                    sop = str(ds.get("SOPInstanceUID", ""))
+                    got.append((sop, ts, ds))
+                    stream.count += 1
+                    with self._lock:
+                        info = self._series.get((study, series))
+                        if info is None:
+                            stream.arrived[sop] = (ts, frames)
+                    if info is not None:
+                        self._deliver(info, sop, ts, frames)
+                    if self._closed:
+                        raise EOFError("closed")
         except (requests.RequestException, InvalidDicomError, ValueError, KeyError,
                 AttributeError, EOFError, OSError) as exc:  # frames not streamed: alone
             log.debug("DICOMweb server %s: series stream stopped: %s", self.name,
                       type(exc).__name__)
+            stream.result.set_exception(exc)
+            return
+        except BaseException as exc:
+            stream.result.set_exception(exc)
+            raise
+        stream.result.set_result(got)
 
     def _series_keys(self, info: _SeriesInfo) -> list[_FrameKey]:
         keys: list[_FrameKey] = []
@@ -844,8 +1043,18 @@ class Server:
         study, series, sop, number = key
         info = self._series[(study, series)]
         what = f"frame {number} of instance {sop}"
-        frames = self._call(what, self.client.retrieve_instance_frames, study, series, sop,
-                            [number], media_types=((info.media, info.syntax),))
+        try:
+            frames = self._call(what, self.client.retrieve_instance_frames, study, series,
+                                sop, [number], media_types=((info.media, info.syntax),))
+        except DicomWebError as exc:
+            if info.stored in ("", info.syntax) or "(HTTP " not in str(exc):
+                raise
+            # stored in a syntax no local decoder takes, and not transcoded by the server
+            why = str(exc).split(f"{what}: ", 1)[-1]
+            name = UID(info.stored).name if UID(info.stored).is_transfer_syntax else info.stored
+            raise DicomWebError(
+                f"DICOMweb server {self.name}: {what}: stored as {name}, which cannot be "
+                f"decoded here, and the server did not send it uncompressed: {why}") from None
         if len(frames) != 1:
             raise DicomWebError(f"DICOMweb server {self.name}: {what}: {len(frames)} frames "
                                 "in the answer instead of 1")
@@ -909,6 +1118,97 @@ def dataset_from_json(item: Mapping[str, Any],
         for elem in rest:
             elements[elem.tag] = elem
     return ds
+
+
+def _iter_parts(response: requests.Response, chunk: int = 1 << 22) -> Iterator[bytes]:
+    """The bodies of a multipart/related reply (RFC 2387), each as soon as it has come
+    (one copy per part; dicomweb-client's parser copies each part more often and parses
+    every instance whole)."""
+    media, params = _media(response.headers.get("content-type", ""))
+    boundary = params.get("boundary")
+    if media != "multipart/related" or not boundary:
+        yield response.content
+        return
+    delim = b"\r\n--" + boundary.encode("latin-1")
+    buf = bytearray(b"\r\n")  # the first boundary has no CRLF before it
+    in_body = False
+    search = 0
+    for data in response.iter_content(chunk):
+        buf += data
+        while True:
+            if not in_body:  # at a boundary: the end, or the next part's headers
+                i = buf.find(delim)
+                if i < 0:
+                    break
+                after = i + len(delim)
+                if len(buf) < after + 2:
+                    break
+                if buf[after:after + 2] == b"--":
+                    return
+                head = buf.find(b"\r\n\r\n", after)
+                if head < 0:
+                    break
+                del buf[:head + 4]
+                in_body, search = True, 0
+            i = buf.find(delim, search)
+            if i < 0:
+                search = max(0, len(buf) - len(delim) + 1)
+                break
+            with memoryview(buf) as view:
+                body = bytes(view[:i])
+            del buf[:i]
+            yield body
+            in_body = False
+    if in_body:
+        raise EOFError("the reply ended inside a part")
+
+
+def _split_instance(part: bytes) -> tuple[Dataset, str, list[bytes]]:
+    """A Part 10 instance -> (header without Pixel Data, stored syntax, frames).
+
+    The header is parsed up to Pixel Data and the frames are cut from the bytes after it
+    (PS3.5 7.1, A.4), without parsing the pixel data element; segmentations, structure
+    sets and anything unusual are parsed whole (their frames by :func:`_frames_of`)."""
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    from .scan import OBJECT_CLASSES, _fast_header
+
+    fast = _fast_header(part)  # the folder scan's header parse (~3x pydicom's)
+    if fast is not None:
+        ds, at = fast
+    else:
+        fp = BytesIO(part)
+        ds = dcmread(fp, stop_before_pixels=True)
+        at = fp.tell()
+    ts = str(getattr(ds.file_meta, "TransferSyntaxUID", ""))
+    plain = (at + 12 <= len(part) and "Rows" in ds and part[at:at + 4] == b"\xe0\x7f\x10\x00"
+             and str(ds.get("SOPClassUID", "")) not in OBJECT_CLASSES
+             and ts != "1.2.840.10008.1.2.2")
+    if not plain:
+        ds = dcmread(BytesIO(part))
+        frames = _frames_of(ds) if "Rows" in ds else []
+        if frames and str(ds.get("SOPClassUID", "")) not in OBJECT_CLASSES:
+            del ds.PixelData  # the header stays; the frames go to the cache
+        return ds, ts, frames
+    if ts == "1.2.840.10008.1.2":  # implicit VR: tag, 4-byte length
+        (length,), start = struct.unpack_from("<I", part, at + 4), at + 8
+    elif part[at + 4:at + 6] in (b"OB", b"OW", b"UN"):  # explicit VR, long form
+        (length,), start = struct.unpack_from("<I", part, at + 8), at + 12
+    else:
+        (length,), start = struct.unpack_from("<H", part, at + 6), at + 8
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    if length == 0xFFFFFFFF:  # encapsulated (PS3.5 A.4)
+        from pydicom.encaps import generate_frames
+
+        return ds, ts, list(generate_frames(part[start:], number_of_frames=n))
+    bits = int(ds.BitsAllocated)
+    size = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * bits // 8
+    if bits % 8 or size * n > length or start + length > len(part):
+        return ds, ts, []
+    view = memoryview(part)
+    return ds, ts, [bytes(view[start + i * size:start + (i + 1) * size]) for i in range(n)]
 
 
 def _frames_of(ds: Dataset) -> list[bytes]:
@@ -984,6 +1284,18 @@ _SERVERS: dict[tuple[str, Credentials | None], Server] = {}
 _SERVERS_LOCK = threading.Lock()
 
 
+def object_url(path: str) -> str:
+    """The URL a SEG / RTSTRUCT file came from, when a server of the session fetched it
+    (:meth:`Server.object_file`); else ``path``."""
+    with _SERVERS_LOCK:
+        servers = list(_SERVERS.values())
+    for server in servers:
+        url = server.object_url(path)
+        if url != path:
+            return url
+    return path
+
+
 def server_for(base: str, credentials: Credentials | None = None) -> Server:
     """The session's :class:`Server` for ``base`` with ``credentials`` (found by
     :func:`find_credentials` when not given); its caches last the session."""
@@ -995,11 +1307,33 @@ def server_for(base: str, credentials: Credentials | None = None) -> Server:
         return server
 
 
+def _add_series(result: ScanResult, server: Server, study: str, series: str,
+                objects: bool = True) -> None:
+    """The series' images (and, with ``objects``, its SEG / RTSTRUCT instances, fetched
+    whole into files the segmentation readers open) into ``result``."""
+    from .scan import OBJECT_CLASSES, scan_datasets
+
+    items = server.series_datasets(study, series)
+    images = []
+    for ref, ds in items:
+        if str(ds.get("SOPClassUID", "")) in OBJECT_CLASSES:
+            if objects:
+                result.objects.append(server.object_file(ref))
+        else:
+            images.append((ref, ds))
+    part = scan_datasets(images, source=server)
+    result.series.extend(part.series)
+    result.non_image.extend(part.non_image)
+    result.skipped.extend(part.skipped)
+    result.warnings.extend(part.warnings)
+
+
 def scan_urls(urls: Sequence[str]) -> ScanResult:
     """Headers of the series the URLs name, as the folder scan gives them: one
     :class:`~napari_dicom.core.scan.ScanResult` whose series read their frames from the
     server. A study URL gives each of its series. Faults raise :class:`DicomWebError`."""
-    from .scan import ScanResult, scan_datasets
+    from .objects import read_summary
+    from .scan import ScanResult
 
     result = ScanResult()
     for url in urls:
@@ -1019,10 +1353,23 @@ def scan_urls(urls: Sequence[str]) -> ScanResult:
                 raise DicomWebError(f"DICOMweb server {server.name}: study {loc.study}: "
                                     "not found or holds no series")
         for uid in series_uids:
-            part = scan_datasets(server.series_datasets(loc.study, uid), source=server)
-            result.series.extend(part.series)
-            result.non_image.extend(part.non_image)
-            result.skipped.extend(part.skipped)
-            result.warnings.extend(part.warnings)
+            _add_series(result, server, loc.study, uid)
+        # a SEG / RTSTRUCT opened without its images: the series it refers to, from the
+        # same study (as a file opened alone finds them in its folder)
+        have = {s.uid for s in result.series}
+        for path in result.objects:
+            try:
+                refs = read_summary(path).referenced_series
+            except ValueError as exc:
+                result.warnings.append(str(exc))
+                continue
+            for uid in refs:
+                if uid in have:
+                    continue
+                have.add(uid)
+                try:
+                    _add_series(result, server, loc.study, uid, objects=False)
+                except DicomWebError as exc:
+                    result.warnings.append(f"{exc} (referenced by {server.object_url(path)})")
     result.series.sort(key=lambda s: s.sort_key())
     return result

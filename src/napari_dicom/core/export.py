@@ -71,6 +71,7 @@ from .output import (
     check_interrupt,
     interrupts_to_main_thread,
     is_own_png,
+    kept_on_resume,
     plan_stack,
     remove_leftovers,
 )
@@ -653,6 +654,10 @@ def export_stack(
     targets = [write_dir / name for name in names]
     save = _write_new if staged else write_atomic
 
+    def kept(path: Path) -> bool:
+        """``skip_existing``: leave this plane as it is (see :func:`kept_on_resume`)."""
+        return path.is_file() if plan is None else kept_on_resume(path)
+
     def render(i0: int, i1: int, shown: Display | None) -> npt.NDArray[np.uint8]:
         """Planes ``i0:i1`` (flat indices, on the last leading axis) as shown."""
         if not leading:
@@ -670,7 +675,7 @@ def export_stack(
         i0, i1 = batch
         if stop.is_set():
             return 0
-        todo = [i for i in range(i0, i1) if not (skip_existing and paths[i].is_file())]
+        todo = [i for i in range(i0, i1) if not (skip_existing and kept(paths[i]))]
         if not todo:
             return i1 - i0
         if per is None:

@@ -22,6 +22,10 @@ Keys of ``metadata["dicom"]``:
 ``photometric``, ``presentation_lut_shape``, ``invert`` (display polarity from the file)
 ``padding``           Pixel Padding ranges in modality units, ``[[lo, hi], ...]``
 ``default``           the file's default display: ``{"window": dict|None, "voi_lut": int|None}``
+``default_stored``    ``True`` when ``default`` is stored in the file (window, VOI LUT);
+                      ``False`` when none is and the reader chose it (min-max, or the CT
+                      soft-tissue window, ``core.pixels.ct_default_window``);
+                      ``default_source`` says which in words
 ``plane_windows``     each plane's own first stored window (``Window.to_dict()``) when the
                       planes do not all share one (Enhanced per-frame Frame VOI LUT), else
                       ``None``; see :func:`plane_displays`

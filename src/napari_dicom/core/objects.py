@@ -129,7 +129,10 @@ def object_layers(
             warns.append(str(exc) if os.path.basename(path) in str(exc) else
                          f"{os.path.basename(path)}: not shown ({exc})")
             continue
+        from .dicomweb import object_url
+
         for layer in got:
+            layer.source = object_url(path)  # a DICOMweb object: its URL, not the copy
             warns.extend(layer.warnings)
         layers.extend(got)
     return layers, warns

@@ -48,8 +48,10 @@ __all__ = [
     "StackPlan",
     "check_interrupt",
     "interrupts_deferred",
+    "is_complete_own_png",
     "is_disk_full",
     "is_own_png",
+    "kept_on_resume",
     "manifest_header",
     "plan_stack",
     "watch_interrupts",
@@ -121,6 +123,40 @@ def is_own_png(path: str | os.PathLike[str]) -> bool:
             head = f.read(1 << 16)
     except OSError:
         return False
+    return _software_is_ours(head)
+
+
+#: the last 12 bytes of every complete PNG: the empty IEND chunk and its CRC (PNG 11.2.5)
+_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def is_complete_own_png(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a whole PNG napari-dicom wrote: :func:`is_own_png`, and it
+    ends with the IEND chunk (a file cut short by a copy, a full disk or a crash on a
+    file system without atomic renames does not). ``--skip-existing`` keeps only these."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not os.path.isfile(path) or st.st_size < 8 + 25 + 12:
+                return False
+            head = f.read(1 << 16)
+            f.seek(st.st_size - len(_IEND))
+            tail = f.read(len(_IEND))
+    except OSError:
+        return False
+    return tail == _IEND and _software_is_ours(head)
+
+
+def kept_on_resume(path: str | os.PathLike[str]) -> bool:
+    """Whether ``--skip-existing`` keeps the PNG at ``path``: a file is there and it is
+    not one of napari-dicom's cut short (:func:`is_complete_own_png`); such a file is
+    written anew. A file napari-dicom did not write is left as it is."""
+    if not os.path.isfile(path):
+        return False
+    return is_complete_own_png(path) or not is_own_png(path)
+
+
+def _software_is_ours(head: bytes) -> bool:
     if head[:8] != b"\x89PNG\r\n\x1a\n":
         return False
     pos = 8
@@ -282,8 +318,9 @@ class StackPlan:
       takes no staging folder); the new files are moved in one by one from
       :attr:`staging` (inside ``folder``), then the earlier export's stale planes are
       removed;
-    * ``resume``: ``skip_existing``: files already present under their final name are
-      kept, the missing ones are written in place (each atomically).
+    * ``resume``: ``skip_existing``: complete napari-dicom PNGs already present under
+      their final name are kept (:func:`is_complete_own_png`), the missing or incomplete
+      ones are written in place (each atomically).
     """
 
     folder: Path

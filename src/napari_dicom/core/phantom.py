@@ -185,6 +185,7 @@ def write_ct_phantom(
     volume: npt.NDArray[np.int16] | None = None,
     noise: float = 8.0,
     header_style: str = "ge",
+    stored_window: bool = True,
 ) -> list[Path]:
     """Write the phantom as a multi-file CT series into ``folder``; return the paths.
 
@@ -225,6 +226,9 @@ def write_ct_phantom(
         (values below -1024 HU become -1024); ``"philips"`` unsigned, 16 bits stored,
         no padding (values below -1024 HU become -1024), slope and intercept written as
         ``"1.0"`` and ``"-1024.0"``.
+    stored_window
+        Write the two windows (soft tissue, lung); ``False`` writes none (no Window Center /
+        Width, no VOI LUT), as some CT exports do.
 
     Returns
     -------
@@ -317,9 +321,10 @@ def write_ct_phantom(
         ds.PixelRepresentation = 1 if signed else 0
         if signed:
             ds.add_new(0x00280120, "SS", STORED_PADDING)  # Pixel Padding Value
-        ds.WindowCenter = ["40", "-600"]
-        ds.WindowWidth = ["400", "1500"]
-        ds.WindowCenterWidthExplanation = ["SOFT TISSUE", "LUNG"]
+        if stored_window:
+            ds.WindowCenter = ["40", "-600"]
+            ds.WindowWidth = ["400", "1500"]
+            ds.WindowCenterWidthExplanation = ["SOFT TISSUE", "LUNG"]
         philips = header_style == "philips"
         ds.RescaleIntercept = f"{RESCALE_INTERCEPT}.0" if philips else str(RESCALE_INTERCEPT)
         ds.RescaleSlope = "1.0" if philips else "1"

@@ -84,10 +84,13 @@ if TYPE_CHECKING:
     from .series import Plane, Series
 
 __all__ = [
+    "CT_DEFAULT_WINDOW",
     "DicomLoadError",
     "PlaneStack",
     "SourceError",
+    "ct_default_window",
     "default_display",
+    "default_is_stored",
     "describe_series",
     "display_needs_data",
     "display_step",
@@ -1292,9 +1295,11 @@ def default_display(series: Series, data: Any) -> tuple[Display, str]:
     """The file's default display and a plain-words note of where it came from.
 
     First stored window (with the file's VOI LUT Function: SIGMOID, LINEAR_EXACT), else the
-    first VOI LUT Sequence item (C.11.2.1.1), else a min-max window (C.11.2.1.2.1 note 4)
-    over the data excluding Pixel Padding (for lazy data: over a sample of planes). Colour
-    images: the full range of their dtype. Polarity is ``series.invert``.
+    first VOI LUT Sequence item (C.11.2.1.1), else, for a CT in HU, the soft-tissue window
+    W 400 / L 40 (:func:`ct_default_window`: what peer viewers do, and why), else a min-max
+    window (C.11.2.1.2.1 note 4) over the data excluding Pixel Padding (for lazy data: over
+    a sample of planes). Colour images: the full range of their dtype. Polarity is
+    ``series.invert``.
     """
     invert = series.invert
     if series.rgb:
@@ -1331,7 +1336,55 @@ def default_display(series: Series, data: Any) -> tuple[Display, str]:
         how += " (only padding values present)"
     if hi <= lo:
         hi = lo + 1
+    ct = ct_default_window(series, lo, hi)
+    if ct is not None:
+        return Display(ct, invert=invert), (
+            f"no stored window: CT default soft-tissue window {ct.label()} chosen by "
+            f"napari-dicom, not stored in the file (data {lo:g} to {hi:g} HU, "
+            f"{how})")
     return Display(minmax_window(lo, hi), invert=invert), how
+
+
+#: the window a CT without a stored window opens in: OHIF's "Soft tissue" preset
+#: (W 400 / L 40 HU, ``core.presets.CT_PRESETS["abdomen"]``)
+CT_DEFAULT_WINDOW = Window(40.0, 400.0, "LINEAR", "CT default (soft tissue), not stored")
+#: a CT's values are taken for calibrated HU when they reach down to air / lung (below
+#: this, padding left out) and up past the soft-tissue window
+_CT_AIR_BELOW = -500.0
+
+
+def ct_default_window(series: Series, lo: float, hi: float) -> Window | None:
+    """The window chosen for a CT that stores none (no Window Center / Width, no VOI LUT),
+    or ``None`` to keep the min-max window.
+
+    Peer viewers, read in their sources:
+
+    * Weasis (weasis-dicom-tools ``org/dcm4che3/img/lut/PresetWindowLevel.java``,
+      https://github.com/nroduit/weasis-dicom-tools): the file's windows first; for an image
+      that carries none, a configured modality preset marked "fallback default" is put
+      first, else "Auto Level [Image]" (the image's full range).
+    * 3D Slicer (``Libs/MRML/Core/vtkMRMLScalarVolumeDisplayNode.cxx``,
+      ``CalculateAutoLevels``, https://github.com/Slicer/Slicer): the stored window when
+      there is one, else an automatic window over the 0.1th to 99.9th percentile of the
+      volume; its comment notes that a CT-specific rule would do better.
+    * OHIF / cornerstone (``computeAutoVoi``, https://github.com/cornerstonejs/cornerstone3D):
+      the image's min-max; its CT presets start with "Soft tissue" W 400 / L 40
+      (``defaultWindowLevelPresets.ts``, https://github.com/OHIF/Viewers).
+
+    A min-max (or 0.1-99.9 percentile) window over a CT spans air to bone, about 3000 HU,
+    and leaves soft tissue one flat grey. So, as Weasis' modality fallback does, a CT in
+    HU opens in the soft-tissue window, OHIF's first CT preset. The rule holds only when
+    the values look like calibrated HU (modality CT, value unit HU, values reaching below
+    -500 HU (air, lung) and above the window's top), so that an uncalibrated CT (stored
+    values 0 to 4095 without a rescale) keeps its min-max window. Other modalities are
+    unchanged: they have no absolute scale a fixed window could rely on.
+    """
+    if series.rgb or series.modality.upper() != "CT" or series.value_unit.upper() != "HU":
+        return None
+    top = CT_DEFAULT_WINDOW.center + CT_DEFAULT_WINDOW.width / 2
+    if lo < _CT_AIR_BELOW and hi > top:
+        return CT_DEFAULT_WINDOW
+    return None
 
 
 def display_step(series: Series, display: Display) -> dict[str, Any]:
@@ -1386,8 +1439,9 @@ def series_metadata(
     """``layer.metadata["dicom"]`` per :mod:`napari_dicom.core.meta` (JSON-friendly).
 
     ``display``: the default display (see :func:`default_display`); its step is stored as
-    both ``"default"`` and ``"display"``. Extra keys: ``"summary"`` (plain words) and
-    ``"default_source"`` (where the default display came from).
+    both ``"default"`` and ``"display"``. Extra keys: ``"summary"`` (plain words),
+    ``"default_source"`` (where the default display came from) and ``"default_stored"``
+    (``False`` when no window is stored and napari-dicom chose one).
     """
     step = display_step(series, display) if display is not None and not series.rgb else {
         "window": None, "voi_lut": None}
@@ -1415,9 +1469,17 @@ def series_metadata(
         "display": dict(step),
         "plane_windows": _plane_window_dicts(series),
         "default_source": display_note,
+        "default_stored": default_is_stored(series),
         "summary": describe_series(series, dt, display_note or "its default display",
                                    may_widen),
     }
+
+
+def default_is_stored(series: Series) -> bool:
+    """Whether the default display comes from the file (a stored window or VOI LUT, or a
+    colour image shown as is), not chosen by :func:`default_display` (min-max, or
+    :func:`ct_default_window` for a CT)."""
+    return bool(series.rgb or series.windows or series.voi_luts)
 
 
 def _plane_window_dicts(series: Series) -> list[dict[str, Any]] | None:

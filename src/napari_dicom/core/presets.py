@@ -21,7 +21,7 @@ it is what a user of a web DICOM viewer sees by default; the other value is quot
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .meta import file_windows
@@ -100,6 +100,17 @@ def file_presets(meta: Mapping[str, Any]) -> list[tuple[str, Window]]:
         seen.add(label)
         out.append((label, w))
     return out
+
+
+#: how many entries of the preset list get a number key (1..9; 0 is "reset to file default")
+KEYED_PRESETS = 9
+
+
+def numbered(entries: Sequence[str]) -> dict[int, str]:
+    """Number key -> entry for the first :data:`KEYED_PRESETS` entries of a preset list
+    (in the order the list shows them: the file's windows, CT presets, VOI LUTs, min-max),
+    as PACS viewers put their first presets on the number keys."""
+    return {i: e for i, e in enumerate(entries[:KEYED_PRESETS], start=1)}
 
 
 def is_ct_like(meta: Mapping[str, Any]) -> bool:

@@ -56,6 +56,7 @@ __all__ = [
     "header_dict",
     "is_dicom_file",
     "iter_files",
+    "read_headers",
     "scan",
     "scan_datasets",
     "walk",
@@ -1500,6 +1501,7 @@ def scan(
     *,
     progress: Callable[[int, int], None] | None = None,
     processes: int = 1,
+    reader: HeaderReader | None = None,
 ) -> ScanResult:
     """Read the headers of all DICOM files under ``paths`` and group them into series.
 
@@ -1516,6 +1518,11 @@ def scan(
         forked processes, on Linux, when the caller runs no other Python thread (the
         command line does this; inside napari the scan stays in-process). The result is
         the same either way.
+    reader
+        Reads the headers of a list of files instead of this process (e.g. on a Dask
+        cluster, :mod:`~napari_dicom.core.cluster`): ``reader(files, progress)`` returns
+        one :func:`read_headers` result per file, in order. Walking the folders, grouping
+        and sorting stay here, so the result is the same.
 
     Returns
     -------
@@ -1533,16 +1540,19 @@ def scan(
         if len(urls) == len(paths):
             return remote
         local = scan([p for p in paths if p not in urls], progress=progress,
-                     processes=processes)
+                     processes=processes, reader=reader)
         local.series = sorted([*local.series, *remote.series], key=lambda s: s.sort_key())
         local.non_image.extend(remote.non_image)
+        local.objects.extend(remote.objects)
         local.warnings.extend(remote.warnings)
         return local
     notes: list[str] = []
     files, missing = iter_files(paths, notes)
     result = ScanResult(skipped=list(missing), warnings=notes, not_walked=len(notes))
     records: list[_Record] = []
-    for f, r in zip(files, _read_records(files, progress, processes), strict=True):
+    read = (reader(files, progress) if reader is not None
+            else _read_records(files, progress, processes))
+    for f, r in zip(files, read, strict=True):
         if r is None:
             result.non_dicom += 1
         elif isinstance(r, Skipped):
@@ -1677,9 +1687,15 @@ def _can_fork() -> bool:
     return sys.platform.startswith("linux") and threading.active_count() == 1
 
 
-def _read_chunk(paths: list[str]) -> list[_ReadResult]:
+def read_headers(paths: Sequence[str]) -> list[_ReadResult]:
+    """What :func:`scan` needs of each file's header, in order (picklable: a cluster
+    worker runs this on its share of the files and sends the results back)."""
     cache = _WindowCache()
     return [_read_record(p, cache) for p in paths]
+
+
+#: ``reader(files, progress)`` of :func:`scan`: one :func:`read_headers` result per file
+HeaderReader = Callable[[list[str], Callable[[int, int], None] | None], list[_ReadResult]]
 
 
 def _ignore_sigint() -> None:
@@ -1711,7 +1727,7 @@ def _read_records_forked(
                                        initializer=_ignore_sigint)
             with pool:
                 try:
-                    for part in pool.map(_read_chunk, chunks):
+                    for part in pool.map(read_headers, chunks):
                         out.extend(part)
                         if progress is not None:
                             progress(len(out), len(files))

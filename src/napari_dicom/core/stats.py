@@ -15,7 +15,10 @@ and keeps the results.
   column) is sampled into one float32 array of at most about :data:`FLOAT_SAMPLE_MAX`
   values. :attr:`LayerStats.method` says which.
 
-"Planes" are the last two axes; the leading axes index them (C order).
+"Planes" are the last two axes by default; the leading axes index them (C order). A plane
+across other axes (the one napari shows after its dims were rolled or transposed, e.g. a
+sagittal reformat of an axial series) is named by a full index with ``None`` on its two
+axes, e.g. ``(None, 7, None)`` for ``data[:, 7, :]``.
 """
 
 from __future__ import annotations
@@ -135,7 +138,7 @@ class LayerStats:
         self.n_planes = int(np.prod(self.lead)) if self.lead else 1
         self.integer = self.dtype.kind in "iub"
         self.lazy = not isinstance(data, np.ndarray)
-        self._planes: dict[int, IntHistogram] = {}
+        self._planes: dict[int | tuple[int | None, ...], IntHistogram] = {}
         self._plane_bytes = 0
         self._series: IntHistogram | None = None
         self._sample: npt.NDArray[Any] | None = None
@@ -171,7 +174,31 @@ class LayerStats:
         clipped = [min(max(int(i), 0), n - 1) for i, n in zip(idx, self.lead, strict=True)]
         return int(np.ravel_multi_index(clipped, self.lead))
 
-    def _plane(self, k: int) -> npt.NDArray[Any]:
+    def plane_key(
+        self, index: Sequence[int | None] | None
+    ) -> int | tuple[int | None, ...]:
+        """Which plane ``index`` names: a flat plane number over the leading axes (planes
+        on the last two axes, see :meth:`plane_number`), or, for a full index with
+        ``None`` on exactly two axes, that index with the other entries clipped into range
+        (a plane across any two axes)."""
+        idx = list(index or [])
+        free = [i for i, v in enumerate(idx) if v is None]
+        if not free:
+            return self.plane_number([int(v) for v in idx if v is not None])
+        if len(idx) != len(self.shape) or len(free) != 2:
+            raise WindowError(
+                f"a plane index names 2 free axes of {len(self.shape)}: got {tuple(idx)}"
+            )
+        if free == [len(self.shape) - 2, len(self.shape) - 1]:
+            return self.plane_number([int(v) for v in idx[:-2] if v is not None])
+        return tuple(
+            None if v is None else min(max(int(v), 0), n - 1)
+            for v, n in zip(idx, self.shape, strict=True)
+        )
+
+    def _plane(self, k: int | tuple[int | None, ...]) -> npt.NDArray[Any]:
+        if isinstance(k, tuple):
+            return np.asarray(self.data[tuple(slice(None) if v is None else v for v in k)])
         if not self.lead:
             return np.asarray(self.data)
         return np.asarray(self.data[np.unravel_index(k, self.lead)])
@@ -179,18 +206,18 @@ class LayerStats:
     def _hist_of(self, plane: npt.NDArray[Any]) -> IntHistogram:
         return IntHistogram.of(plane, self.padding)
 
-    def plane_histogram(self, index: Sequence[int] | None) -> IntHistogram:
+    def plane_histogram(self, index: Sequence[int | None] | None) -> IntHistogram:
         """Exact histogram of one plane (integer data), padding left out; cached."""
         if not self.integer:
             raise WindowError("exact histograms need integer data")
-        k = self.plane_number(index)
+        k = self.plane_key(index)
         h = self._planes.get(k)
         if h is None:
             h = self._hist_of(self._plane(k))
             self._keep(k, h)
         return h
 
-    def _keep(self, k: int, h: IntHistogram) -> None:
+    def _keep(self, k: int | tuple[int | None, ...], h: IntHistogram) -> None:
         if self._plane_bytes + h.counts.nbytes <= PLANE_CACHE_BYTES:
             self._planes[k] = h
             self._plane_bytes += h.counts.nbytes
@@ -281,7 +308,7 @@ class LayerStats:
         hi_q: float = 99.0,
         ignore_extremes: bool = False,
         scope: Scope = "series",
-        index: Sequence[int] | None = None,
+        index: Sequence[int | None] | None = None,
     ) -> tuple[float, float]:
         """Contrast limits ``(P_lo, P_hi)`` over the plane at ``index`` or the series.
 
@@ -294,12 +321,12 @@ class LayerStats:
             h = self.plane_histogram(index) if sc == "slice" else self.series_histogram()
             return percentile_limits(h, lo_q, hi_q, ignore_extremes)
         values = (
-            self._plane(self.plane_number(index)) if sc == "slice" else self._float_series_values()
+            self._plane(self.plane_key(index)) if sc == "slice" else self._float_series_values()
         )
         return percentile_limits(values, lo_q, hi_q, ignore_extremes, self.padding)
 
     def minmax(
-        self, scope: Scope = "series", index: Sequence[int] | None = None
+        self, scope: Scope = "series", index: Sequence[int | None] | None = None
     ) -> tuple[float, float]:
         """Smallest and largest value (finite, padding left out) of the plane or series.
 
@@ -312,7 +339,7 @@ class LayerStats:
                 raise WindowError("no values left once the pixel padding is left out")
             return float(h.min()), float(h.max())
         if sc == "slice":
-            return _float_range(self._plane(self.plane_number(index)), self.padding)
+            return _float_range(self._plane(self.plane_key(index)), self.padding)
         if self._series_range is None:
             lo, hi = math.inf, -math.inf
             for _, slab in self._slabs():
@@ -331,7 +358,7 @@ class LayerStats:
         self,
         bins: int = 256,
         scope: Scope = "series",
-        index: Sequence[int] | None = None,
+        index: Sequence[int | None] | None = None,
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
         """``(edges, counts)`` for display: ``bins`` equal bins from min to max (padding
         left out). Show ``np.log1p(counts)`` for a log scale."""
@@ -347,7 +374,7 @@ class LayerStats:
             counts = np.bincount(idx, weights=h.counts, minlength=bins).astype(np.int64)
             return edges, counts
         values = (
-            self._plane(self.plane_number(index)) if sc == "slice" else self._float_series_values()
+            self._plane(self.plane_key(index)) if sc == "slice" else self._float_series_values()
         )
         v = np.asarray(values).ravel()
         v = v[np.isfinite(v)]

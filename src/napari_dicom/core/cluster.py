@@ -1,0 +1,303 @@
+"""``napari-dicom export --scheduler``: the batch export on a Dask ``distributed`` cluster.
+
+Dask schedules, retries and reports; nothing here is a queue, a retry loop or an RPC of
+our own. :func:`~napari_dicom.core.batch.export_all` stays the one export path: it walks
+the folders, names every output folder (in scan order, so names never depend on timing),
+counts progress and writes the run manifest on this machine, and hands two kinds of work
+to a :class:`DaskRunner`:
+
+* **header reads**: the file list, split by folder into chunks of about
+  :data:`FILES_PER_TASK` files (a folder is usually one series: its files stay on one
+  worker), each chunk :func:`~napari_dicom.core.scan.read_headers` on a worker;
+* **series exports**: one task per series,
+  :func:`~napari_dicom.core.batch.export_one` on a worker with the folder named here.
+
+Results stream back as they finish (``distributed.as_completed``) into the same progress
+bar and the same run manifest; the PNG encoder is deterministic, so the files are byte
+for byte those of a local run whatever the number of workers or the order of completion.
+
+Faults: a worker that dies has its tasks run again by the scheduler (its half-done stack
+was in a staging folder, never under the final names: :mod:`~napari_dicom.core.output`);
+a scheduler that goes away ends the run with :class:`ClusterError` (one line naming the
+scheduler), the series already exported staying in place; ``--skip-existing`` resumes.
+
+Every worker writes into ``OUT`` itself: ``OUT`` (and the sources) must be the same path
+on every worker, i.e. a shared file system. That is the user's to provide.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .batch import ExportOptions, SeriesResult
+    from .series import Series
+
+__all__ = [
+    "CLUSTER_MISSING",
+    "ClusterError",
+    "DaskRunner",
+    "chunk_by_folder",
+    "parse_scheduler",
+]
+
+CLUSTER_MISSING = (
+    "--scheduler needs Dask's distributed package: pip install 'napari-dicom[cluster]'"
+)
+
+#: header reads per task: ~30 ms of work for small files, well above Dask's overhead per
+#: task (~1 ms), and enough tasks to spread over a few dozen workers for 10^4 files
+FILES_PER_TASK = 256
+
+#: seconds to wait for a scheduler to answer when connecting (and, once connected, for
+#: it to come back before the run is given up)
+CONNECT_TIMEOUT = 10.0
+#: how often the client's connection is looked at while waiting for results (s)
+POLL_SECONDS = 0.5
+
+
+class ClusterError(ConnectionError):
+    """The Dask scheduler could not be reached or went away; the message names it."""
+
+
+def parse_scheduler(text: str) -> tuple[str, int | str]:
+    """``("local", N)`` for ``local`` / ``local:N`` (N worker processes here, default the
+    number of cores), ``("address", text)`` for a scheduler address (``tcp://host:port``,
+    ``host:port``, ``tls://...``).
+
+    Raises
+    ------
+    ValueError
+        For ``local:`` with anything but a positive whole number, or an empty text.
+    """
+    t = text.strip()
+    m = re.fullmatch(r"local(?::(.*))?", t, flags=re.IGNORECASE)
+    if m is not None:
+        if m.group(1) is None:
+            return "local", os.cpu_count() or 1
+        try:
+            n = int(m.group(1))
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"--scheduler local:N needs a positive number of workers, got {t!r}")
+        return "local", n
+    if not t:
+        raise ValueError("--scheduler needs an address (tcp://host:8786) or local[:N]")
+    return "address", t
+
+
+def chunk_by_folder(files: Sequence[str], size: int = FILES_PER_TASK) -> list[list[int]]:
+    """Indices of ``files`` in chunks of about ``size``, a folder's files kept together
+    (a folder larger than ``size`` is cut in pieces of ``size``); in file order."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    folder = None
+    for i, f in enumerate(files):
+        here = os.path.dirname(f)
+        if current and (len(current) >= size or (here != folder and len(current) >= size // 2)):
+            chunks.append(current)
+            current = []
+        folder = here
+        current.append(i)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _export_task(series: Series, folder: str, options: ExportOptions) -> SeriesResult:
+    """One series on a worker (a module-level function: workers import it by name)."""
+    from .batch import export_one
+
+    return export_one(series, Path(folder), options)
+
+
+class DaskRunner:
+    """A connection to a Dask scheduler (or a :class:`distributed.LocalCluster` started
+    here) doing :func:`~napari_dicom.core.batch.export_all`'s work; a context manager.
+
+    Parameters
+    ----------
+    scheduler
+        ``local``, ``local:N`` or an address (:func:`parse_scheduler`).
+    threads
+        Threads each series export uses on its worker (``--jobs``); 1 by default, the
+        workers being the parallelism.
+    """
+
+    def __init__(self, scheduler: str, threads: int = 1) -> None:
+        self.kind, self.target = parse_scheduler(scheduler)
+        self.threads = max(1, threads)
+        self.client: Any = None
+        self.cluster: Any = None
+        self.workers = 0
+        self._log_levels: dict[str, int] = {}
+        #: the scheduler's address (for messages), known once connected
+        self.address = str(self.target) if self.kind == "address" else f"local:{self.target}"
+
+    def describe(self) -> str:
+        if self.kind == "local":
+            return f"{self.workers} local worker process(es), scheduler {self.address}"
+        return f"{self.workers} worker(s) of the scheduler {self.address}"
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def __enter__(self) -> DaskRunner:
+        try:
+            distributed = _distributed()
+        except ImportError as exc:
+            raise ImportError(CLUSTER_MISSING) from exc
+        # Dask's own log lines (reconnect attempts, a restarted worker, with tracebacks)
+        # would bury the command's one-line messages: only its own errors are reported
+        self._log_levels = {}
+        for name in ["distributed", *logging.root.manager.loggerDict]:
+            if name == "distributed" or name.startswith("distributed."):
+                log = logging.getLogger(name)
+                self._log_levels[name] = log.level
+                log.setLevel(logging.CRITICAL + 1)
+        if self.kind == "local":
+            n = int(self.target)
+            self.cluster = distributed.LocalCluster(
+                n_workers=n, threads_per_worker=self.threads, processes=True,
+                dashboard_address=None, host="127.0.0.1", silence_logs=logging.CRITICAL,
+            )
+            self.client = distributed.Client(self.cluster)
+        else:
+            try:
+                self.client = distributed.Client(str(self.target), timeout=CONNECT_TIMEOUT)
+            except (OSError, TimeoutError) as exc:
+                raise ClusterError(
+                    f"cannot reach the Dask scheduler {self.target}: {_why(exc)}"
+                ) from None
+        try:
+            info = self.client.scheduler_info()
+            self.address = str(info.get("address") or self.address)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"the Dask scheduler {self.address} does not answer: "
+                               f"{_why(exc)}") from None
+        self.workers = len(info.get("workers", {}))
+        if self.workers == 0:
+            try:
+                self.client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
+            except (OSError, TimeoutError):
+                self.close()
+                raise ClusterError(f"the Dask scheduler {self.target} has no worker") from None
+            self.workers = len(self.client.scheduler_info().get("workers", {}))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with _quiet():
+            if self.client is not None:
+                self.client.close(timeout=5)
+            if self.cluster is not None:
+                self.cluster.close(timeout=10)
+        self.client = self.cluster = None
+        for name, level in self._log_levels.items():
+            logging.getLogger(name).setLevel(level)
+        self._log_levels = {}
+
+    # -- work --------------------------------------------------------------------------
+
+    def _stream(self, futures: list[Any]) -> Iterator[tuple[Any, Any]]:
+        """``(future, result)`` as each finishes. A scheduler that goes away becomes
+        :class:`ClusterError` once the client has given up reconnecting (it tries for
+        :data:`CONNECT_TIMEOUT` s); the futures not finished are released, so Dask drops
+        their tasks. A task's own error (a full disk) is raised as it is."""
+        distributed = _distributed()
+        pending = set(futures)
+        try:
+            while pending:
+                try:
+                    done, pending = distributed.wait(pending, timeout=POLL_SECONDS,
+                                                     return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    if self.client.status in ("closing", "closed", "failed"):
+                        raise ClusterError(self._lost("the connection was closed")) from None
+                    continue
+                except CancelledError:  # Dask cancels every future of a lost scheduler
+                    raise ClusterError(self._lost("connection lost")) from None
+                for fut in done:
+                    try:
+                        value = fut.result()
+                    except (CancelledError, OSError) as exc:
+                        if isinstance(exc, OSError) and not _is_comm_error(exc):
+                            raise
+                        raise ClusterError(self._lost(_why(exc))) from None
+                    yield fut, value
+        finally:
+            with _quiet():
+                self.client.cancel([f for f in futures if not f.done()])
+
+    def _lost(self, why: str) -> str:
+        return (f"lost the Dask scheduler {self.address} ({why}); run again with "
+                "--skip-existing to resume")
+
+    def read_headers(self, files: list[str],
+                     progress: Callable[[int, int], None] | None) -> list[Any]:
+        """:func:`~napari_dicom.core.scan.read_headers` of ``files`` on the workers."""
+        from .scan import read_headers
+
+        chunks = chunk_by_folder(files)
+        out: list[Any] = [None] * len(files)
+        futures = self.client.map(read_headers, [[files[i] for i in c] for c in chunks],
+                                  pure=False)
+        where = {f.key: c for f, c in zip(futures, chunks, strict=True)}
+        done = 0
+        for fut, part in self._stream(futures):
+            for i, r in zip(where[fut.key], part, strict=True):
+                out[i] = r
+            done += len(part)
+            if progress is not None:
+                progress(done, len(files))
+        return out
+
+    def export_series(
+        self, work: Sequence[tuple[int, Series, Path]], options: ExportOptions
+    ) -> Iterator[tuple[int, SeriesResult]]:
+        """Each series exported by one task, yielded as each finishes."""
+        opts = replace(options, jobs=self.threads)
+        # the largest series first: they decide when the run ends
+        order = sorted(work, key=lambda w: -len(w[1].planes))
+        futures = [self.client.submit(_export_task, s, os.fspath(folder), opts, pure=False)
+                   for _i, s, folder in order]
+        index = {f.key: i for f, (i, _s, _f) in zip(futures, order, strict=True)}
+        for fut, result in self._stream(futures):
+            yield index[fut.key], result
+
+
+def _distributed() -> Any:
+    """The ``distributed`` module (untyped: its calls are checked by the tests)."""
+    import importlib
+
+    return importlib.import_module("distributed")
+
+
+def _is_comm_error(exc: BaseException) -> bool:
+    from distributed.comm.core import CommClosedError
+
+    return isinstance(exc, (CommClosedError, ConnectionError, TimeoutError))
+
+
+def _why(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+class _quiet:
+    """Suppress the errors closing a connection to a scheduler that is gone can raise."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> bool:
+        return kind is not None and issubclass(kind, (OSError, TimeoutError, RuntimeError))
