@@ -103,6 +103,20 @@ def plain_client(base: str, study: str, series: str, first_only: bool) -> list[n
     return out
 
 
+def raw_transfer(base: str, study: str, series: str) -> int:
+    """The floor: the series in one streamed request, bytes counted and dropped."""
+    import requests
+
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+    n = 0
+    with requests.get(f"{base}/studies/{study}/series/{series}", headers={"Accept": accept},
+                      stream=True, timeout=60) as r:
+        r.raise_for_status()
+        for chunk in r.iter_content(1 << 22):
+            n += len(chunk)
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slices", type=int, default=300)
@@ -151,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             args_c = (server.base, study, series)
             pl_first = median_of(lambda a=args_c: plain_client(*a, True), r, lambda: None)
             pl_whole = median_of(lambda a=args_c: plain_client(*a, False), r, lambda: None)
-            rows.append((kind, first, whole, again, loc_first, loc_whole, pl_first, pl_whole))
+            raw = median_of(lambda a=args_c: raw_transfer(*a), r, lambda: None)
+            rows.append((kind, first, whole, again, loc_first, loc_whole, pl_first, pl_whole,
+                         raw))
     finally:
         server.stop()
     mb = args.slices * args.size * args.size * 2 / 1e6
@@ -160,16 +176,18 @@ def main(argv: list[str] | None = None) -> int:
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores\n")
     head = (f"{'series':<14} {'first slice':>12} {'whole':>8} {'again':>8} | "
             f"{'local 1st':>9} {'local':>7} {'whole/local':>11} | {'client 1st':>10} "
-            f"{'client':>7} {'client/plugin':>13}")
+            f"{'client':>7} {'client/plugin':>13} | {'raw HTTP':>8}")
     print(head)
     print("-" * len(head))
-    for kind, first, whole, again, lf, lw, pf, pw in rows:
+    for kind, first, whole, again, lf, lw, pf, pw, raw in rows:
         print(f"{kind:<14} {first:>10.3f} s {whole:>6.2f} s {again:>6.2f} s | {lf:>7.3f} s "
               f"{lw:>5.2f} s {whole / lw:>10.2f}x | {pf:>8.3f} s {pw:>5.2f} s "
-              f"{pw / whole:>12.2f}x")
+              f"{pw / whole:>12.2f}x | {raw:>6.2f} s")
+    print("\nraw HTTP: the series in one streamed request, bytes dropped (the transfer alone, "
+          "no parsing or decoding)")
     print("\ngoals: first slice <= 0.5 s; whole <= 2x local; faster than the plain client "
           "(client/plugin > 1)")
-    for kind, first, whole, _a, _lf, lw, _pf, pw in rows:
+    for kind, first, whole, _a, _lf, lw, _pf, pw, _raw in rows:
         verdict = [("first slice", first <= 0.5), ("whole <= 2x local", whole <= 2 * lw),
                    ("faster than the client", pw > whole)]
         print(f"  {kind}: " + ", ".join(f"{k} {'met' if ok else 'NOT met'}"

@@ -59,7 +59,7 @@ class Orthanc:
     """One Orthanc process with its DICOMweb plugin on 127.0.0.1."""
 
     def __init__(self, folder: Path, users: dict[str, str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, lua: str | None = None) -> None:
         assert ORTHANC is not None
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
@@ -79,6 +79,9 @@ class Orthanc:
             "HttpThreadsCount": 16,
             "StorageCompression": False,
         }
+        if lua:  # e.g. an IncomingHttpRequestFilter (Orthanc Book, "Lua scripting")
+            (folder / "filter.lua").write_text(lua)
+            config["LuaScripts"] = [str(folder / "filter.lua")]
         self.config = folder / "config.json"
         self.config.write_text(json.dumps(config, indent=1))
         self.process: subprocess.Popen[bytes] | None = None

@@ -370,6 +370,11 @@ def test_credentials_basic_wrong_and_right(tmp_path: Path, data: Data,
 # --------------------------------------------------------------------------------------
 
 
+def _wait_idle(qtbot: Any, widget: Any, timeout: int = 30000) -> None:
+    """Wait (the Qt event loop running) until the widget's request is over."""
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+
+
 def _acquire_action(viewer: Any, text: str) -> Any:
     for action in viewer.window.file_menu.actions():
         if action.text() == "Acquire" and action.menu() is not None:
@@ -397,11 +402,13 @@ def test_widget_searches_lists_series_and_opens_one(make_napari_viewer, qtbot: A
     widget.patient_id.setText("PHANTOM")
     widget.modality.setText("CT")
     qtbot.mouseClick(widget.search_button, Qt.MouseButton.LeftButton)
+    _wait_idle(qtbot, widget)
     assert widget.results.topLevelItemCount() == 1
     study = widget.results.topLevelItem(0)
     assert study.text(0) == "Phantom^CT (PHANTOM)"
     assert "1 study on http://127.0.0.1:" in widget.status.text()
     study.setExpanded(True)  # lists the study's series
+    _wait_idle(qtbot, widget)
     assert study.childCount() == 2
     rows = [(study.child(i).text(0), study.child(i).text(1), study.child(i).text(2),
              study.child(i).text(3)) for i in range(2)]
@@ -409,7 +416,9 @@ def test_widget_searches_lists_series_and_opens_one(make_napari_viewer, qtbot: A
     widget.results.setCurrentItem(study.child(1))
     assert widget.open_button.isEnabled()
     qtbot.mouseClick(widget.open_button, Qt.MouseButton.LeftButton)
+    _wait_idle(qtbot, widget)
     assert [layer.name for layer in viewer.layers] == ["2 CT Lossless"]
+    assert widget.status.text() == "opened 2 CT Lossless"
     layer = viewer.layers[0]
     [local] = make_napari_viewer().open(str(data.ljpeg), plugin=PLUGIN)
     np.testing.assert_array_equal(np.asarray(layer.data), np.asarray(local.data))
@@ -423,6 +432,7 @@ def test_widget_searches_lists_series_and_opens_one(make_napari_viewer, qtbot: A
     dead = f"http://127.0.0.1:{free_port()}/dicom-web"
     widget.server_url.setText(dead)
     qtbot.mouseClick(widget.search_button, Qt.MouseButton.LeftButton)
+    _wait_idle(qtbot, widget)
     assert widget.results.topLevelItemCount() == 0
     assert widget.status.text().startswith(f"DICOMweb server {dead}: study search: cannot "
                                            "connect (connection refused")
@@ -430,6 +440,7 @@ def test_widget_searches_lists_series_and_opens_one(make_napari_viewer, qtbot: A
                for r in notification_manager.records[n:])
     widget.server_url.setText(orthanc.base)
     qtbot.mouseClick(widget.search_button, Qt.MouseButton.LeftButton)
+    _wait_idle(qtbot, widget)
     assert widget.results.topLevelItemCount() == 1
 
 
@@ -446,21 +457,27 @@ def test_widget_credentials_reach_the_reader_and_stay_out_of_layers(
         _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "DICOMweb")
         widget.server_url.setText(server.base)
         qtbot.mouseClick(widget.search_button, Qt.MouseButton.LeftButton)
+        _wait_idle(qtbot, widget)
         assert "asks for credentials (HTTP 401" in widget.status.text()
         widget.auth.setCurrentIndex(1)
         widget.user.setText("bob")
         widget.password.setText("wrong")
         qtbot.mouseClick(widget.search_button, Qt.MouseButton.LeftButton)
+        _wait_idle(qtbot, widget)
         assert ("refused the credentials (user name and password from the widget)"
                 in widget.status.text())
         assert "wrong" not in widget.status.text()
         widget.password.setText("builder-42")
         qtbot.mouseClick(widget.search_button, Qt.MouseButton.LeftButton)
+        _wait_idle(qtbot, widget)
         assert widget.results.topLevelItemCount() == 1
         study = widget.results.topLevelItem(0)
         widget.list_series(study)
+        _wait_idle(qtbot, widget)
         widget.results.setCurrentItem(study.child(0))
-        [layer] = widget.open_selected()
+        widget.open_selected()
+        _wait_idle(qtbot, widget)
+        [layer] = viewer.layers
         [local] = make_napari_viewer().open(CT_SMALL, plugin=PLUGIN)
         np.testing.assert_array_equal(np.asarray(layer.data), np.asarray(local.data))
         assert "builder-42" not in json.dumps(layer.metadata, default=str)
@@ -542,3 +559,162 @@ def test_study_with_seg_and_rtstruct_gives_the_layers_the_files_give(
         _same_layers(alone, seg_local)
     finally:
         server.stop()
+
+
+def test_widget_stays_responsive_while_a_server_is_silent(make_napari_viewer, qtbot: Any,
+                                                          orthanc: Orthanc) -> None:
+    """A search runs on a worker thread: while a server that accepts the connection never
+    answers, the widget repaints and takes typing; when the server goes, one line names
+    it, and the next search (on the real server) works."""
+    import socket
+
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "DICOMweb")
+    with socket.socket() as listener:  # accepts connections, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        silent = f"http://127.0.0.1:{listener.getsockname()[1]}/dicom-web"
+        widget.server_url.setText(silent)
+        qtbot.mouseClick(widget.search_button, Qt.MouseButton.LeftButton)
+        assert widget.busy and not widget.search_button.isEnabled()
+        assert widget.status.text() == f"searching {silent} ..."
+        qtbot.keyClicks(widget.patient_name, "DOE*")  # the GUI thread is free
+        qtbot.wait(300)
+        assert widget.patient_name.text() == "DOE*" and widget.busy
+        qtbot.mouseClick(widget.search_button, Qt.MouseButton.LeftButton)  # waits
+    _wait_idle(qtbot, widget)  # the listener closed: the request fails
+    assert widget.status.text().startswith(f"DICOMweb server {silent}: study search: ")
+    assert widget.search_button.isEnabled()
+    widget.server_url.setText(orthanc.base)
+    widget.patient_name.setText("")
+    widget.patient_id.setText("PHANTOM")
+    widget.modality.setText("CT")
+    qtbot.mouseClick(widget.search_button, Qt.MouseButton.LeftButton)
+    _wait_idle(qtbot, widget)
+    assert widget.results.topLevelItemCount() == 1
+    # a study selected: Open gives each of its series (fetched on the worker thread)
+    widget.results.setCurrentItem(widget.results.topLevelItem(0))
+    qtbot.mouseClick(widget.open_button, Qt.MouseButton.LeftButton)
+    assert widget.busy
+    _wait_idle(qtbot, widget)
+    assert [layer.name for layer in viewer.layers] == ["1 CT Native", "2 CT Lossless"]
+
+
+# --------------------------------------------------------------------------------------
+# more faults: 403, a bearer token, a syntax neither side can decode, 406
+# --------------------------------------------------------------------------------------
+
+#: Orthanc takes bearer tokens only through a plugin or a Lua filter: this one lets a
+#: request through with the token and answers 403 to any other (Orthanc's answer to a
+#: filtered request); the tests' helper uploads and polls /system without one
+_TOKEN = "tok-5e3b1f-napari"
+_BEARER_LUA = f"""
+function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
+  if uri == '/system' or uri == '/instances' then
+    return true
+  end
+  return httpHeaders['authorization'] == 'Bearer {_TOKEN}'
+end
+"""
+
+
+def test_bearer_token_reaches_the_server_and_403_names_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _no_credentials_around(monkeypatch, tmp_path)
+    server = Orthanc(tmp_path / "orthanc", lua=_BEARER_LUA)
+    try:
+        server.upload([CT_SMALL])
+        url = server.dicomweb(*_uids(CT_SMALL))
+        with pytest.raises(DicomWebError) as exc:
+            scan([url])
+        assert str(exc.value).startswith(f"DICOMweb server {server.base}: ")
+        assert str(exc.value).endswith("access denied without credentials (HTTP 403 Forbidden)")
+        monkeypatch.setenv(dicomweb.ENV_TOKEN, "tok-wrong-one")
+        with pytest.raises(DicomWebError) as exc:
+            scan([url])
+        msg = str(exc.value)
+        assert "access denied for the bearer token from the environment (HTTP 403" in msg
+        assert "tok-wrong-one" not in msg and "\n" not in msg
+        assert main(["info", url]) == 1
+        err = capsys.readouterr().err
+        assert "HTTP 403" in err and "tok-wrong-one" not in err and "Traceback" not in err
+        # the right token: the series, value for value, and the token nowhere
+        monkeypatch.setenv(dicomweb.ENV_TOKEN, _TOKEN)
+        caplog.set_level("DEBUG")
+        series = scan([url]).series[0]
+        np.testing.assert_array_equal(np.asarray(load_series(series, lazy=False)),
+                                      load_series(scan([CT_SMALL]).series[0]))
+        from napari_dicom.core.pixels import series_metadata
+
+        assert _TOKEN not in json.dumps(series_metadata(series), default=str)
+        assert _TOKEN not in caplog.text and _TOKEN not in repr(series.source.credentials)
+    finally:
+        server.stop()
+
+
+def _mpeg2_instance(path: Path) -> Path:
+    """CT_small's header over an MPEG2 frame (no decoder here; Orthanc stores it but
+    cannot transcode it), in a study of its own."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import MPEG2MPML, generate_uid
+
+    ds = pydicom.dcmread(CT_SMALL)
+    ds.file_meta.TransferSyntaxUID = MPEG2MPML
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PatientID = "MPEG2"
+    ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + bytes(996)])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_syntax_neither_side_decodes_is_one_line(orthanc: Orthanc, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = _mpeg2_instance(tmp_path / "mpeg2.dcm")
+    orthanc.upload([path])
+    url = _series_url(orthanc, path)
+    series = scan([url]).series[0]  # the headers are fine
+    with pytest.raises(DicomWebError) as exc:
+        load_series(series, lazy=False)
+    msg = str(exc.value)
+    assert msg.startswith(f"DICOMweb server {orthanc.base}: frame 1 of instance ")
+    # Orthanc answers 500 (not 406) when it cannot transcode
+    assert ("stored as MPEG2 Main Profile / Main Level, which cannot be decoded here, and "
+            "the server did not send it uncompressed: the server answered with an error "
+            "(HTTP 500") in msg
+    assert main(["export", url, "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "MPEG2 Main Profile" in err and "Traceback" not in err
+    assert not list((tmp_path / "out").rglob("*.png"))
+
+
+def test_406_is_named(tmp_path: Path) -> None:
+    """A real HTTP server on loopback that answers 406 Not Acceptable to everything."""
+    import http.server
+
+    class NotAcceptable(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(406, "Not Acceptable")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotAcceptable)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{httpd.server_address[1]}/dicom-web"
+        with pytest.raises(DicomWebError) as exc:
+            dicomweb.Server(base).search_studies()
+        assert str(exc.value) == (f"DICOMweb server {base}: study search: the server cannot "
+                                  "send it in the form asked for (HTTP 406 Not Acceptable)")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

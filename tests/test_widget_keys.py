@@ -160,12 +160,53 @@ def test_preset_keys_leave_napari_keys_alone_and_go_with_the_widget(
     _key(viewer, qtbot, _digit(3), ctrl=True)
     assert tuple(layer.contrast_limits) != start
 
-    # the dock closed with napari's close button: the keys go with it
+    # the dock closed with napari's close button: the keys go with it, and the wheel
+    # option gives napari its wheel back
+    _widget._wheel.value = True
+    assert all(getattr(cb, "__name__", "") != "dims_scroll"
+               for cb in viewer.mouse_wheel_callbacks)
     before = tuple(layer.contrast_limits)
     dock.title.close_button.click()
     qtbot.wait(10)
     _key(viewer, qtbot, _digit(4), ctrl=True)
     assert tuple(layer.contrast_limits) == before
+    names = [getattr(cb, "__name__", "") for cb in viewer.mouse_wheel_callbacks]
+    assert "dims_scroll" in names and "wheel_page" not in names
+
+
+def test_a_key_the_user_chose_in_napari_settings_is_used(
+    make_napari_viewer: Any, phantom_dir: Path, qtbot: Any
+) -> None:
+    """Preferences > Shortcuts keeps a user's choice in napari's settings and rebinds the
+    action: bare 3 for preset 3 (free on Image layers) replaces Ctrl+3, in the list and on
+    the canvas, also for a widget opened later."""
+    from napari.settings import get_settings
+    from napari.utils.action_manager import action_manager
+
+    viewer = make_napari_viewer(show=True)
+    (layer,) = viewer.open(str(phantom_dir), plugin=PLUGIN)
+    dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    viewer.window.remove_dock_widget(dock)
+    name = "napari-dicom:window_preset_3"
+    shortcuts = get_settings().shortcuts
+    shortcuts.shortcuts = {**shortcuts.shortcuts, name: ["3"]}
+    action_manager.unbind_shortcut(name)  # what the shortcut editor does on a change
+    try:
+        _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+        qtbot.waitExposed(viewer.window._qt_window)
+        combo = widget._preset.native
+        third = combo.itemData(3)
+        assert combo.itemText(3) == f"{third}    [3]"
+        start = tuple(layer.contrast_limits)
+        _key(viewer, qtbot, _digit(3), ctrl=True)
+        assert tuple(layer.contrast_limits) == start  # Ctrl+3 is not bound any more
+        _key(viewer, qtbot, _digit(3))
+        assert widget._preset.value == third
+        assert tuple(layer.contrast_limits) != start
+    finally:  # back to the default for the tests that follow
+        shortcuts.shortcuts = {k: v for k, v in shortcuts.shortcuts.items() if k != name}
+        action_manager.unbind_shortcut(name)
+        action_manager.bind_shortcut(name, "Ctrl-3")
 
 
 # ------------------------------------------------------------------------------ wheel
@@ -238,8 +279,8 @@ def test_ctrl_wheel_keeps_the_point_under_the_cursor(
 
 @pytest.fixture(scope="module")
 def ramp_series(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One HU volume ``100 k + 10 r + c`` written with pydicom as an axial and as a
-    sagittal acquisition: every plane along every axis has its own value range."""
+    """One HU volume ``100 k + 10 r + c`` written with pydicom as an axial, a sagittal and
+    a coronal acquisition: every plane along every axis has its own value range."""
     root = tmp_path_factory.mktemp("ramp")
     n = 12
     k, r, c = np.meshgrid(np.arange(n), np.arange(n), np.arange(n), indexing="ij")
@@ -248,12 +289,14 @@ def ramp_series(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                      spacing=(2.0, 1.0, 1.0))
     write_ct_phantom(root / "sagittal", n_slices=n, size=n, volume=vol, noise=0.0,
                      spacing=(1.0, 2.0, 1.0), orientation=(0, 1, 0, 0, 0, -1))
-    return {"axial": root / "axial", "sagittal": root / "sagittal"}
+    write_ct_phantom(root / "coronal", n_slices=n, size=n, volume=vol, noise=0.0,
+                     spacing=(1.5, 2.0, 1.0), orientation=(1, 0, 0, 0, 0, -1))
+    return {name: root / name for name in ("axial", "sagittal", "coronal")}
 
 
-def _shown_range(viewer: Any, layer: Any) -> tuple[float, float]:
-    """Smallest and largest value napari shows: ``layer.get_value`` (napari's own world
-    to data mapping) at every pixel centre of the displayed plane at the slider point."""
+def _shown_values(viewer: Any, layer: Any) -> np.ndarray:
+    """The values napari shows: ``layer.get_value`` (napari's own world to data mapping)
+    at every pixel centre of the displayed plane at the slider point."""
     dims = viewer.dims
     a, b = dims.displayed
     point = np.asarray(dims.point, dtype=float)
@@ -266,10 +309,15 @@ def _shown_range(viewer: Any, layer: Any) -> tuple[float, float]:
             if v is not None:
                 values.append(float(v))
     assert len(values) >= 100
-    return min(values), max(values)
+    return np.asarray(values)
 
 
-@pytest.mark.parametrize("plane", ["axial", "sagittal"])
+def _shown_range(viewer: Any, layer: Any) -> tuple[float, float]:
+    values = _shown_values(viewer, layer)
+    return float(values.min()), float(values.max())
+
+
+@pytest.mark.parametrize("plane", ["axial", "sagittal", "coronal"])
 def test_current_slice_statistics_use_the_plane_napari_shows(
     make_napari_viewer: Any, ramp_series: dict[str, Path], plane: str, qtbot: Any
 ) -> None:
@@ -290,6 +338,10 @@ def test_current_slice_statistics_use_the_plane_napari_shows(
         widget._preset.value = "min-max"
         assert tuple(layer.contrast_limits) == pytest.approx((lo, hi)), viewer.dims.order
         assert widget._hist_note.value.startswith(f"slice: {lo:g} .. {hi:g}")
+        # the percentile stretch of the current slice: numpy's percentiles of what is shown
+        widget._apply.native.click()
+        want = np.percentile(_shown_values(viewer, layer), [1, 99])
+        assert tuple(layer.contrast_limits) == pytest.approx(tuple(want))
         # live: the histogram follows the slider on the rolled axis too
         viewer.dims.set_current_step(viewer.dims.not_displayed[0], 5)
         lo5, hi5 = _shown_range(viewer, layer)

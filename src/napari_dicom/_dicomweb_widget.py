@@ -5,10 +5,19 @@ Layout and signal wiring only. Searching is :class:`~napari_dicom.core.dicomweb.
 a script or the CLI uses, so the layer is the one the same files give from disk.
 Credentials typed here are handed to the core for the session (in memory only) and
 never put in a URL, a layer or a message.
+
+Every request runs on a worker thread (napari's ``create_worker``): a search, a study's
+series, and an open's network part (the series' headers, its SEG / RTSTRUCT objects and
+its first plane, kept in the session's cache), after which ``viewer.open`` on the GUI
+thread finds them there; the rest of a series streams in behind the shown plane. The
+widget stays responsive meanwhile (one request at a time: Search and Open wait), and a
+failed request leaves one line in the widget and a notification.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Qt
@@ -31,6 +40,8 @@ from .core.dicomweb import Credentials, DicomWebError, SeriesRow, StudyRow
 
 if TYPE_CHECKING:
     import napari
+
+log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://localhost:8042/dicom-web"
 AUTH_KINDS = ("None", "Basic (user + password)", "Bearer token")
@@ -112,6 +123,8 @@ class DicomWebWidget(QWidget):
         self.results.itemDoubleClicked.connect(lambda *_: self.open_selected())
         self._show_auth_fields()
         self.setMinimumWidth(520)
+        #: the request running on a worker thread, if any
+        self.worker: Any = None
 
     # ------------------------------------------------------------------ state
 
@@ -158,16 +171,62 @@ class DicomWebWidget(QWidget):
 
     # ------------------------------------------------------------------ actions
 
-    def search(self) -> list[StudyRow]:
-        """Search the server with the fields; list the studies (series on expanding)."""
-        self.results.clear()
+    @property
+    def busy(self) -> bool:
+        """Whether a request is running (Search and Open wait for it)."""
+        return self.worker is not None
+
+    def _run(self, what: str, job: Callable[[], Any], done: Callable[[Any], None]) -> None:
+        """Run ``job`` on a worker thread, saying ``what`` meanwhile; ``done(result)``
+        on the GUI thread after it; a failure becomes one line and a notification."""
+        from napari.qt.threading import create_worker
+
+        if self.worker is not None:
+            return
+        self.search_button.setEnabled(False)
         self.open_button.setEnabled(False)
+        self._say(what + " ...")
+        # errors go to _failed (one line), not re-raised into a traceback dialog
+        worker = create_worker(job, _start_thread=False, _connect={
+            "returned": done, "errored": self._failed, "finished": self._idle})
+        self.worker = worker
+        worker.start()
+
+    def _failed(self, exc: BaseException) -> None:
+        from napari.errors import ReaderPluginError
+
+        from .core.pixels import DicomLoadError
+
+        if isinstance(exc, ReaderPluginError) and isinstance(exc.__cause__, DicomLoadError):
+            exc = exc.__cause__
+        if isinstance(exc, DicomWebError | DicomLoadError | ValueError):
+            self._say(str(exc), problem=True)
+        else:  # not foreseen: one line still, the traceback in the log
+            log.error("DICOMweb widget: %s", exc, exc_info=exc)
+            self._say(f"{type(exc).__name__}: {exc}", problem=True)
+
+    def _idle(self) -> None:
+        self.worker = None
+        self.search_button.setEnabled(True)
+        self._selection_changed()
+
+    def search(self) -> None:
+        """Search the server with the fields (on a worker thread); list the studies
+        (their series on expanding one)."""
+        if self.busy:
+            return
         try:
             server = self._server()
-            studies = server.search_studies(self.filters())
-        except (DicomWebError, ValueError) as exc:
+        except ValueError as exc:
             self._say(str(exc), problem=True)
-            return []
+            return
+        self.results.clear()
+        filters = self.filters()
+        self._run(f"searching {server.name}", lambda: server.search_studies(filters),
+                  lambda studies: self._list_studies(server, studies))
+
+    def _list_studies(self, server: dicomweb.Server, studies: list[StudyRow]) -> None:
+        self.results.clear()
         for study in studies:
             item = QTreeWidgetItem([
                 f"{study.patient_name} ({study.patient_id})".strip(),
@@ -178,7 +237,6 @@ class DicomWebWidget(QWidget):
             self.results.addTopLevelItem(item)
         self._say(f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} on "
                   f"{server.name}" + (" (expand one for its series)" if studies else ""))
-        return studies
 
     def _expand(self, item: QTreeWidgetItem) -> None:
         study = item.data(0, _ROW)
@@ -186,14 +244,24 @@ class DicomWebWidget(QWidget):
             return
         self.list_series(item)
 
-    def list_series(self, item: QTreeWidgetItem) -> list[SeriesRow]:
-        """Fill a study's item with its series."""
+    def list_series(self, item: QTreeWidgetItem) -> None:
+        """Fill a study's item with its series (on a worker thread)."""
         study = item.data(0, _ROW)
+        if self.busy:
+            item.setExpanded(False)  # expanding it again asks again
+            return
         try:
-            rows = self._server().search_series(study.uid)
-        except (DicomWebError, ValueError) as exc:
+            server = self._server()
+        except ValueError as exc:
             self._say(str(exc), problem=True)
-            return []
+            return
+        self._run(f"listing the series of {study.description or study.uid}",
+                  lambda: server.search_series(study.uid),
+                  lambda rows: self._add_series(item, rows))
+
+    def _add_series(self, item: QTreeWidgetItem, rows: list[SeriesRow]) -> None:
+        if item.childCount():
+            return
         for row in rows:
             child = QTreeWidgetItem([
                 "" if row.number is None else str(row.number), row.modality,
@@ -201,34 +269,56 @@ class DicomWebWidget(QWidget):
             child.setData(0, _ROW, row)
             item.addChild(child)
         item.setExpanded(True)
-        return rows
+        self._say(f"{len(rows)} series in {item.text(2) or 'the study'}")
 
     def _selection_changed(self) -> None:
-        self.open_button.setEnabled(bool(self.results.selectedItems()))
+        self.open_button.setEnabled(bool(self.results.selectedItems()) and not self.busy)
 
-    def open_selected(self) -> list[Any]:
+    def open_selected(self) -> None:
         """Open the selected series (a selected study: each of its series) as layers,
-        through the reader, as ``viewer.open(url, plugin="napari-dicom")``."""
+        through the reader, as ``viewer.open(url, plugin="napari-dicom")``: the network
+        part on a worker thread, the layers made on the GUI thread."""
+        if self.busy:
+            return
+        try:
+            server = self._server()
+        except ValueError as exc:
+            self._say(str(exc), problem=True)
+            return
+        rows = [item.data(0, _ROW) for item in self.results.selectedItems()]
+        if not rows:
+            return
+
+        def fetch() -> list[str]:
+            """The series URLs, their headers and objects, and each first plane."""
+            from .core.volume import SeriesVolume
+
+            urls: list[str] = []
+            for row in rows:
+                if isinstance(row, SeriesRow):
+                    urls.append(row.url)
+                elif isinstance(row, StudyRow):
+                    urls.extend(r.url for r in server.search_series(row.uid))
+            if not urls:
+                raise DicomWebError(f"DICOMweb server {server.name}: no series selected")
+            for series in dicomweb.scan_urls(urls).series:
+                SeriesVolume(series, budget=0, background=False)[0]  # decodes plane 0
+            return urls
+
+        self._run(f"opening from {server.name}", fetch, self._open_urls)
+
+    def _open_urls(self, urls: list[str]) -> None:
+        """Make the layers (GUI thread; the headers and first planes are in the cache)."""
         from napari.errors import ReaderPluginError
 
         from .core.pixels import DicomLoadError
 
-        urls: list[str] = []
-        server = self._server()
-        for item in self.results.selectedItems():
-            row = item.data(0, _ROW)
-            if isinstance(row, SeriesRow):
-                urls.append(row.url)
-            elif isinstance(row, StudyRow):
-                urls.append(dicomweb.Location(server.base, row.uid).url())
         layers: list[Any] = []
         for url in urls:
             try:
                 layers.extend(self.viewer.open(url, plugin="napari-dicom"))
             except (ReaderPluginError, DicomLoadError) as exc:
-                cause = exc.__cause__ if isinstance(exc.__cause__, DicomLoadError) else exc
-                self._say(f"not opened: {cause}", problem=True)
-                return layers
+                self._failed(exc)
+                return
         if layers:
             self._say(f"opened {', '.join(layer.name for layer in layers)}")
-        return layers

@@ -512,6 +512,8 @@ class _SeriesInfo:
     #: transfer syntax frames are asked for in, and its media type
     syntax: str
     media: str
+    #: the syntax the series is stored in (frames are asked for in it when it decodes here)
+    stored: str = ""
 
 
 @dataclass
@@ -596,7 +598,10 @@ class Server:
                           if self.credentials and self.credentials.origin else "")
                        if self.credentials else "the server asks for credentials")
             elif code == 403:
-                why = "access denied"
+                why = "access denied" + (
+                    f" for the {self.credentials.kind}"
+                    + (f" from the {self.credentials.origin}" if self.credentials.origin else "")
+                    if self.credentials else " without credentials")
             elif code == 404:
                 why = "not found"
             elif code == 406:
@@ -776,7 +781,8 @@ class Server:
             stored = str(ExplicitVRLittleEndian)
         syntax = stored if stored in _FRAME_MEDIA and not missing_decoder_message(
             stored) else str(ExplicitVRLittleEndian)
-        info = _SeriesInfo(study, series, [r for r, _ in datasets], syntax, _FRAME_MEDIA[syntax])
+        info = _SeriesInfo(study, series, [r for r, _ in datasets], syntax, _FRAME_MEDIA[syntax],
+                           stored)
         for ref, ds in datasets:
             ds.file_meta = FileMetaDataset()
             ds.file_meta.TransferSyntaxUID = UID(syntax)
@@ -1037,8 +1043,18 @@ class Server:
         study, series, sop, number = key
         info = self._series[(study, series)]
         what = f"frame {number} of instance {sop}"
-        frames = self._call(what, self.client.retrieve_instance_frames, study, series, sop,
-                            [number], media_types=((info.media, info.syntax),))
+        try:
+            frames = self._call(what, self.client.retrieve_instance_frames, study, series,
+                                sop, [number], media_types=((info.media, info.syntax),))
+        except DicomWebError as exc:
+            if info.stored in ("", info.syntax) or "(HTTP " not in str(exc):
+                raise
+            # stored in a syntax no local decoder takes, and not transcoded by the server
+            why = str(exc).split(f"{what}: ", 1)[-1]
+            name = UID(info.stored).name if UID(info.stored).is_transfer_syntax else info.stored
+            raise DicomWebError(
+                f"DICOMweb server {self.name}: {what}: stored as {name}, which cannot be "
+                f"decoded here, and the server did not send it uncompressed: {why}") from None
         if len(frames) != 1:
             raise DicomWebError(f"DICOMweb server {self.name}: {what}: {len(frames)} frames "
                                 "in the answer instead of 1")
