@@ -240,6 +240,11 @@ def test_copy_table_puts_tab_separated_rows_on_the_clipboard(
     cells = dict(zip(HEADERS, row.split("\t"), strict=True))
     assert cells["Mean"] == f"{HU_LIVER:.2f}" and cells["Pixels"] == "9"
     assert cells["Unit"] == "HU" and cells["Shape"] == "rectangle"
+    # Ctrl+C in the table copies the same table
+    QApplication.clipboard().setText("")
+    widget._table.setFocus()
+    qtbot.keyClick(widget._table, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
+    assert QApplication.clipboard().text() == text
 
 
 def test_measure_in_napari_layers_measure_menu(make_napari_viewer: Any) -> None:
@@ -316,3 +321,28 @@ def test_shapes_drawn_with_the_mouse_are_measured(
     ends = np.array([shapes.data_to_world(v) for v in shapes.data[1]])
     assert line["Length"] == f"{float(np.linalg.norm(ends[1] - ends[0])):.2f} mm"
     assert float(line["Length"].split()[0]) > 5
+
+
+def test_coronal_view_reads_the_plane_the_dims_order_shows(
+    make_napari_viewer: Any, phantom_dir: Path
+) -> None:
+    """napari's dims order rolled to a coronal view (I and L displayed, the slider on P):
+    a rectangle drawn there reads the image's rows at that P, across its slices, and its
+    area uses the slice spacing and the column spacing."""
+    viewer, widget, layer = _open(make_napari_viewer, phantom_dir)
+    viewer.dims.order = (1, 0, 2)
+    assert tuple(viewer.dims.displayed) == (0, 2)
+    hu = ct_phantom_volume(6, SIZE, noise=0)
+    r = 40
+    viewer.dims.set_point(1, float(_world(layer, 0, r, 0)[1]))
+    shapes = widget.new_shapes_layer()
+    corners = np.array([_world(layer, k, r, c) for k, c in
+                        ((0.5, 20.5), (0.5, 30.5), (4.5, 30.5), (4.5, 20.5))])
+    shapes.add_rectangles(_in(shapes, corners))
+    (row,) = _rows(widget)
+    block = hu[1:5, r, 21:31].astype(float)  # slices 1-4, columns 21-30 at row r
+    assert row["Pixels"] == str(block.size)
+    assert row["Mean"] == f"{block.mean():.2f}" and row["SD"] == f"{block.std(ddof=1):.2f}"
+    assert (row["Min"], row["Max"]) == (f"{block.min():g}", f"{block.max():g}")
+    assert row["Area"] == f"{4 * SPACING[0] * 10 * SPACING[2]:.2f} mm²"
+    assert row["Slice"] == f"P {_world(layer, 0, r, 0)[1]:.4g} mm"

@@ -294,9 +294,9 @@ def ramp_series(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: root / name for name in ("axial", "sagittal", "coronal")}
 
 
-def _shown_range(viewer: Any, layer: Any) -> tuple[float, float]:
-    """Smallest and largest value napari shows: ``layer.get_value`` (napari's own world
-    to data mapping) at every pixel centre of the displayed plane at the slider point."""
+def _shown_values(viewer: Any, layer: Any) -> np.ndarray:
+    """The values napari shows: ``layer.get_value`` (napari's own world to data mapping)
+    at every pixel centre of the displayed plane at the slider point."""
     dims = viewer.dims
     a, b = dims.displayed
     point = np.asarray(dims.point, dtype=float)
@@ -309,7 +309,12 @@ def _shown_range(viewer: Any, layer: Any) -> tuple[float, float]:
             if v is not None:
                 values.append(float(v))
     assert len(values) >= 100
-    return min(values), max(values)
+    return np.asarray(values)
+
+
+def _shown_range(viewer: Any, layer: Any) -> tuple[float, float]:
+    values = _shown_values(viewer, layer)
+    return float(values.min()), float(values.max())
 
 
 @pytest.mark.parametrize("plane", ["axial", "sagittal", "coronal"])
@@ -333,6 +338,10 @@ def test_current_slice_statistics_use_the_plane_napari_shows(
         widget._preset.value = "min-max"
         assert tuple(layer.contrast_limits) == pytest.approx((lo, hi)), viewer.dims.order
         assert widget._hist_note.value.startswith(f"slice: {lo:g} .. {hi:g}")
+        # the percentile stretch of the current slice: numpy's percentiles of what is shown
+        widget._apply.native.click()
+        want = np.percentile(_shown_values(viewer, layer), [1, 99])
+        assert tuple(layer.contrast_limits) == pytest.approx(tuple(want))
         # live: the histogram follows the slider on the rolled axis too
         viewer.dims.set_current_step(viewer.dims.not_displayed[0], 5)
         lo5, hi5 = _shown_range(viewer, layer)
