@@ -67,6 +67,31 @@ def test_core_imports_no_qt_nor_napari() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_reader_in_a_script_imports_no_qt(tmp_path: Path) -> None:
+    """The reader called without a GUI (a script, napari's headless ``ViewerModel``) on a
+    series that loads in the background gives the whole volume and never imports Qt:
+    there is no window to swap the array into or to widen a slider of."""
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from napari_dicom.core import volume\n"
+        "from napari_dicom.core.phantom import ct_phantom_volume, write_ct_phantom\n"
+        "from napari_dicom._reader import read_dicom\n"
+        "volume.BACKGROUND_BYTES = 0  # this small series loads behind, as a large one\n"
+        f"write_ct_phantom({str(tmp_path)!r}, n_slices=12, size=32)\n"
+        f"((data, kwargs, kind),) = read_dicom({str(tmp_path)!r})\n"
+        "assert isinstance(data, volume.SeriesVolume) and data.in_memory, type(data)\n"
+        "assert np.array_equal(np.asarray(data), ct_phantom_volume(12, 32))\n"
+        "bad = sorted(k for k in sys.modules if k.split('.')[0] in "
+        "('qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'superqt'))\n"
+        "print(kind, bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "image []"
+
+
 def test_manifest_menus_and_categories_in_npe2() -> None:
     """napari builds its menus from npe2's PluginManager: the commands must be there under
     napari's menu ids (Layers > Visualize, File > IO Utilities, File > Acquire)."""

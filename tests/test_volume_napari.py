@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from napari_dicom.core import pixels, volume
+from napari_dicom.core import pixels, stats, volume
 from napari_dicom.core.phantom import ct_phantom_volume, write_ct_phantom
 from napari_dicom.core.volume import SeriesVolume
 
@@ -65,9 +65,9 @@ def test_background_load_swaps_in_the_same_picture(
     assert viewer.dims.point == step
     np.testing.assert_array_equal(viewer.screenshot(canvas_only=True, flash=False), shown)
 
-    # the widget goes to the whole series once the volume is in memory; its histogram
-    # and 3-D read the array in memory: no file again
-    assert widget._scope.value == "whole series"
+    # the widget goes to the whole series once the volume is in memory and its histogram
+    # summed; its histogram and 3-D read the array in memory: no file again
+    qtbot.waitUntil(lambda: widget._scope.value == "whole series", timeout=30000)
     _edges, counts = widget._stats_for(layer).histogram(256, "series")
     assert counts.sum() == int((layer.data != -3024).sum())  # padding left out
     viewer.dims.ndisplay = 3
@@ -99,3 +99,98 @@ def test_over_the_memory_budget_stays_lazy(
     viewer.dims.set_current_step(0, k)  # the same plane again: from the cache
     np.testing.assert_array_equal(np.asarray(layer.data[k]), ref[k])
     assert sum(decodes.values()) == before
+
+
+def test_swap_does_not_wait_for_the_histogram_nor_does_the_widget(
+    make_napari_viewer: Any, qtbot: Any, series_folder: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The finished array goes into the layer as soon as the planes are decoded; the exact
+    series histogram is summed after, once; meanwhile the widget shows the current slice
+    (the GUI does not wait for the sum) and goes to the whole series when it is done."""
+    monkeypatch.setattr(volume, "BACKGROUND_BYTES", 0)
+    gate = threading.Event()
+    sums: list[int] = []
+    real = volume.histogram_of
+
+    def gated_histogram(arr: np.ndarray, jobs: int = 1) -> Any:
+        sums.append(arr.shape[0])
+        gate.wait(30)
+        return real(arr, jobs)
+
+    monkeypatch.setattr(volume, "histogram_of", gated_histogram)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Window / Level")
+    layer = viewer.open(str(series_folder), plugin=PLUGIN)[0]
+    qtbot.waitUntil(lambda: isinstance(layer.data, np.ndarray), timeout=30000)
+    # swapped in while the histogram is still being summed (the gate is shut)
+    assert stats.histogram_pending(layer.data) is not None
+    np.testing.assert_array_equal(layer.data, ct_phantom_volume(N, SIZE))
+    qtbot.wait(100)  # the GUI runs on: the widget did not block on the sum
+    assert widget._scope.value == "current slice"
+    assert sums == [N]
+    gate.set()
+    qtbot.waitUntil(lambda: widget._scope.value == "whole series", timeout=30000)
+    assert stats.histogram_pending(layer.data) is None
+    _edges, counts = widget._stats_for(layer).histogram(256, "series")
+    assert counts.sum() == int((layer.data != -3024).sum())  # padding left out
+    assert sums == [N]  # summed once, by the loader
+
+
+def test_loaded_before_napari_adds_the_layer_is_swapped_when_it_does(
+    make_napari_viewer: Any, qtbot: Any, series_folder: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A volume that finishes loading before napari has added its layer (a small series,
+    a quick disk) still reaches the layer as the finished array, once napari adds it."""
+    from napari_dicom._reader import read_dicom
+
+    monkeypatch.setattr(volume, "BACKGROUND_BYTES", 0)
+    viewer = make_napari_viewer()
+    ((data, kwargs, _),) = read_dicom(str(series_folder))
+    base = data.base if isinstance(data, volume.VolumeView) else data
+    assert isinstance(base, SeriesVolume)
+    base.result(timeout=30)
+    qtbot.wait(100)  # the swap runs on the GUI thread: no layer shows the volume yet
+    assert len(viewer.layers) == 0
+    layer = viewer.add_image(data, **kwargs)  # what napari does with the reader's data
+    qtbot.waitUntil(lambda: isinstance(layer.data, np.ndarray), timeout=30000)
+    assert layer.data is base.result()
+    np.testing.assert_array_equal(layer.data, ct_phantom_volume(N, SIZE))
+    other = viewer.add_image(np.zeros((2, 4, 4), np.int16))  # later layers are left alone
+    assert isinstance(other.data, np.ndarray) and other.data.shape == (2, 4, 4)
+
+
+def test_summary_names_the_dtype_the_volume_ends_in(
+    make_napari_viewer: Any, qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GE-style CT one of whose planes holds a value below int16: while it loads the
+    layer's summary says int16 and that a plane may need int32; once the volume is in
+    the layer, the summary says int32, as the data is (never a wrong dtype in words)."""
+    import pydicom
+
+    from napari_dicom.core.scan import scan
+
+    write_ct_phantom(tmp_path, n_slices=N, size=SIZE, shuffle_instance_numbers=False)
+    plane = scan([tmp_path]).series[0].planes[N - 1]
+    ds = pydicom.dcmread(plane.path)
+    stored = ds.pixel_array.copy()
+    stored[5, 7] = -32768  # HU -33792
+    ds.PixelData = stored.tobytes()
+    ds.save_as(plane.path)
+    monkeypatch.setattr(volume, "BACKGROUND_BYTES", 0)
+    gate = threading.Event()
+    run = volume._Planes.run
+
+    def gated_run(self: Any, *args: Any, **kwargs: Any) -> None:
+        gate.wait(30)
+        run(self, *args, **kwargs)
+
+    monkeypatch.setattr(volume._Planes, "run", gated_run)
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(tmp_path), plugin=PLUGIN)[0]
+    assert layer.data.dtype == np.int16
+    assert "values in HU (int16; int32 if a plane needs it)" in layer.metadata["dicom"]["summary"]
+    gate.set()
+    qtbot.waitUntil(lambda: isinstance(layer.data, np.ndarray), timeout=30000)
+    assert layer.data.dtype == np.int32 and layer.data[N - 1, 5, 7] == -33792
+    summary = layer.metadata["dicom"]["summary"]
+    assert "values in HU (int32)" in summary and "int16" not in summary

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from .core.pixels import (
     value_range,
 )
 from .core.scan import ScanResult
-from .core.volume import SeriesVolume, open_series
+from .core.volume import SeriesVolume, VolumeView, open_series
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ _PROGRESS_FIRST = 0.5
 _PROGRESS_EVERY = 0.2
 #: the most of the time progress bar updates may take
 _PROGRESS_SHARE = 0.05
+#: the Qt bindings napari runs on (through qtpy): a QApplication needs one's QtWidgets
+_QT_BINDINGS = ("PyQt5", "PyQt6", "PySide2", "PySide6")
 
 
 def _folder_has_image(folder: Path) -> bool:
@@ -196,7 +200,10 @@ def read_dicom(path: PathLike) -> list[LayerData]:
             continue
         loading = data if isinstance(data, SeriesVolume) else None
         display, note = default_display(series, data)
-        meta = series_metadata(series, display, note, dtype=data.dtype)
+        widen = loading.may_widen_to if loading is not None else None  # before dtype
+        dtype = data.dtype
+        meta = series_metadata(series, display, note, dtype=dtype,
+                               may_widen=widen if widen != dtype else None)
         data, geometry, meta["placement"] = layer_geometry(series, data)
         kwargs: dict[str, Any] = {"name": series.name, **geometry, "metadata": {"dicom": meta}}
         if series.rgb:
@@ -323,11 +330,15 @@ def _swap_when_loaded(volume: SeriesVolume, shown: Any, told: int) -> None:
     thread: 3-D, the widget's statistics and ``np.asarray(layer.data)`` then run at memory
     speed. Contrast limits, colormap and the shown plane stay as they are.
 
-    Without a Qt application (a headless ``ViewerModel``) nothing is swapped: indexing the
-    volume and ``np.asarray`` already read the finished array. Damaged planes found by the
-    background load (the series' warnings after the first ``told``) are notified then.
+    Without a Qt application (a headless ``ViewerModel``, a script) nothing is swapped:
+    indexing the volume and ``np.asarray`` already read the finished array; and a process
+    that has not imported Qt cannot have one, so reading there does not import Qt (~0.2 s
+    and a display library a script does not need). Damaged planes found by the background
+    load (the series' warnings after the first ``told``) are notified then.
     """
     if not volume.in_memory:
+        return
+    if not _qt_loaded():
         return
     from qtpy.QtWidgets import QApplication
 
@@ -339,10 +350,15 @@ def _swap_when_loaded(volume: SeriesVolume, shown: Any, told: int) -> None:
     def swap(_: Any) -> None:
         from napari import Viewer
 
-        for viewer in list(getattr(Viewer, "_instances", ())):
+        viewers = list(getattr(Viewer, "_instances", ()))
+        swapped = False
+        for viewer in viewers:
             for layer in viewer.layers:
                 if layer.data is shown:
-                    layer.data = volume.finished(shown)
+                    _hand_over(layer, volume, shown)
+                    swapped = True
+        if not swapped:  # loaded before napari added the layer: swap when it does
+            _swap_on_insert(viewers, weakref.ref(shown))
         from napari.utils.notifications import show_warning
 
         series = volume.series
@@ -350,6 +366,41 @@ def _swap_when_loaded(volume: SeriesVolume, shown: Any, told: int) -> None:
             show_warning(f"{series.name}: {w}")
 
     volume.when_loaded(swap)
+
+
+def _swap_on_insert(viewers: Sequence[Any], shown: weakref.ref[Any]) -> None:
+    """Give the layer showing ``shown`` (a loaded volume or its view) the finished array
+    when a viewer adds it: once; a layer napari never adds leaves a callback that holds
+    nothing (weak reference)."""
+
+    def inserted(event: Any) -> None:
+        data = shown()
+        if data is None or event.value.data is not data:
+            return
+        for viewer in viewers:
+            viewer.layers.events.inserted.disconnect(inserted)
+        _hand_over(event.value, data.base if isinstance(data, VolumeView) else data, data)
+
+    for viewer in viewers:
+        viewer.layers.events.inserted.connect(inserted)
+
+
+def _hand_over(layer: Any, volume: SeriesVolume, shown: Any) -> None:
+    """``layer`` (showing ``shown``) gets the finished array; its summary names the
+    dtype the volume ended in (int32 when a plane needed it)."""
+    from .core.pixels import describe_series
+
+    layer.data = volume.finished(shown)
+    meta = (layer.metadata or {}).get("dicom")
+    if meta is not None and "summary" in meta:
+        note = meta.get("default_source") or "its default display"
+        meta["summary"] = describe_series(volume.series, layer.data.dtype, note)
+
+
+def _qt_loaded() -> bool:
+    """Whether this process imported a Qt binding's widgets: without them it has no
+    QApplication and no napari window (a script, a headless ``ViewerModel``)."""
+    return any(f"{binding}.QtWidgets" in sys.modules for binding in _QT_BINDINGS)
 
 
 def _value_range(series: Any, data: Any) -> tuple[float, float]:
@@ -365,6 +416,8 @@ def _widen_ranges_of_current_viewer() -> None:
     given (the stored window), so its own slider could only narrow the window, and a
     reader cannot pass a range. The viewer that is opening the files widens the range of
     each layer it adds to ``metadata["dicom"]["value_range"]``."""
+    if not _qt_loaded():
+        return  # no napari window without Qt (napari.current_viewer would import it)
     from napari import current_viewer
 
     viewer = current_viewer()

@@ -73,7 +73,7 @@ from .core.render import (
     WindowError,
     normalize_function,
 )
-from .core.stats import LayerStats, histogram_image
+from .core.stats import LayerStats, histogram_image, histogram_pending
 
 if TYPE_CHECKING:
     import napari
@@ -199,6 +199,9 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         self._updating = False
         self._stats: dict[int, LayerStats] = {}
         self._scope_for_lazy = False
+        self._alive = True  # False once Qt deleted the widget (a late callback does nothing)
+        me = weakref.ref(self)
+        self.native.destroyed.connect(lambda *_: setattr(me(), "_alive", False) if me() else None)
         self._functions: dict[int, str] = {}
         self._drag_layer: ImageLayer | None = None
         self._drag_saved_pan: bool | None = None
@@ -489,9 +492,11 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
             self._invert.value = _is_inverted(layer.colormap.name)
             self._scope.value = "current slice" if _is_lazy(layer) else "whole series"
         # a layer still loading starts on its current slice; once its volume is swapped
-        # in (_on_data) it goes to the whole series unless the user chose a scope
+        # in (_on_data) and its histogram summed (_follow_histogram) it goes to the whole
+        # series unless the user chose a scope
         self._scope_for_lazy = _is_lazy(layer)
         self._load_from_layer()
+        self._follow_histogram(layer)
         if self._drag.value:
             self._start_drag()
         self._say("")
@@ -505,6 +510,31 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
                     self._scope.value = "whole series"
                 self._update_ranges()
             self._update_histogram()
+            self._follow_histogram(self._layer)
+
+    def _follow_histogram(self, layer: ImageLayer) -> None:
+        """A volume just swapped in whose exact histogram the loader is still summing (on
+        its thread, ~0.3 s per 1000 planes): the widget does not wait for it (the GUI
+        stays responsive) and goes on as for a new volume once it is summed."""
+        arr = _layer_array(layer)
+        pending = histogram_pending(arr)
+        if pending is None:
+            if self._scope_for_lazy and not _is_lazy(layer):
+                self._on_data()  # summed since _on_data looked: go on now
+            return
+        from superqt.utils import ensure_main_thread
+
+        me, data = weakref.ref(self), weakref.ref(arr)  # the future outlives neither
+
+        @ensure_main_thread
+        def summed(_: Any) -> None:
+            widget, done = me(), data()
+            if widget is None or done is None or not widget._alive:
+                return
+            if widget._layer is not None and _layer_array(widget._layer) is done:
+                widget._on_data()
+
+        pending.add_done_callback(summed)
 
     # ------------------------------------------------------------------ state from layer
 
@@ -1201,7 +1231,10 @@ def _layer_dtype(layer: Any) -> np.dtype[Any]:
 
 
 def _is_lazy(layer: Any) -> bool:
-    return not isinstance(_layer_array(layer), np.ndarray)
+    """Whether the layer's whole-series statistics are not at hand: a volume still
+    loading, or one whose exact histogram the loader is still summing."""
+    arr = _layer_array(layer)
+    return not isinstance(arr, np.ndarray) or histogram_pending(arr) is not None
 
 
 def _progress_callback(pbar: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import pytest
@@ -364,6 +365,38 @@ def test_apply_rescale_never_changes_the_callers_array() -> None:
     mr = apply_rescale(stored, 3.774114, 0.000061)
     assert mr.dtype == np.float32
     np.testing.assert_allclose(mr, stored * 3.774114 + 0.000061, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("stored_dtype", "lo", "hi", "slope", "intercept", "out_dtype"),
+    [
+        (np.uint16, 0, 4095, 1, -1024, np.int16),        # Siemens CT: 12 of 16 bits
+        (np.int16, -2000, 3000, 1, -1024, np.int16),     # GE CT: signed, padding -2000
+        (np.uint16, 0, 65535, 1, -1024, np.int32),       # Philips-style: all 16 bits
+        (np.uint16, 31000, 40000, 1, -32768, np.int16),  # stored above int16, HU fit
+        (np.int16, -500, 500, 3, 7, np.int16),           # integer slope
+        (np.int16, -500, 500, -2, 100, np.int16),        # negative slope
+        (np.uint8, 0, 255, 1, 40000, np.int32),          # intercept beyond int16
+        (np.uint16, 0, 4095, 1, -1024, np.int32),        # the widened (int32) volume
+    ],
+)
+def test_apply_rescale_into_a_volume_slot_is_exact(
+    stored_dtype: Any, lo: int, hi: int, slope: int, intercept: int, out_dtype: Any,
+) -> None:
+    """C.11.1.1.2 written into a preallocated slot of the chosen integer dtype (the
+    loader's path) equals the rescale worked in int64, for every stored value."""
+    from napari_dicom.core.render import apply_rescale
+
+    stored = np.random.default_rng(1).integers(lo, hi, (64, 64), endpoint=True).astype(
+        stored_dtype)
+    stored[0, :2] = lo, hi
+    ref = stored.astype(np.int64) * slope + intercept
+    out = np.full((2, 64, 64), 7, out_dtype)
+    got = apply_rescale(stored, float(slope), float(intercept), out=out[1])
+    assert got.dtype == out_dtype and np.shares_memory(got, out)
+    np.testing.assert_array_equal(out[1], ref)
+    assert (out[0] == 7).all()  # the other slot is untouched
+    assert stored.min() == lo and stored.max() == hi  # the stored values too
 
 
 def test_data_range_leaves_out_padding_without_copying_the_volume() -> None:

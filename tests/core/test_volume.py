@@ -113,7 +113,7 @@ def test_background_load_equals_lazy_reads(written: Callable[[str, str], Path]) 
     vol.when_loaded(lambda arr: (got.append(arr), called.set()))
     full = vol.result(timeout=60)
     assert vol.loaded
-    assert called.wait(60) and got[0] is full  # after the histogram was summed
+    assert called.wait(60) and got[0] is full  # at once, the histogram summed after
     assert known_histogram(full) is not None
     np.testing.assert_array_equal(full, lazy)
     np.testing.assert_array_equal(full, expected_hu("ge"))

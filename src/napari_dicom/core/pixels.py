@@ -1403,8 +1403,14 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def describe_series(series: Series, dtype: npt.DTypeLike, display_note: str) -> str:
-    """A short plain-words summary, e.g. "CT, 40 images of 128 x 128, ... values in HU"."""
+def describe_series(
+    series: Series, dtype: npt.DTypeLike, display_note: str,
+    may_widen: npt.DTypeLike | None = None,
+) -> str:
+    """A short plain-words summary, e.g. "CT, 40 images of 128 x 128, ... values in HU".
+
+    ``may_widen``: the dtype a volume still loading goes to if a plane's values do not
+    fit ``dtype`` (said, so that the summary is never wrong before the load ends)."""
     lead = _lead_shape(series)
     n = int(np.prod(lead, dtype=np.int64)) if lead else 1
     dims = f"{series.columns or series.shape[-1]} x {series.rows or series.shape[-2]}"
@@ -1418,7 +1424,8 @@ def describe_series(series: Series, dtype: npt.DTypeLike, display_note: str) -> 
         parts.append(f"colour ({series.photometric} shown as RGB)")
     else:
         unit = f" in {series.value_unit}" if series.value_unit else ""
-        parts.append(f"values{unit} ({np.dtype(dtype).name})")
+        widen = f"; {np.dtype(may_widen).name} if a plane needs it" if may_widen else ""
+        parts.append(f"values{unit} ({np.dtype(dtype).name}{widen})")
         if series.invert:
             parts.append(f"{series.photometric}: low values shown white")
     parts.append(f"shown with {display_note}")
@@ -1427,7 +1434,7 @@ def describe_series(series: Series, dtype: npt.DTypeLike, display_note: str) -> 
 
 def series_metadata(
     series: Series, display: Display | None = None, display_note: str = "",
-    dtype: npt.DTypeLike | None = None,
+    dtype: npt.DTypeLike | None = None, may_widen: npt.DTypeLike | None = None,
 ) -> dict[str, Any]:
     """``layer.metadata["dicom"]`` per :mod:`napari_dicom.core.meta` (JSON-friendly).
 
@@ -1463,7 +1470,8 @@ def series_metadata(
         "plane_windows": _plane_window_dicts(series),
         "default_source": display_note,
         "default_stored": default_is_stored(series),
-        "summary": describe_series(series, dt, display_note or "its default display"),
+        "summary": describe_series(series, dt, display_note or "its default display",
+                                   may_widen),
     }
 
 

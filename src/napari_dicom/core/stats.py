@@ -69,6 +69,18 @@ def remember_histogram(
         _KNOWN[key] = (weakref.ref(arr, forget), hist)
 
 
+def histogram_pending(arr: Any) -> Future[IntHistogram] | None:
+    """The future of the histogram :func:`remember_histogram` kept for this very array
+    while it is still being summed (a caller that must not wait can be told when it is
+    done), else ``None``."""
+    with _KNOWN_LOCK:
+        entry = _KNOWN.get(id(arr))
+    if entry is None or entry[0]() is not arr:
+        return None
+    hist = entry[1]
+    return hist if isinstance(hist, Future) and not hist.done() else None
+
+
 def known_histogram(arr: Any) -> IntHistogram | None:
     """The histogram :func:`remember_histogram` kept for this very array (waiting for it
     when it is being summed), or ``None``."""

@@ -22,11 +22,13 @@ there (never a wrapped value), without decoding anything again.
 
 Every plane is decoded once: by the thread that asks for it first, the others wait for
 it. The exact histogram of the integer values (what the Window / Level widget's
-whole-series histogram and percentiles read) is summed on the background thread as soon
-as the volume is in memory (after the swap: summing it while decoding slowed the load by
-a third on uncompressed series) and kept with the array
-(:func:`~napari_dicom.core.stats.remember_histogram`), so the widget waits for that one
-pass instead of making its own.
+whole-series histogram and percentiles read) is summed on the background thread once
+the volume is in memory and handed over (summing it while decoding slowed the load by a
+third on uncompressed series; summing it before the hand-over delayed the swap into the
+layer by 15-20 % of the open) and kept with the array
+(:func:`~napari_dicom.core.stats.remember_histogram`; while it is being summed,
+:func:`~napari_dicom.core.stats.histogram_pending` says so), so the widget waits for that
+one pass instead of making its own.
 """
 
 from __future__ import annotations
@@ -574,10 +576,12 @@ class SeriesVolume:
 
     def _finish(self, histogram: bool = False) -> None:
         """The volume is in memory: :meth:`result` and indexing return it from now on.
-        With ``histogram`` (the background thread) its exact histogram is summed next,
-        then the :meth:`when_loaded` callbacks run: the reader's swap, after which the
-        widget finds the histogram ready (summing it costs ~0.3 s per 1000 planes of
-        512 x 512 here, so a widget taking the swapped layer does not wait for it)."""
+        The :meth:`when_loaded` callbacks run first (the reader's swap: the layer gets
+        the array without waiting); then, with ``histogram`` (the background thread), the
+        exact histogram is summed (~0.3 s per 1000 planes of 512 x 512 here; it was kept
+        with the array as a future before the callbacks ran, so the widget never sums
+        it again, and :func:`~napari_dicom.core.stats.histogram_pending` tells it to show
+        the current slice until then)."""
         out = self._planes.out
         assert out is not None
         result = out.reshape(self.shape)
@@ -586,16 +590,26 @@ class SeriesVolume:
         with self._lock:
             self._result = result
         self._finished.set()
-        if histogram:
-            try:
-                self._histogram.set_result(histogram_of(result, self._jobs))
-            except (WindowError, MemoryError) as exc:  # a range too wide to count exactly
-                self._histogram.set_exception(exc)
         with self._lock:
             callbacks, self._callbacks = self._callbacks, []
             self._called = True
         for cb in callbacks:
             cb(result)
+        if histogram:
+            try:
+                self._histogram.set_result(histogram_of(result, self._jobs))
+            except (WindowError, MemoryError) as exc:  # a range too wide to count exactly
+                self._histogram.set_exception(exc)
+
+    @property
+    def may_widen_to(self) -> np.dtype[Any] | None:
+        """The dtype the volume goes to if a plane not decoded yet does not fit its dtype
+        (``int32`` for a CT started as ``int16``), ``None`` once that cannot happen."""
+        planes = self._planes
+        with planes.cond:
+            if planes.dtype == planes.safe or bool(np.all(planes.state == _DONE)):
+                return None
+            return planes.safe
 
     @property
     def loaded(self) -> bool:
@@ -626,8 +640,9 @@ class SeriesVolume:
         return self._result
 
     def when_loaded(self, callback: Callable[[npt.NDArray[Any]], object]) -> None:
-        """Call ``callback(array)`` once the volume is in memory and its histogram summed
-        (from the loading thread, or now when that is done)."""
+        """Call ``callback(array)`` once the volume is in memory (from the loading thread,
+        before its histogram is summed; or now when that is done). A callback must be
+        quick: the reader's posts the swap to the GUI thread."""
         with self._lock:
             if not self._called:
                 self._callbacks.append(callback)
