@@ -9,8 +9,11 @@ to a :class:`DaskRunner`:
 * **header reads**: the file list, split by folder into chunks of about
   :data:`FILES_PER_TASK` files (a folder is usually one series: its files stay on one
   worker), each chunk :func:`~napari_dicom.core.scan.read_headers` on a worker;
-* **series exports**: one task per series,
-  :func:`~napari_dicom.core.batch.export_one` on a worker with the folder named here.
+* **series exports**: the series is the unit of work,
+  :func:`~napari_dicom.core.batch.export_one` on a worker with the folder named here;
+  small series are grouped, a few per task, up to :data:`PLANES_PER_TASK` planes
+  (:func:`task_groups`). A long series is one task: its stack is staged and swapped in
+  as a whole (:mod:`~napari_dicom.core.output`), so it is not split across workers.
 
 Results stream back as they finish (``distributed.as_completed``) into the same progress
 bar and the same run manifest; the PNG encoder is deterministic, so the files are byte
@@ -34,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from .batch import ExportOptions, SeriesResult
@@ -55,6 +58,10 @@ CLUSTER_MISSING = (
 #: header reads per task: ~30 ms of work for small files, well above Dask's overhead per
 #: task (~1 ms), and enough tasks to spread over a few dozen workers for 10^4 files
 FILES_PER_TASK = 256
+
+#: planes exported per task at most when series are grouped (small series: one task
+#: each would cost more in scheduling and messages than the export itself)
+PLANES_PER_TASK = 256
 
 #: seconds to wait for a scheduler to answer when connecting (and, once connected, for
 #: it to come back before the run is given up)
@@ -112,11 +119,37 @@ def chunk_by_folder(files: Sequence[str], size: int = FILES_PER_TASK) -> list[li
     return chunks
 
 
-def _export_task(series: Series, folder: str, options: ExportOptions) -> SeriesResult:
-    """One series on a worker (a module-level function: workers import it by name)."""
+def _export_task(work: list[tuple[Series, str]], options: ExportOptions) -> list[SeriesResult]:
+    """A few series on a worker, one after the other (a module-level function: workers
+    import it by name). The results travel back without their series (the caller puts
+    its own object back): only what happened is sent."""
     from .batch import export_one
 
-    return export_one(series, Path(folder), options)
+    out = []
+    for series, folder in work:
+        result = export_one(series, Path(folder), options)
+        result.series = cast(Any, None)
+        out.append(result)
+    return out
+
+
+def task_groups(sizes: Sequence[int], workers: int) -> list[list[int]]:
+    """Indices of series (``sizes``: their planes) grouped into export tasks: consecutive
+    series up to about :data:`PLANES_PER_TASK` planes (fewer when that would leave under
+    eight tasks per worker); a larger series is a task of its own."""
+    target = max(1, min(PLANES_PER_TASK, sum(sizes) // (8 * max(1, workers))))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    n = 0
+    for i, k in enumerate(sizes):
+        if current and n + k > target:
+            groups.append(current)
+            current, n = [], 0
+        current.append(i)
+        n += k
+    if current:
+        groups.append(current)
+    return groups
 
 
 class DaskRunner:
@@ -166,7 +199,8 @@ class DaskRunner:
             n = int(self.target)
             self.cluster = distributed.LocalCluster(
                 n_workers=n, threads_per_worker=self.threads, processes=True,
-                dashboard_address=None, host="127.0.0.1", silence_logs=logging.CRITICAL,
+                # its HTTP server on a free loopback port: 8787 may be taken
+                dashboard_address="127.0.0.1:0", host="127.0.0.1", silence_logs=logging.CRITICAL,
             )
             self.client = distributed.Client(self.cluster)
         else:
@@ -268,11 +302,14 @@ class DaskRunner:
         opts = replace(options, jobs=self.threads)
         # the largest series first: they decide when the run ends
         order = sorted(work, key=lambda w: -len(w[1].planes))
-        futures = [self.client.submit(_export_task, s, os.fspath(folder), opts, pure=False)
-                   for _i, s, folder in order]
-        index = {f.key: i for f, (i, _s, _f) in zip(futures, order, strict=True)}
-        for fut, result in self._stream(futures):
-            yield index[fut.key], result
+        groups = [[order[i] for i in g]
+                  for g in task_groups([len(w[1].planes) for w in order], self.workers)]
+        futures = [self.client.submit(_export_task, [(s, os.fspath(f)) for _i, s, f in g],
+                                      opts, pure=False)
+                   for g in groups]
+        index = {f.key: [i for i, _s, _f in g] for f, g in zip(futures, groups, strict=True)}
+        for fut, results in self._stream(futures):
+            yield from zip(index[fut.key], results, strict=True)
 
 
 def _distributed() -> Any:
