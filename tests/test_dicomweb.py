@@ -208,6 +208,31 @@ def test_first_plane_first_then_the_rest_streams(orthanc: Orthanc, data: Data) -
     assert len(keys) == 12 and all(k in server._cache for k in keys)
 
 
+def test_metadata_beside_a_slow_stream_gives_the_same_series(
+        orthanc: Orthanc, data: Data, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream judged slow (here: any) has the metadata asked for beside it; whichever
+    ends first gives the headers, and the series is the files' series either way."""
+    monkeypatch.setattr(dicomweb, "STREAM_HEADERS_WITHIN", 0.0)
+    server = dicomweb.Server(orthanc.base)  # a fresh cache
+    asked: list[str] = []
+    server.session.hooks["response"].append(
+        lambda r, *a, **kw: asked.append(r.url.rsplit("/", 1)[-1]))
+    items = server.series_datasets(*_uids(next(iter(sorted(data.ljpeg.iterdir())))))
+    pause = threading.Event()
+    for _ in range(200):  # asked for beside the stream (its answer may come after)
+        if "metadata" in asked:
+            break
+        pause.wait(0.05)
+    assert "metadata" in asked
+    remote = scan_datasets(items, source=server).series[0]
+    local = scan([str(data.ljpeg)]).series[0]
+    for attr in ("shape", "scale", "translate", "windows", "transfer_syntax"):
+        assert getattr(remote, attr) == getattr(local, attr), attr
+    np.testing.assert_array_equal(np.asarray(load_series(remote, lazy=False)),
+                                  np.asarray(load_series(local, lazy=False)))
+    server.close()
+
+
 # --------------------------------------------------------------------------------------
 # the napari reader and the CLI
 # --------------------------------------------------------------------------------------

@@ -289,18 +289,15 @@ class DicomWebWidget(QWidget):
         if not rows:
             return
 
+        urls = [row.url if isinstance(row, SeriesRow) else
+                dicomweb.Location(server.base, row.uid).url() for row in rows
+                if isinstance(row, SeriesRow | StudyRow)]
+
         def fetch() -> list[str]:
-            """The series URLs, their headers and objects, and each first plane."""
+            """The headers and objects of the URLs' series, and each first plane (then
+            in the session's cache: the reader finds them there)."""
             from .core.volume import SeriesVolume
 
-            urls: list[str] = []
-            for row in rows:
-                if isinstance(row, SeriesRow):
-                    urls.append(row.url)
-                elif isinstance(row, StudyRow):
-                    urls.extend(r.url for r in server.search_series(row.uid))
-            if not urls:
-                raise DicomWebError(f"DICOMweb server {server.name}: no series selected")
             for series in dicomweb.scan_urls(urls).series:
                 SeriesVolume(series, budget=0, background=False)[0]  # decodes plane 0
             return urls

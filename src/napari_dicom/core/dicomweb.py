@@ -94,7 +94,8 @@ CONNECTIONS = 8
 #: seconds to connect, and to wait for each reply
 TIMEOUT = (5.0, 60.0)
 #: a series whose stream is expected to take longer has its metadata asked for beside it
-STREAM_HEADERS_WITHIN = 1.0
+#: (0: every series)
+STREAM_HEADERS_WITHIN = 2.0
 #: seconds between two looks at a frame's wait for the series stream
 STREAM_WAIT = 0.25
 #: frames kept for the session, bytes (the oldest go first)
@@ -528,6 +529,8 @@ class _Stream:
     #: instances received so far, and when the request was sent (``time.monotonic``)
     count: int = 0
     started: float = field(default_factory=time.monotonic)
+    #: when the first instance came
+    first_at: float = 0.0
 
 
 class Server:
@@ -578,6 +581,8 @@ class Server:
         self._files: dict[str, str] = {}
         self._file_refs: dict[str, str] = {}
         self._folder: str | None = None
+        #: each study's series list, with when it was asked for
+        self._series_lists: dict[str, tuple[float, list[SeriesRow]]] = {}
         self._lock = threading.Lock()
 
     # ---- errors ---------------------------------------------------------------------
@@ -664,8 +669,14 @@ class Server:
         ) for d in found]
         return [r for r in rows if r.uid]
 
-    def search_series(self, study: str) -> list[SeriesRow]:
-        """The series of ``study``, by Series Number."""
+    def search_series(self, study: str, max_age: float = 0.0) -> list[SeriesRow]:
+        """The series of ``study``, by Series Number; the answer of the last
+        ``max_age`` seconds when there is one (the widget fetches a study on a worker
+        thread, then the reader opens its URL on the GUI thread without asking again)."""
+        with self._lock:
+            last = self._series_lists.get(study)
+        if last is not None and time.monotonic() - last[0] <= max_age:
+            return list(last[1])
         found = self._call(f"series of study {study}", self.client.search_for_series,
                            study_instance_uid=study, fields=_SERIES_FIELDS)
         rows = [SeriesRow(
@@ -676,6 +687,8 @@ class Server:
         ) for d in found]
         rows = [r for r in rows if r.uid]
         rows.sort(key=lambda r: (r.number if r.number is not None else 1 << 30, r.uid))
+        with self._lock:
+            self._series_lists[study] = (time.monotonic(), list(rows))
         return rows
 
     # ---- headers --------------------------------------------------------------------
@@ -719,25 +732,21 @@ class Server:
             threading.Thread(target=metadata, name="napari-dicom-dicomweb-metadata",
                              daemon=True).start()
 
-        if stream is None:
+        if stream is None or STREAM_HEADERS_WITHIN <= 0:  # 0: always both
             start_metadata()
         else:
             total = self._instance_count(study, series)
-            while True:
+            while not stream.result.done():
+                if total is None or self._stream_is_slow(stream, total):
+                    break
                 try:
                     stream.result.result(timeout=0.02)
                 except TimeoutError:
                     pass
                 except Exception:  # the stream failed: the metadata says why
-                    start_metadata()
                     break
-                if stream.result.done():
-                    break
-                spent, came = time.monotonic() - stream.started, stream.count
-                if total is None or (came == 0 and spent > STREAM_HEADERS_WITHIN / 2) or (
-                        came and spent * total / came > STREAM_HEADERS_WITHIN):
-                    start_metadata()
-                    break
+            if not stream.result.done() or stream.result.exception() is not None:
+                start_metadata()
         pending: set[Future[Any]] = {meta} | ({stream.result} if stream else set())
         winner: Future[Any] | None = None
         while pending and winner is None:
@@ -840,6 +849,23 @@ class Server:
         """The ``dicomweb+...`` URL of a file :meth:`object_file` wrote (else ``path``)."""
         with self._lock:
             return self._file_refs.get(path, path)
+
+    @staticmethod
+    def _stream_is_slow(stream: _Stream, total: int) -> bool:
+        """Whether the stream will take longer than :data:`STREAM_HEADERS_WITHIN`: its
+        wait for the first instance plus the pace since then (looked at after 0.1 s,
+        so that a connection's start is not taken for its pace). Asking for the metadata
+        too is not free: a server such as Orthanc then reads every file twice, and goes
+        on building the metadata after the stream has won."""
+        now = time.monotonic()
+        spent, came = now - stream.started, stream.count
+        if spent < min(0.1, STREAM_HEADERS_WITHIN / 5):
+            return False
+        if came < 2:
+            return spent > STREAM_HEADERS_WITHIN / 2
+        first = stream.first_at - stream.started
+        pace = (now - stream.first_at) / (came - 1)
+        return first + pace * (total - 1) > STREAM_HEADERS_WITHIN
 
     def _instance_count(self, study: str, series: str) -> int | None:
         """The series' Number of Series Related Instances (QIDO-RS); ``None`` when the
@@ -1009,6 +1035,8 @@ class Server:
                     ds, ts, frames = _split_instance(part)
                     sop = str(ds.get("SOPInstanceUID", ""))
                     got.append((sop, ts, ds))
+                    if not stream.count:
+                        stream.first_at = time.monotonic()
                     stream.count += 1
                     with self._lock:
                         info = self._series.get((study, series))
@@ -1348,7 +1376,7 @@ def scan_urls(urls: Sequence[str]) -> ScanResult:
         if loc.series:
             series_uids = [loc.series]
         else:
-            series_uids = [r.uid for r in server.search_series(loc.study)]
+            series_uids = [r.uid for r in server.search_series(loc.study, max_age=60.0)]
             if not series_uids:
                 raise DicomWebError(f"DICOMweb server {server.name}: study {loc.study}: "
                                     "not found or holds no series")
