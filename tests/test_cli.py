@@ -364,6 +364,26 @@ def test_skip_existing_keeps_files(axial: Path, tmp_path: Path) -> None:
     assert (row["images"], row["written"]) == (str(N), "1")
 
 
+def test_skip_existing_rewrites_a_png_cut_short(axial: Path, tmp_path: Path) -> None:
+    """--skip-existing keeps a PNG only when it is whole: one of ours cut short (an
+    interrupted copy) is written anew, byte for byte the first export's; a file that is
+    not napari-dicom's is left as it is; the summary says both."""
+    code, _, _ = _run(["export", str(axial), "-o", str(tmp_path)])
+    assert code == 0
+    pngs = sorted(tmp_path.rglob("*.png"))
+    whole = pngs[2].read_bytes()
+    pngs[2].write_bytes(whole[: len(whole) // 2])
+    before = {p: p.stat().st_mtime_ns for p in pngs if p != pngs[2]}
+    code, stdout, _ = _run(["export", str(axial), "-o", str(tmp_path), "--skip-existing"])
+    assert code == 0
+    assert pngs[2].read_bytes() == whole
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+    assert "images: 1 written" in stdout
+    assert "1 PNGs present but cut short written anew" in stdout
+    assert f"resume: 0 series complete already (all PNGs present and whole), 1 completed, " \
+        f"{N - 1} PNGs kept" in stdout
+
+
 def test_png_bytes_equal_napari_writer(axial: Path, tmp_path: Path) -> None:
     from napari_dicom._reader import read_dicom
     from napari_dicom._writer import write_png

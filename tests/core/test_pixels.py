@@ -582,3 +582,39 @@ def test_single_frame_jpeg_offset_matches_pydicom(tmp_path: Path) -> None:
         np.testing.assert_array_equal(pixels._fast_decode(p.path, None, s, p),
                                       pydicom.dcmread(p.path).pixel_array)
     assert {p.path for p in s.planes} == {str(q) for q in paths}
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned-12", "signed-12"])
+def test_jpeg_lossless_decoders_agree_with_unused_high_bits(tmp_path: Path,
+                                                            signed: bool) -> None:
+    """12 bits stored in 16, the unused high bits set to garbage (PS3.5 8.1.1 allows it)
+    and the stream encoded with all 16 bits: libjpeg-turbo (the fast path, masking or
+    sign-extending the decoded plane in place), imagecodecs' other lossless decoders and
+    pydicom's pylibjpeg give the same stored values, and the loaded volume holds them."""
+    from napari_dicom.core.phantom import encode_jpeg_lossless
+
+    rng = np.random.default_rng(3)
+    low = rng.integers(-2048 if signed else 0, 2048 if signed else 4096, (3, 32, 32))
+    garbage = rng.integers(0, 16, (3, 32, 32)) << 12
+    bits = ((low & 0xFFF) | garbage).astype(np.uint16)  # what the file holds
+    paths = write_ct_phantom(tmp_path, n_slices=3, size=32, shuffle_instance_numbers=False)
+    for path, plane in zip(paths, bits, strict=True):
+        ds = pydicom.dcmread(path)
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, int(signed)
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+        ds.PixelData = encapsulate([encode_jpeg_lossless(plane, 16)])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+        ds.save_as(path, enforce_file_format=True)
+    s = one_series(tmp_path)
+    assert pixels._use_fast(s) == "jpeg"
+    for k, p in enumerate(s.planes):
+        fast, _ = pixels._decode(p.path, p.frame, s, fast="jpeg", plane=p)
+        ref, _ = pixels._decode(p.path, p.frame, s, fast=None, plane=p)  # pydicom
+        np.testing.assert_array_equal(fast, low[k])
+        np.testing.assert_array_equal(ref, low[k])
+        for decoder in ("ljpeg_decode", "jpegsof3_decode"):
+            other = pixels._fast_decode(p.path, p.frame, s, p, decoder=decoder)
+            np.testing.assert_array_equal(other, low[k])
+    np.testing.assert_array_equal(load_series(s, lazy=False), low)

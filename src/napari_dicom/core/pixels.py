@@ -446,7 +446,7 @@ def _fast_decode(
     arr = np.asarray(getattr(_imagecodecs(), decoder)(data))
     if int(series.pixel_representation) == 1:
         arr = arr.view(f"i{arr.dtype.itemsize}")
-    return _stored_bits(arr, series)
+    return _stored_bits(arr, series, own=True)
 
 
 #: JPEG Baseline (Process 1) and Extended (Processes 2 & 4: 12-bit), PS3.5 A.4.1
@@ -484,7 +484,7 @@ def _turbo_decode(
     arr = np.asarray(ic.jpeg8_decode(data))
     if int(series.pixel_representation) == 1:
         arr = arr.view(f"i{arr.dtype.itemsize}")
-    return _stored_bits(arr, series)
+    return _stored_bits(arr, series, own=True)
 
 
 #: Explicit and Implicit VR Little Endian (PS3.5 A.2, A.1)
@@ -521,16 +521,28 @@ def _native_tail(path: str, series: Series) -> npt.NDArray[Any]:
     return _stored_bits(arr, series)
 
 
-def _stored_bits(arr: npt.NDArray[Any], series: Series) -> npt.NDArray[Any]:
-    """Keep the low Bits Stored bits, sign-extended for Pixel Representation 1 (PS3.5 8.1.1)."""
+def _stored_bits(
+    arr: npt.NDArray[Any], series: Series, own: bool = False
+) -> npt.NDArray[Any]:
+    """Keep the low Bits Stored bits, sign-extended for Pixel Representation 1 (PS3.5
+    8.1.1). ``own``: ``arr`` was just decoded for this call and nothing else holds it, so
+    it is changed in place (no second plane-sized array)."""
     bits, size = int(series.bits_stored), 8 * arr.dtype.itemsize
     if bits >= size:
         return arr
     if int(series.pixel_representation) == 1:
         signed = arr.view(f"i{arr.dtype.itemsize}")
+        if own:
+            np.left_shift(signed, size - bits, out=signed)
+            np.right_shift(signed, size - bits, out=signed)
+            return signed
         out: npt.NDArray[Any] = (signed << (size - bits)) >> (size - bits)
         return out
-    masked: npt.NDArray[Any] = arr & arr.dtype.type((1 << bits) - 1)
+    mask = arr.dtype.type((1 << bits) - 1)
+    if own:
+        np.bitwise_and(arr, mask, out=arr)
+        return arr
+    masked: npt.NDArray[Any] = arr & mask
     return masked
 
 
