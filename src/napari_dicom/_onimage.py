@@ -3,7 +3,8 @@ canvas text overlays (``viewer.canvas.overlays``; nothing is drawn into the data
 
 * bottom left: the window of the selected DICOM layer and the value under the cursor with
   its unit ("W 400 / L 40 HU", "-1000 HU");
-* bottom right: slice number and position ("Slice 12 / 40", "z -45.0 mm");
+* top left: slice number and position ("Slice 12 / 40", "z -45.0 mm"), away from the
+  window text so that the two do not meet on a narrow canvas;
 * the four edges: orientation letters (A/P, R/L, S/I) of the displayed plane;
 * top right, only when asked (off by default: screenshots get shared): patient and study.
 
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 #: the overlays this module adds to ``viewer.canvas.overlays``: key -> canvas position
 OVERLAYS = {
     "napari_dicom_window": "bottom_left",
-    "napari_dicom_slice": "bottom_right",
+    "napari_dicom_slice": "top_left",
     "napari_dicom_patient": "top_right",
     "napari_dicom_top": "top_center",
     "napari_dicom_bottom": "bottom_center",
