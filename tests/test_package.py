@@ -105,7 +105,10 @@ def test_manifest_menus_and_categories_in_npe2() -> None:
         return [m.command for m in pm.iter_menu(menu)
                 if getattr(m, "command", "").startswith("napari-dicom.")]
 
-    assert ours("napari/layers/visualize") == ["napari-dicom.window_level"]
+    assert ours("napari/layers/visualize") == [
+        "napari-dicom.window_level", "napari-dicom.on_image_info"
+    ]
+    assert ours("napari/layers/metadata") == ["napari-dicom.tag_browser"]
     assert ours("napari/file/io_utilities") == [
         "napari-dicom.export_png", "napari-dicom.use_for_dicom"
     ]
