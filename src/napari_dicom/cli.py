@@ -303,9 +303,12 @@ class ProgressBar:
     def series(self, index: int, n_series: int) -> None:
         self.series_index, self.n_series = index, n_series
 
-    def __call__(self, done: int, total: int, label: str = "") -> None:
+    def __call__(self, steps: int, total_steps: int, label: str = "") -> None:
+        """Show the batch's progress: ``steps`` of ``total_steps``, two per image (decoded,
+        written; ``core.batch.BatchProgress``), shown as images."""
         if not self.enabled:
             return
+        done, total = steps // 2, total_steps // 2
         now = time.perf_counter()
         with self._lock:
             if done < total and now - self._last < 0.1:

@@ -342,7 +342,8 @@ class BatchResult:
                 and not self.error)
 
 
-#: progress callback of the batch: (images done, images in total, label)
+#: progress callback of the batch: (steps done, steps in total, label); an image is two
+#: steps (decoded, written), so a display shows images as steps / 2
 BatchProgress = Callable[[int, int, str], None]
 
 
