@@ -11,6 +11,7 @@ from pydicom.data import get_testdata_file
 
 from napari_dicom._widget import CUSTOM, MINMAX, RESET, WindowLevelWidget
 from napari_dicom._writer import layer_display
+from napari_dicom.core.adjust import center_to_slider, slider_to_center
 from napari_dicom.core.meta import CURVE_SUFFIX, CURVE_SUFFIX_R
 from napari_dicom.core.phantom import HU_PADDING, write_ct_phantom
 from napari_dicom.core.render import limits_to_window, window_to_limits
@@ -73,9 +74,12 @@ def test_centre_and_width_fields_set_the_limits(setup: tuple[Any, Any, Any]) -> 
     disp = layer.metadata["dicom"]["display"]
     assert disp["window"]["center"] == -600 and disp["window"]["width"] == 1500
     # the sliders move the same window
-    widget._center_slider.value = 40
-    assert tuple(layer.contrast_limits) == window_to_limits(40, 1500)
-    assert widget._center.value == 40
+    lo, hi = widget._center_range
+    widget._center_slider.value = center_to_slider(40, lo, hi)
+    centre = slider_to_center(center_to_slider(40, lo, hi), lo, hi)
+    assert abs(centre - 40) <= (hi - lo) / 1000  # one slider position
+    assert tuple(layer.contrast_limits) == window_to_limits(centre, 1500)
+    assert widget._center.value == centre
 
 
 def test_external_limits_are_followed_without_drift(setup: tuple[Any, Any, Any]) -> None:

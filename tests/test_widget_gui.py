@@ -166,8 +166,11 @@ def test_wheel_and_sliders_give_fine_control(docked: tuple[Any, Any, Any], qtbot
         widget._width_slider.value = pos0 + 1
         assert 0 < widget.window.width - target < 0.03 * target + 1
     # the centre slider spans the data's own values: a position is 1/1000 of them
-    c, inside = widget._center_slider, _inside(layer)
-    assert (c.min, c.max) == pytest.approx((float(inside.min()), float(inside.max())))
+    inside = _inside(layer)
+    assert widget._center_range == pytest.approx((float(inside.min()), float(inside.max())))
+    widget._center_slider.value = 500  # the middle of the data's values
+    assert widget.window.center == pytest.approx(
+        (float(inside.min()) + float(inside.max())) / 2, abs=float(np.ptp(inside)) / 1000)
 
 
 def test_contrast_slider_range_spans_the_data(make_napari_viewer: Any, phantom_dir: Path) -> None:
@@ -238,3 +241,27 @@ def test_export_without_a_name_asks_for_one(
     pngs = sorted(p.name for p in target.parent.rglob("*.png"))
     assert len(pngs) == layer.data.shape[0] == 8
     assert widget._status.value.startswith(f"wrote {len(pngs)} PNG file(s)")  # no manifest
+
+
+def test_layers_of_any_value_scale_follow_each_other(docked: tuple[Any, Any, Any]) -> None:
+    """Plain float images next to a CT (0..1e-3, 0..1, 0..1e6): the centre slider spans
+    each one's values in turn (magicgui's float slider lost its range here: 0..1 became
+    0..0.1 and selecting the next layer raised)."""
+    viewer, widget, _ct = docked
+    n = len(notification_manager.records)
+    rng = np.random.default_rng(0)
+    for scale in (1e-3, 1.0, 1e6):
+        data = rng.random((16, 16)) * scale
+        layer = viewer.add_image(data, name=f"x{scale:g}", units="mm")  # as the CT
+        assert widget.layer is layer
+        lo, hi = widget._center_range
+        assert (lo, hi) == pytest.approx((data.min(), data.max()))
+        widget._center_slider.value = 250  # a quarter of the way up the values
+        c = widget.window.center
+        assert c == pytest.approx(lo + (hi - lo) / 4, rel=1e-3)
+        assert tuple(layer.contrast_limits) == pytest.approx(
+            (c - widget.window.width / 2, c + widget.window.width / 2))
+    viewer.layers.selection.active = viewer.layers["x0.001"]  # back to the smallest
+    assert widget._center_range == pytest.approx(
+        (viewer.layers["x0.001"].data.min(), viewer.layers["x0.001"].data.max()))
+    assert _errors_since(n) == []

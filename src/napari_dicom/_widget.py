@@ -29,7 +29,6 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    FloatSlider,
     FloatSpinBox,
     Image,
     Label,
@@ -46,10 +45,12 @@ from qtpy.QtWidgets import QComboBox, QSizePolicy
 from ._colormaps import layer_display_kwargs
 from .core.adjust import (
     SLIDER_STEPS,
+    center_to_slider,
     drag_per_pixel,
     drag_window,
     min_width,
     nice_step,
+    slider_to_center,
     slider_to_width,
     wheel_pages,
     wheel_zoom,
@@ -209,7 +210,10 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         self._layer_combo = ComboBox(label="layer", choices=self._layer_choices, nullable=True)
         self._reason = Label(label="", value="")
         self._center = FloatSpinBox(label="level (centre)", min=-1e6, max=1e6, step=1.0)
-        self._center_slider = FloatSlider(label="", min=-1e6, max=1e6, readout=False)
+        # linear over the data's values (core.adjust): an integer slider, since magicgui's
+        # FloatSlider loses its range when its step changes precision (0..1 became 0..0.1)
+        self._center_slider = Slider(label="", min=0, max=SLIDER_STEPS, readout=False)
+        self._center_range = (-1e6, 1e6)
         self._width = FloatSpinBox(label="width", min=0.0, max=2e6, step=1.0)
         # logarithmic: fine steps for narrow windows, coarse ones for wide (core.adjust)
         self._width_slider = Slider(label="", min=0, max=SLIDER_STEPS, readout=False)
@@ -595,9 +599,8 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         w_lo = max(min_width(w.function), d_span / 10_000)
         with self._guard():
             self._center.min, self._center.max = lo_c, hi_c
-            self._center_slider.min = min(d0, w.center)
-            self._center_slider.max = max(d1, w.center, self._center_slider.min + 1e-6)
-            self._center_slider.step = d_span / 1000
+            c0 = min(d0, w.center)
+            self._center_range = (c0, max(d1, w.center, c0 + 1e-6))
             self._width.min, self._width.max = 0.0, hi_w
             self._width_range = (min(w_lo, w.width), hi_w)
             self._center.step = step
@@ -635,7 +638,7 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
             if not (self._center.min <= w.center <= self._center.max) or w.width > self._width.max:
                 self._update_ranges()
             self._center.value = w.center
-            self._center_slider.value = w.center
+            self._center_slider.value = center_to_slider(w.center, *self._center_range)
             self._width.value = w.width
             self._width_slider.value = width_to_slider(w.width, *self._width_range)
             self._readout.value = w.label() + ("" if w.function == "LINEAR" else f" ({w.function})")
@@ -722,10 +725,11 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
             return
         self._set_center_width(float(value), self._window.width)
 
-    def _on_center_slider(self, value: float) -> None:
+    def _on_center_slider(self, value: int) -> None:
         if self._updating or self._window is None:
             return
-        self._set_center_width(float(value), self._window.width)
+        self._set_center_width(slider_to_center(value, *self._center_range),
+                               self._window.width)
 
     def _on_width(self, value: float) -> None:
         if self._updating or self._window is None:

@@ -34,3 +34,17 @@ def test_zoom_keeps_the_point_under_the_cursor() -> None:
     assert after == pytest.approx(before)
     back, _ = wheel_zoom(zoom, new_center, cursor, -1.0)
     assert back == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("lo, hi", [(-1024.0, 3071.0), (0.0, 1.0), (1e-6, 1e-3), (0.0, 1e6)])
+def test_centre_slider_is_linear_over_the_values(lo: float, hi: float) -> None:
+    from napari_dicom.core.adjust import SLIDER_STEPS, center_to_slider, slider_to_center
+
+    assert slider_to_center(0, lo, hi) == lo and slider_to_center(SLIDER_STEPS, lo, hi) == hi
+    for pos in (1, 250, 500, 999):
+        c = slider_to_center(pos, lo, hi)
+        assert abs(c - (lo + (hi - lo) * pos / SLIDER_STEPS)) <= (hi - lo) * 1e-4
+        assert center_to_slider(c, lo, hi) == pos  # round trip
+    assert center_to_slider(lo - 5, lo, hi) == 0
+    assert center_to_slider(hi * 2 + 1, lo, hi) == SLIDER_STEPS
+    assert center_to_slider(3.0, 3.0, 3.0) == 0 and slider_to_center(7, 3.0, 3.0) == 3.0

@@ -100,6 +100,26 @@ def nice_step(span: float, integer: bool) -> float:
     return float(max(step, 1.0) if integer else step)
 
 
+def center_to_slider(center: float, lo: float, hi: float) -> int:
+    """Position (0..SLIDER_STEPS) of ``center`` on a linear slider over the data's values
+    ``lo..hi`` (a position is a thousandth of them: about 4 HU on a CT)."""
+    if not hi > lo:
+        return 0
+    c = min(max(center, lo), hi)
+    return round(SLIDER_STEPS * (c - lo) / (hi - lo))
+
+
+def slider_to_center(pos: float, lo: float, hi: float) -> float:
+    """Inverse of :func:`center_to_slider`: the centre at slider position ``pos``, rounded
+    to a ten-thousandth of the span or finer (a slider is for coarse moves; the spin box is
+    exact)."""
+    if not hi > lo:
+        return float(lo)
+    c = lo + (hi - lo) * min(max(pos, 0), SLIDER_STEPS) / SLIDER_STEPS
+    digits = 4 - math.floor(math.log10(hi - lo))
+    return float(min(max(round(c, digits), lo), hi))
+
+
 def width_to_slider(width: float, lo: float, hi: float) -> int:
     """Position (0..SLIDER_STEPS) of ``width`` on a logarithmic slider over ``lo..hi``:
     half the slider covers the narrow windows users fine-tune (brain W 80, liver W 150),
@@ -122,11 +142,13 @@ __all__ = [
     "DRAG_SPAN_PIXELS",
     "SLIDER_STEPS",
     "WHEEL_ZOOM_PER_NOTCH",
+    "center_to_slider",
     "drag_per_pixel",
     "drag_window",
     "min_width",
     "nice_step",
     "showable_limits",
+    "slider_to_center",
     "slider_to_width",
     "wheel_pages",
     "wheel_zoom",
