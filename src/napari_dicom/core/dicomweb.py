@@ -1305,7 +1305,7 @@ def _iter_parts(response: requests.Response) -> Iterator[bytes | bytearray]:
 
 
 #: bytes of a streamed instance its header is looked for in first (a CT slice's is ~1 KB)
-_HEAD_BYTES = 1 << 16
+_HEAD_BYTES = 1 << 13
 
 
 def _split_instance(part: bytes | bytearray,
@@ -1323,9 +1323,11 @@ def _split_instance(part: bytes | bytearray,
     from .scan import OBJECT_CLASSES, _fast_header
 
     view = memoryview(part).toreadonly()
-    fast = _fast_header(bytes(view[:_HEAD_BYTES]))  # the folder scan's header parse
-    if fast is None and len(part) > _HEAD_BYTES:
-        fast = _fast_header(bytes(part))
+    fast = None
+    for size in (_HEAD_BYTES, len(part)):  # the folder scan's header parse (~3x pydicom's)
+        fast = _fast_header(bytes(view[:size]))
+        if fast is not None or size >= len(part):
+            break
     if fast is not None:
         ds, at = fast
     else:
