@@ -25,8 +25,11 @@ and ``read_frame(ref, frame)`` one frame's pixel bytes (frame retrieval, PS3.18
   again the next time it is asked for.
 
 The HTTP work is done by ``dicomweb-client`` (the reference Python client, also used by
-3D Slicer); only the first-frame probe reads the reply's part headers itself, because
-the client returns frame bytes without the transfer syntax the server chose.
+3D Slicer), except two replies read here: the first-frame probe (the client returns
+frame bytes without the transfer syntax the server chose) and the series stream
+(:func:`_iter_parts`: each instance read from the socket straight into its own buffer,
+its native frames views of it; the client's ``iter_series`` copies every byte several
+times and parses every instance whole, pixels included).
 
 URL form (reader, CLI): ``dicomweb+http://HOST:PORT/ROOT/studies/<StudyUID>`` and
 ``.../studies/<StudyUID>/series/<SeriesUID>`` (``dicomweb+https://`` likewise).
