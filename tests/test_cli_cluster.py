@@ -33,8 +33,15 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def _write_series(folder: Path, n: int, number: int, size: int = 32,
-                  frames: int | None = None, window: bool = True) -> None:
-    """``n`` CT files (or one multi-frame file of ``frames`` frames) in ``folder``."""
+                  frames: int | None = None, window: bool = True,
+                  extremes: bool = False, modality: str = "CT") -> None:
+    """``n`` CT files (or one multi-frame file of ``frames`` frames) in ``folder``.
+
+    ``modality``: not CT, a series with no stored window gets a min-max window from its
+    values (CT gets W 400 / L 40). ``extremes``: values in a narrow band (stored
+    1000-1100) but for one pixel of the second plane (0) and one of the last but one
+    (4095): a min-max window over the whole series differs from one over any range of
+    planes without both."""
     folder.mkdir(parents=True)
     series_uid, study_uid = generate_uid(), "1.2.826.0.1.3680043.8.498.1"
     rng = np.random.default_rng(number)
@@ -48,7 +55,7 @@ def _write_series(folder: Path, n: int, number: int, size: int = 32,
         ds.SOPClassUID, ds.SOPInstanceUID = CT, sop
         ds.PatientID, ds.StudyDate, ds.StudyDescription = "CLUSTER01", "20240102", "HEAD"
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", number, i + 1
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, number, i + 1
         ds.SeriesDescription = f"series {number}"
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.Rows = ds.Columns = size
@@ -64,7 +71,12 @@ def _write_series(folder: Path, n: int, number: int, size: int = 32,
         else:
             ds.ImagePositionPatient = [0.0, 0.0, 2.0 * i]
             shape = (size, size)
-        ds.PixelData = rng.integers(0, 4096, shape, dtype=np.uint16).tobytes()
+        if extremes:
+            px = rng.integers(1000, 1101, shape, dtype=np.uint16)
+            px[..., 0, 0] = {1: 0, n - 2: 4095}.get(i, px[..., 0, 0])
+        else:
+            px = rng.integers(0, 4096, shape, dtype=np.uint16)
+        ds.PixelData = px.tobytes()
         ds.save_as(folder / f"{i:03d}.dcm", enforce_file_format=True)
 
 
@@ -188,10 +200,14 @@ def test_scheduler_and_workers_processes_write_the_local_bytes(
     assert f"workers: 2 (2 worker(s) of the scheduler {scheduler})" in stdout
 
 
-def _export_process(src: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:
+def _export_process(src: Path, out: Path, *extra: str,
+                    split: int | None = None) -> subprocess.Popen[bytes]:
+    env = _env()
+    if split is not None:
+        env["NAPARI_DICOM_SPLIT_PLANES"] = str(split)
     return subprocess.Popen(
         [sys.executable, "-m", "napari_dicom", "export", str(src), "-o", str(out), "-q",
-         *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+         *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
 def _series_done(out: Path) -> int:
@@ -218,6 +234,19 @@ def long_reference(long_tree: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return _tree(out)
 
 
+def _kill_a_worker(proc: subprocess.Popen[bytes], out: Path,
+                   workers: dict[str, int]) -> tuple[int, bytes]:
+    """SIGKILL one of ``workers`` while ``proc`` exports into ``out``; wait for the run
+    to end, and check it ended well and after the kill. The victim's pid and stdout."""
+    victim = next(iter(workers.values()))
+    os.kill(victim, signal.SIGKILL)
+    finished_at_kill = (out / "manifest.csv").exists()
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr.decode()
+    assert not finished_at_kill
+    return victim, stdout
+
+
 def test_worker_killed_mid_run(long_tree: Path, long_reference: dict, scheduler: str,
                                tmp_path: Path) -> None:
     """A worker process killed (SIGKILL) while the export runs: Dask runs its tasks
@@ -227,12 +256,7 @@ def test_worker_killed_mid_run(long_tree: Path, long_reference: dict, scheduler:
     before = _worker_pids(scheduler)
     proc = _export_process(long_tree, out, "--scheduler", scheduler)
     _wait_for(proc, out, 2)
-    victim = next(iter(before.values()))
-    os.kill(victim, signal.SIGKILL)
-    finished_at_kill = (out / "manifest.csv").exists()
-    stdout, stderr = proc.communicate(timeout=180)
-    assert proc.returncode == 0, stderr.decode()
-    assert not finished_at_kill
+    victim, stdout = _kill_a_worker(proc, out, before)
     assert _tree(out) == long_reference
     assert b"series: 40 exported, 0 failed" in stdout
     after = _worker_pids(scheduler)  # the nanny started a new worker process
@@ -337,3 +361,102 @@ def test_bad_local_worker_count(spec: str, mixed: Path, tmp_path: Path) -> None:
     code, _, stderr = _run(["export", str(mixed), "-o", str(tmp_path), "--scheduler", spec])
     assert code == 2
     assert "--scheduler local:N needs a positive number" in stderr
+
+
+# --------------------------------------------------------------------------------------
+# Long series written in plane ranges by several tasks
+# (NAPARI_DICOM_SPLIT_PLANES=8: series of more than 8 planes are split, 8 planes a range)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def split_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two long series of 40 planes, one with no stored window (its display is the
+    min-max over the WHOLE series, which only the 2nd and 39th planes reach), one with
+    a stored window; and a short one."""
+    root = tmp_path_factory.mktemp("cluster_split") / "src"
+    _write_series(root / "minmax", 40, 31, size=192, window=False, extremes=True,
+                  modality="MR")
+    _write_series(root / "stored", 40, 32, size=192)
+    _write_series(root / "short", 3, 33, size=192, window=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def split_reference(split_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("split_ref") / "out"
+    assert _run(["export", str(split_tree), "-o", str(out), "-q"])[0] == 0
+    tree = _tree(out)
+    row = next(r for r in tree["manifest.csv"].decode().splitlines() if "minmax" in r)
+    # stored 0..4095 - 1024 (C.11.2.1.2.1 note 4): the whole series, not a range of it
+    assert ",1024,4096,LINEAR,W 4096 / L 1024 min-max," in row, row
+    return tree
+
+
+def test_long_series_split_over_two_workers(split_tree: Path, split_reference: dict,
+                                            tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--scheduler local:2`` with the split lowered to 8 planes: each long series is
+    written by 5 range tasks over both workers, and every file (PNGs, stack manifests,
+    run manifest) is the local run's, the min-max window of the whole series included."""
+    monkeypatch.setenv("NAPARI_DICOM_SPLIT_PLANES", "8")
+    code, stdout, stderr = _run(["export", str(split_tree), "-o", str(tmp_path / "out"),
+                                 "-q", "--scheduler", "local:2"])
+    assert code == 0, stderr
+    assert "; 2 series of more than 8 planes written in 10 plane ranges" in stdout
+    tree = _tree(tmp_path / "out")
+    assert sorted(tree) == sorted(split_reference)  # no staging folder or temporary file
+    assert [k for k in tree if tree[k] != split_reference[k]] == []
+
+
+def test_bad_split_setting(split_tree: Path, tmp_path: Path,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NAPARI_DICOM_SPLIT_PLANES", "0")
+    code, _, stderr = _run(["export", str(split_tree), "-o", str(tmp_path / "out"),
+                            "--scheduler", "local:1"])
+    assert code == 2
+    assert "NAPARI_DICOM_SPLIT_PLANES must be a positive number of planes" in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _staged_pngs(out: Path) -> int:
+    """PNGs in staging folders (a split series being written)."""
+    return sum(1 for _ in out.glob("*/*/.*.partial/*.png"))
+
+
+def test_worker_killed_during_a_split_series(split_tree: Path, split_reference: dict,
+                                            scheduler: str, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed (SIGKILL) while the ranges of a split series are being written:
+    Dask runs its tasks again (the same staging folder, new temporary names), and the
+    output is the local run's with no staging folder or temporary file left. Then
+    ``--skip-existing`` on the cluster, after one plane is cut short and one removed,
+    writes exactly those two (resumed ranges write into the final folder)."""
+    out = tmp_path / "out"
+    before = _worker_pids(scheduler)
+    proc = _export_process(split_tree, out, "--scheduler", scheduler, split=8)
+    deadline = time.monotonic() + 120
+    while _staged_pngs(out) == 0:
+        assert proc.poll() is None, "the export ended before a range was written"
+        assert time.monotonic() < deadline, "no range was written within 120 s"
+        time.sleep(0.002)
+    victim, stdout = _kill_a_worker(proc, out, before)
+    assert b"2 series of more than 8 planes written in 10 plane ranges" in stdout
+    tree = _tree(out)
+    assert sorted(tree) == sorted(split_reference)
+    assert [k for k in tree if tree[k] != split_reference[k]] == []
+    assert victim not in _worker_pids(scheduler).values()
+
+    planes = sorted(out.glob("CLUSTER01/*/31_series_31/*.png"))  # the min-max series
+    assert len(planes) == 40
+    planes[5].write_bytes(planes[5].read_bytes()[:-20])
+    planes[30].unlink()
+    monkeypatch.setenv("NAPARI_DICOM_SPLIT_PLANES", "8")
+    code, stdout2, err = _run(["export", str(split_tree), "-o", str(out), "-q",
+                               "--skip-existing", "--scheduler", scheduler])
+    assert code == 0, err
+    assert "images: 2 written, 81 already present" in stdout2
+    assert "1 PNGs present but cut short written anew" in stdout2
+    tree = _tree(out)
+    assert tree.pop("manifest.csv") != split_reference["manifest.csv"]  # says what was kept
+    assert tree == {k: v for k, v in split_reference.items() if k != "manifest.csv"}

@@ -70,11 +70,12 @@ does not have are removed); an interrupted or failed export leaves it as it was.
 Files it did not write are never overwritten unless --overwrite is given.
 
 on a Dask cluster (--scheduler): the headers are read and the series exported by the
-workers (a task per folder chunk, a task per series); names, progress, manifests and PNGs
-are the same bytes as a local run. SRC and OUT must be the same paths on every worker (a
-shared file system: yours to provide). A worker that dies has its tasks run again; a
-scheduler that goes away stops the run (what was exported stays): rerun with
---skip-existing to resume.
+workers (a task per folder chunk, a task per series; a series of more than 256 planes,
+or $NAPARI_DICOM_SPLIT_PLANES, is written by several tasks in plane ranges); names,
+progress, manifests and PNGs are the same bytes as a local run. SRC and OUT must be the
+same paths on every worker (a shared file system: yours to provide). A worker that
+dies has its tasks run again; a scheduler that goes away stops the run (what was
+exported stays): rerun with --skip-existing to resume.
 
 exit status: 0 all converted, 1 some files or series skipped or refused (listed) or
 the disk full, 2 usage error or OUT/manifest.csv not napari-dicom's, 130 interrupted

@@ -210,3 +210,36 @@ def test_a_linked_folder_stays_a_link_and_gets_the_new_export(volume: np.ndarray
         f"scan_{i:04d}.png" for i in range(1, 6)]
     np.testing.assert_array_equal(_png(real / "scan_0005.png"), render_uint8(volume[4], LUNG))
     assert _hidden(link.parent) == [] and _hidden(real.parent) == []
+
+
+def test_a_stack_written_in_parts_by_tasks_run_again(volume: np.ndarray,
+                                                     tmp_path: Path) -> None:
+    """A stack written by several tasks (a long series on a cluster): parts in any
+    order, one run twice after its first run died mid-write (its temporary file left
+    behind, under a name no retry uses), the install run twice (the first died after
+    the swap): the same bytes as one export_stack call, no hidden file left, and an
+    earlier export of the stack replaced as a whole."""
+    from napari_dicom.core.export import install_shared_stack, open_shared_stack
+    from napari_dicom.core.output import stage_tag
+
+    export_stack(volume, SOFT, tmp_path / "one" / "scan.png")
+    folder = tmp_path / "tasks" / "scan"
+    export_stack(volume[:3], LUNG, folder)  # an earlier export, to be replaced
+    earlier = _files(folder)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    tag = stage_tag()
+    plan = open_shared_stack(folder, len(volume), tag=tag)
+    assert open_shared_stack(folder, len(volume), tag=tag).staging == plan.staging
+    assert plan.staging is not None and plan.staging.is_dir()
+    for part in [(8, 12), (0, 4), (4, 8)]:
+        paths = export_stack(volume, SOFT, folder, part=part, plan=plan)
+        assert [p.name for p in paths] == [f"scan_{i + 1:04d}.png" for i in range(*part)]
+    # what a task killed while writing plane 6 leaves, then the task run again
+    (plan.staging / f".scan_0006.png.{int(dead.stdout)}.0.tmp").write_bytes(b"\x89PNG half")
+    export_stack(volume, SOFT, folder, part=(4, 8), plan=plan)
+    assert _files(folder) == earlier  # nothing in place before the install
+    install_shared_stack(plan, None, SOFT)
+    install_shared_stack(plan, None, SOFT)  # run again after the swap: finds it done
+    assert _files(folder) == _files(tmp_path / "one" / "scan")
+    assert _hidden(folder) == [] and _hidden(folder.parent) == []

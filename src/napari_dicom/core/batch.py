@@ -430,6 +430,29 @@ def _shared_uid(series: Series, options: ExportOptions) -> str:
     return series.uid if options.deidentify is None else options.deidentify.uid(series.uid)
 
 
+def _check_folder(result: SeriesResult, options: ExportOptions) -> set[str]:
+    """The names of the PNGs ``--skip-existing`` keeps in the result's folder (those cut
+    short counted in ``result.incomplete``); the result refused when files napari-dicom
+    did not write are in the way (checked now, before decoding; the export checks again)."""
+    from .export import STACK_MANIFEST_HEADERS, plane_file_names
+
+    assert result.folder is not None
+    folder = result.folder
+    existing: set[str] = set()
+    if options.skip_existing:  # what export_stack keeps: complete PNGs (kept_on_resume)
+        present = [p for p in folder.glob("*.png")]
+        existing = {p.name for p in present if kept_on_resume(p)}
+        result.incomplete = len(present) - len(existing)
+    n = len(selected_planes(result.series, options.frames))
+    try:
+        plan_stack(folder, plane_file_names((n,), folder.name),
+                   overwrite=options.overwrite, resume=options.skip_existing,
+                   manifest_headers=STACK_MANIFEST_HEADERS)
+    except ExportRefused as exc:
+        _failed(result, exc)
+    return existing
+
+
 def export_one(
     series: Series,
     folder: Path,
@@ -442,22 +465,13 @@ def export_one(
     The folder always holds a stack (``<folder name>_0001.png`` ...) and its
     ``manifest.csv``, also for a single image.
     """
-    from .export import STACK_MANIFEST_HEADERS, export_stack, plane_file_names
+    from .export import export_stack
     from .pixels import DicomLoadError, series_metadata
 
     result = SeriesResult(series, folder)
-    existing: set[str] = set()
-    if options.skip_existing:  # what export_stack keeps: complete PNGs (kept_on_resume)
-        present = [p for p in folder.glob("*.png")]
-        existing = {p.name for p in present if kept_on_resume(p)}
-        result.incomplete = len(present) - len(existing)
-    try:  # files in the way: refuse now, before decoding (export_stack checks again)
-        plan_stack(folder, plane_file_names((len(selected_planes(series, options.frames)),),
-                                            folder.name),
-                   overwrite=options.overwrite, resume=options.skip_existing,
-                   manifest_headers=STACK_MANIFEST_HEADERS)
-    except ExportRefused as exc:
-        return _failed(result, exc)
+    existing = _check_folder(result, options)
+    if result.status == "refused":
+        return result
     if streamable(series, options):
         streamed = _export_streaming(series, folder, options, result, decode_progress)
         if streamed is not None:
@@ -509,6 +523,125 @@ def export_one(
             f"{series.planes[i].path}: {reason}" for i, reason in sorted(damaged.items())
         ) + (" (left out)" if keep else "")
     return _finish(result, paths, existing)
+
+
+# --------------------------------------------------------------------------------------
+# A long series written by several tasks (the cluster path)
+# --------------------------------------------------------------------------------------
+
+
+def splittable(series: Series, options: ExportOptions) -> bool:
+    """Whether the series can be written in plane ranges by several tasks
+    (:func:`shared_prepare`, :func:`shared_range`, :func:`shared_finish`): grey, no
+    CLAHE, every plane its own file (what :class:`~napari_dicom.core.pixels.PlaneStack`
+    decodes one range at a time). Read from the headers only."""
+    return (not options.clahe and not series.rgb and bool(series.planes)
+            and all(p.frame is None for p in series.planes))
+
+
+@dataclass
+class SharedStack:
+    """What the tasks writing one series in plane ranges share, decided once by
+    :func:`shared_prepare`: the display of the WHOLE series (a min-max or percentile
+    window over all its planes, as the one-task export computes it), the manifest's
+    metadata and the stack plan (staging folder) every range writes into."""
+
+    plan: Any  # core.output.StackPlan
+    display: Display
+    note: str
+    meta: dict[str, Any]
+    keep: list[int]
+    existing: set[str]
+    incomplete: int
+
+
+def shared_prepare(series: Series, folder: Path, options: ExportOptions,
+                   tag: str) -> SharedStack | SeriesResult | None:
+    """First task of a series written in ranges: the display, the metadata and the
+    staging folder (named by ``tag``, so a run of this task again opens the same one).
+
+    Returns the :class:`SharedStack`, a finished result (refused or failed: the ranges
+    do nothing), or None when a plane cannot be decoded (:func:`shared_finish` then
+    exports the series as one task, which leaves out and reports the damaged planes as
+    the local run does). The display is chosen as :func:`export_one` chooses it: from
+    the headers where it needs no data, else from the whole series' values."""
+    from .export import open_shared_stack
+    from .pixels import DicomLoadError, PlaneStack, series_metadata
+
+    result = SeriesResult(series, folder)
+    existing = _check_folder(result, options)
+    if result.status == "refused":
+        return result
+    keep = selected_planes(series, options.frames)
+    try:
+        if streamable(series, options):
+            display, note = choose_display(series, PlaneStack(series, keep), options.window)
+        else:  # the values of every plane decide the window: load them as export_one does
+            data, loaded, damaged = load_for_export(series, options.frames, options.jobs)
+            if damaged or loaded != keep:
+                return None
+            display, note = choose_display(series, data, options.window)
+            del data
+        meta = _shared_meta(
+            _subset_meta(series_metadata(series, display, note), keep, len(series.planes)),
+            options,
+        )
+        plan = open_shared_stack(folder, len(keep), tag=tag, overwrite=options.overwrite,
+                                 resume=options.skip_existing)
+    except DicomLoadError:
+        return None
+    except (WindowError, OSError, ValueError) as exc:
+        return _failed(result, exc)
+    return SharedStack(plan, display, note, meta, keep, existing, result.incomplete)
+
+
+def shared_range(series: Series, shared: SharedStack | SeriesResult | None,
+                 part: tuple[int, int], options: ExportOptions) -> Exception | None:
+    """Planes ``part[0]:part[1]`` of a series written in ranges, into the shared staging
+    folder (through temporary names: a run again after a worker died rewrites them).
+    Returns the error that stopped it (for :func:`shared_finish`), None when written."""
+    from .export import export_stack
+    from .pixels import DicomLoadError, PlaneStack
+
+    if not isinstance(shared, SharedStack):
+        return None
+    try:
+        export_stack(PlaneStack(series, shared.keep), shared.display, shared.plan.folder,
+                     meta=shared.meta, jobs=options.jobs, skip_existing=options.skip_existing,
+                     series_uid=_shared_uid(series, options), rgb=False,
+                     overwrite=options.overwrite, part=part, plan=shared.plan)
+    except (DicomLoadError, WindowError, OSError, ValueError) as exc:
+        return exc
+    return None
+
+
+def shared_finish(series: Series, folder: Path, options: ExportOptions,
+                  shared: SharedStack | SeriesResult | None,
+                  outcomes: Sequence[Exception | None]) -> SeriesResult:
+    """Last task of a series written in ranges, once every range is written: the
+    manifest and the swap into ``folder`` (:func:`~napari_dicom.core.export.install_shared_stack`);
+    the result is what :func:`export_one` gives for the series. A plane that could not
+    be decoded: the series is exported again as one task (:func:`export_one`)."""
+    from .export import install_shared_stack
+    from .pixels import DicomLoadError
+
+    if isinstance(shared, SeriesResult):
+        return shared
+    if shared is None or any(isinstance(o, DicomLoadError) for o in outcomes):
+        if shared is not None:
+            shared.plan.discard()
+        return export_one(series, folder, options)
+    result = SeriesResult(series, folder, display=shared.display, note=shared.note,
+                          incomplete=shared.incomplete)
+    error = next((o for o in outcomes if o is not None), None)
+    try:
+        if error is not None:
+            raise error
+        paths = install_shared_stack(shared.plan, shared.meta, shared.display)
+    except (WindowError, OSError, ValueError) as exc:
+        shared.plan.discard()
+        return _failed(result, exc)
+    return _finish(result, paths, shared.existing)
 
 
 def _failed(result: SeriesResult, exc: Exception) -> SeriesResult:

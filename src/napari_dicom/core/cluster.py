@@ -12,8 +12,20 @@ to a :class:`DaskRunner`:
 * **series exports**: the series is the unit of work,
   :func:`~napari_dicom.core.batch.export_one` on a worker with the folder named here;
   small series are grouped, a few per task, up to :data:`PLANES_PER_TASK` planes
-  (:func:`task_groups`). A long series is one task: its stack is staged and swapped in
-  as a whole (:mod:`~napari_dicom.core.output`), so it is not split across workers.
+  (:func:`task_groups`);
+* **long series split by plane ranges**: a series of more than :data:`SPLIT_PLANES`
+  planes (``NAPARI_DICOM_SPLIT_PLANES`` in the environment changes it) is three kinds
+  of task: one :func:`~napari_dicom.core.batch.shared_prepare` (the display of the
+  whole series, a min-max window over all its planes included, decided once; the
+  metadata; a staging folder whose name is made here, so a task run again opens the
+  same one), range tasks :func:`~napari_dicom.core.batch.shared_range` writing planes
+  ``a:b`` into it on any worker (each PNG through a temporary name of its process and
+  a rename: a range run again after its worker died rewrites the same bytes and never
+  meets a dead attempt's file), and :func:`~napari_dicom.core.batch.shared_finish`,
+  once every range is in, which removes dead attempts' temporary files, writes the
+  manifest and swaps the stack in as the one-task export does. A plane that cannot be
+  decoded sends the series back to one task (:func:`~napari_dicom.core.batch.export_one`,
+  which leaves out and reports damaged planes as the local run does).
 
 Results stream back as they finish (``distributed.as_completed``) into the same progress
 bar and the same run manifest; the PNG encoder is deterministic, so the files are byte
@@ -62,6 +74,18 @@ FILES_PER_TASK = 256
 #: planes exported per task at most when series are grouped (small series: one task
 #: each would cost more in scheduling and messages than the export itself)
 PLANES_PER_TASK = 256
+
+#: a series with more planes than this is written by several tasks, in plane ranges:
+#: a task of up to 256 planes is what grouping makes anyway (:data:`PLANES_PER_TASK`),
+#: so below that splitting adds tasks without adding parallelism; above it, a few long
+#: series no longer hold a few workers busy while the others wait
+SPLIT_PLANES = 256
+#: the environment variable that sets :data:`SPLIT_PLANES` (tests lower it)
+SPLIT_ENV = "NAPARI_DICOM_SPLIT_PLANES"
+#: planes of a range task at least (unless :data:`SPLIT_PLANES` is lower): ~0.3-1 s of
+#: work for CT planes, far above Dask's cost per task, while a 1000-plane series still
+#: spreads over ~30 workers
+MIN_RANGE = 32
 
 #: seconds to wait for a scheduler to answer when connecting (and, once connected, for
 #: it to come back before the run is given up)
@@ -133,6 +157,42 @@ def _export_task(work: list[tuple[Series, str]], options: ExportOptions) -> list
     return out
 
 
+def _finish_task(series: Series, folder: Path, options: ExportOptions, shared: Any,
+                 outcomes: list[Exception | None]) -> SeriesResult:
+    """:func:`~napari_dicom.core.batch.shared_finish` on a worker; as :func:`_export_task`,
+    the result travels back without its series."""
+    from .batch import shared_finish
+
+    result = shared_finish(series, folder, options, shared, outcomes)
+    result.series = cast(Any, None)
+    return result
+
+
+def plane_ranges(n: int, length: int) -> list[tuple[int, int]]:
+    """``n`` planes in ranges ``(a, b)`` of about equal size, ``length`` at most."""
+    k = max(1, -(-n // max(1, length)))
+    return [(n * i // k, n * (i + 1) // k) for i in range(k)]
+
+
+def split_planes() -> int:
+    """:data:`SPLIT_PLANES`, or the whole number in ``$NAPARI_DICOM_SPLIT_PLANES``.
+
+    Raises
+    ------
+    ValueError
+        When that variable holds anything but a positive whole number."""
+    text = os.environ.get(SPLIT_ENV, "").strip()
+    if not text:
+        return SPLIT_PLANES
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{SPLIT_ENV} must be a positive number of planes, got {text!r}")
+    return n
+
+
 def task_groups(sizes: Sequence[int], workers: int) -> list[list[int]]:
     """Indices of series (``sizes``: their planes) grouped into export tasks: consecutive
     series up to about :data:`PLANES_PER_TASK` planes (fewer when that would leave under
@@ -168,6 +228,10 @@ class DaskRunner:
     def __init__(self, scheduler: str, threads: int = 1) -> None:
         self.kind, self.target = parse_scheduler(scheduler)
         self.threads = max(1, threads)
+        #: series of more planes than this are split in plane ranges
+        self.split = split_planes()
+        #: series split so far, and the range tasks they made (for the summary)
+        self.split_series = self.range_tasks = 0
         self.client: Any = None
         self.cluster: Any = None
         self.workers = 0
@@ -177,8 +241,13 @@ class DaskRunner:
 
     def describe(self) -> str:
         if self.kind == "local":
-            return f"{self.workers} local worker process(es), scheduler {self.address}"
-        return f"{self.workers} worker(s) of the scheduler {self.address}"
+            who = f"{self.workers} local worker process(es), scheduler {self.address}"
+        else:
+            who = f"{self.workers} worker(s) of the scheduler {self.address}"
+        if self.split_series:
+            who += (f"; {self.split_series} series of more than {self.split} planes "
+                    f"written in {self.range_tasks} plane ranges")
+        return who
 
     # -- lifetime ----------------------------------------------------------------------
 
@@ -242,11 +311,13 @@ class DaskRunner:
 
     # -- work --------------------------------------------------------------------------
 
-    def _stream(self, futures: list[Any]) -> Iterator[tuple[Any, Any]]:
+    def _stream(self, futures: list[Any],
+                behind: Sequence[Any] = ()) -> Iterator[tuple[Any, Any]]:
         """``(future, result)`` as each finishes. A scheduler that goes away becomes
         :class:`ClusterError` once the client has given up reconnecting (it tries for
         :data:`CONNECT_TIMEOUT` s); the futures not finished are released, so Dask drops
-        their tasks. A task's own error (a full disk) is raised as it is."""
+        their tasks (and those of ``behind``, the futures they wait for). A task's own
+        error (a full disk) is raised as it is."""
         distributed = _distributed()
         pending = set(futures)
         try:
@@ -270,7 +341,7 @@ class DaskRunner:
                     yield fut, value
         finally:
             with _quiet():
-                self.client.cancel([f for f in futures if not f.done()])
+                self.client.cancel([f for f in [*futures, *behind] if not f.done()])
 
     def _lost(self, why: str) -> str:
         return (f"lost the Dask scheduler {self.address} ({why}); run again with "
@@ -298,17 +369,45 @@ class DaskRunner:
     def export_series(
         self, work: Sequence[tuple[int, Series, Path]], options: ExportOptions
     ) -> Iterator[tuple[int, SeriesResult]]:
-        """Each series exported by one task, yielded as each finishes."""
+        """Each series exported by one task (small ones a few per task), a long one by
+        range tasks (see the module docstring); yielded as each series finishes."""
+        from .batch import selected_planes, shared_prepare, shared_range, splittable
+        from .output import stage_tag
+
         opts = replace(options, jobs=self.threads)
-        # the largest series first: they decide when the run ends
+        # the largest series first: they decide when the run ends (and Dask runs what was
+        # submitted first first)
         order = sorted(work, key=lambda w: -len(w[1].planes))
-        groups = [[order[i] for i in g]
-                  for g in task_groups([len(w[1].planes) for w in order], self.workers)]
-        futures = [self.client.submit(_export_task, [(s, os.fspath(f)) for _i, s, f in g],
-                                      opts, pure=False)
-                   for g in groups]
-        index = {f.key: [i for i, _s, _f in g] for f, g in zip(futures, groups, strict=True)}
-        for fut, results in self._stream(futures):
+        sizes = [len(selected_planes(s, opts.frames)) for _i, s, _f in order]
+        length = min(self.split, max(MIN_RANGE, sum(sizes) // (8 * max(1, self.workers))))
+        split = [k > self.split and splittable(w[1], opts)
+                 for w, k in zip(order, sizes, strict=True)]
+        futures: list[Any] = []
+        behind: list[Any] = []
+        index: dict[str, list[int]] = {}
+        for (i, s, f), k, cut in zip(order, sizes, split, strict=True):
+            if not cut:
+                continue
+            prep = self.client.submit(shared_prepare, s, f, opts, stage_tag(), pure=False)
+            parts = [self.client.submit(shared_range, s, prep, part, opts, pure=False)
+                     for part in plane_ranges(k, length)]
+            fin = self.client.submit(_finish_task, s, f, opts, prep, parts, pure=False)
+            behind += [prep, *parts]
+            self.split_series += 1
+            self.range_tasks += len(parts)
+            futures.append(fin)
+            index[fin.key] = [i]
+        whole = [w for w, cut in zip(order, split, strict=True) if not cut]
+        groups = [[whole[j] for j in g]
+                  for g in task_groups([len(w[1].planes) for w in whole], self.workers)]
+        for g in groups:
+            fut = self.client.submit(_export_task, [(s, os.fspath(f)) for _i, s, f in g],
+                                     opts, pure=False)
+            futures.append(fut)
+            index[fut.key] = [i for i, _s, _f in g]
+        for fut, results in self._stream(futures, behind):
+            if not isinstance(results, list):  # a split series' finish: one result
+                results = [results]
             yield from zip(index[fut.key], results, strict=True)
 
 

@@ -46,11 +46,13 @@ other value.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
 import math
 import os
+import re
 import struct
 import threading
 import zlib
@@ -100,7 +102,9 @@ __all__ = [
     "encode_png",
     "export_stack",
     "grey_palette",
+    "install_shared_stack",
     "manifest_columns",
+    "open_shared_stack",
     "plane_file_names",
     "write_atomic",
 ]
@@ -534,6 +538,8 @@ def export_stack(
     series_uid: str | None = None,
     rgb: bool | None = None,
     overwrite: bool = False,
+    part: tuple[int, int] | None = None,
+    plan: StackPlan | None = None,
 ) -> list[Path]:
     """Write modality values as 8-bit PNG(s) exactly as ``display`` shows them.
 
@@ -570,6 +576,12 @@ def export_stack(
     overwrite
         Replace files napari-dicom did not write that are in the way (a PNG, a
         ``manifest.csv``, a plane name); by default they make the export refuse.
+    part, plan
+        One task's share of a stack written by several (:func:`open_shared_stack`,
+        then :func:`install_shared_stack`): planes ``part[0]:part[1]`` of the 3-D stack
+        ``data`` go into ``plan``'s staging folder (its final folder when resuming),
+        each through a temporary name of this process and a rename, so a task run again
+        after its worker died rewrites them with the same bytes. No manifest, no swap.
 
     Returns
     -------
@@ -607,7 +619,10 @@ def export_stack(
     bases = ({id(d): _base_text(d, is_rgb, uid) for d in per} if per is not None else {})
 
     out = Path(out_path)
-    plan: StackPlan | None = None
+    if part is None:
+        plan = None
+    elif plan is None or len(leading) != 1:
+        raise ValueError("a part of a stack needs its plan and 3-D data")
     if not leading:
         target = out if out.suffix.lower() == ".png" else out.with_name(out.name + ".png")
         folder = target.parent
@@ -617,6 +632,9 @@ def export_stack(
                 f"{target} exists and was not written by napari-dicom: not overwritten",
                 [target.name],
             )
+    elif plan is not None:  # a part (checked above)
+        folder = plan.folder
+        names = plan.names
     else:
         folder = out.with_suffix("") if out.suffix.lower() == ".png" else out
         names = plane_file_names(leading, folder.name)
@@ -641,8 +659,10 @@ def export_stack(
     # other threads' rendering and compression (perf: ~7 % of the CPU time was spinning)
     dir_lock = threading.Lock()
     stop = threading.Event()
-    staged = plan is not None and plan.mode != "resume"
-    if plan is not None and staged:
+    staged = plan is not None and plan.mode != "resume" and part is None
+    if part is not None:
+        pass  # the plan's folders exist (open_shared_stack)
+    elif plan is not None and staged:
         _make_dirs(folder.parent, created)
         try:
             plan.open_staging()
@@ -697,7 +717,11 @@ def export_stack(
         return i1 - i0
 
     n_jobs = max(1, int(jobs) if jobs else (os.cpu_count() or 1))
-    batches = _batches(leading, n_jobs)
+    if part is None:
+        batches = _batches(leading, n_jobs)
+    else:
+        batches = [(max(a, part[0]), min(b, part[1])) for a, b in _batches(leading, n_jobs)
+                   if a < part[1] and b > part[0]]
     n_jobs = min(n_jobs, len(batches))
     try:
         if n_jobs == 1:
@@ -708,6 +732,8 @@ def export_stack(
                     progress(done, n)
         else:
             _run_threads(one, batches, n, n_jobs, progress, stop)
+        if part is not None:
+            return [paths[i] for i in range(*part)]
         if plan is not None:
             manifest = folder / MANIFEST
             try:
@@ -723,10 +749,83 @@ def export_stack(
                 raise _export_error("replace", folder, e) from e
     except BaseException:
         stop.set()
-        if plan is not None:
+        if plan is not None and part is None:
             plan.discard()
         _cleanup(written, created)
         raise
+    return paths
+
+
+# --------------------------------------------------------------------------------------
+# A stack written by several tasks (a long series on a cluster)
+# --------------------------------------------------------------------------------------
+
+
+def open_shared_stack(folder: Path, n: int, *, tag: str, overwrite: bool = False,
+                      resume: bool = False) -> StackPlan:
+    """Plan a 3-D stack of ``n`` planes in ``folder`` that several tasks will write
+    (``export_stack(..., part=, plan=)``), and make its staging folder, named by ``tag``
+    (:func:`~napari_dicom.core.output.stage_tag`, made once by the caller): run again,
+    this opens the same folder. The rules are :func:`export_stack`'s.
+
+    Raises
+    ------
+    ExportRefused
+        Files napari-dicom did not write are in the way (nothing is written).
+    ExportError
+        The folders cannot be created.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"cannot write into {folder}: it exists and is not a folder")
+    remove_leftovers(folder)
+    plan = plan_stack(folder, plane_file_names((n,), folder.name), overwrite=overwrite,
+                      resume=resume, manifest_headers=STACK_MANIFEST_HEADERS)
+    created: list[Path] = []
+    try:
+        if plan.mode == "resume":
+            _make_dirs(folder, created)
+        else:
+            _make_dirs(folder.parent, created)
+            plan.open_staging(tag)
+    except OSError as e:
+        raise _export_error("create a staging folder for", folder, e) from e
+    return plan
+
+
+#: a temporary name of :func:`write_atomic`: ``.<name>.<pid>.<n>.tmp``
+_TMP_RE = re.compile(r"\.(.+)\.\d+\.\d+\.tmp")
+
+
+def install_shared_stack(plan: StackPlan, meta: Mapping[str, Any] | None,
+                         display: Display | None) -> list[Path]:
+    """Put a stack that tasks wrote (:func:`open_shared_stack`) in place, once every
+    part is written: the temporary files of tasks whose worker died are removed, the
+    manifest written, the staging folder swapped (or merged) in. Run again after the
+    stack went in (its worker died before it could say so), it finds it done.
+
+    Returns the stack's files, as :func:`export_stack` does."""
+    names = plan.names
+    paths = [plan.folder / name for name in [*names, MANIFEST]]
+    staging = plan.write_folder
+    if plan.mode == "swap" and not staging.is_dir() and (plan.folder / MANIFEST).is_file():
+        return paths  # a run of this task that died after the swap
+    own = {*names, MANIFEST}
+    with os.scandir(staging) as it:
+        dead = [e.path for e in it
+                if (m := _TMP_RE.fullmatch(e.name)) is not None and m.group(1) in own]
+    for p in dead:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)
+    try:
+        write_atomic(staging / MANIFEST,
+                     _manifest_bytes(names, (len(names),), meta, display, False,
+                                     plane_displays(meta or {}, display, len(names))))
+    except OSError as e:
+        raise _export_error("write", plan.folder / MANIFEST, e) from e
+    try:
+        plan.install()
+    except OSError as e:
+        raise _export_error("replace", plan.folder, e) from e
     return paths
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "kept_on_resume",
     "manifest_header",
     "plan_stack",
+    "stage_tag",
     "watch_interrupts",
 ]
 
@@ -198,10 +199,18 @@ def _own_names(folder: Path, headers: Collection[str], pattern: re.Pattern[str])
 # --------------------------------------------------------------------------------------
 
 
-def staging_folder(folder: Path, kind: Literal["partial", "old"], inside: bool = False) -> Path:
-    """A new hidden name beside ``folder``, ``.<name>.napari-dicom-<pid>-<n>.<kind>``, or
-    inside it, ``.napari-dicom-<pid>-<n>.<kind>``."""
-    tail = f"{_TAG}-{os.getpid()}-{next(_counter)}.{kind}"
+def stage_tag() -> str:
+    """``<pid>-<n>``: a name for staging folders that no other call of this process (and
+    no other process alive on this machine) is given."""
+    return f"{os.getpid()}-{next(_counter)}"
+
+
+def staging_folder(folder: Path, kind: Literal["partial", "old"], inside: bool = False,
+                   tag: str | None = None) -> Path:
+    """A hidden name beside ``folder``, ``.<name>.napari-dicom-<tag>.<kind>``, or inside
+    it, ``.napari-dicom-<tag>.<kind>``; ``tag`` is a new :func:`stage_tag` unless given
+    (a stack written by several tasks: each finds the folder by the tag it was sent)."""
+    tail = f"{_TAG}-{tag or stage_tag()}.{kind}"
     return folder / f".{tail}" if inside else folder.with_name(f".{folder.name}.{tail}")
 
 
@@ -330,21 +339,24 @@ class StackPlan:
     previous: set[str] = field(default_factory=set)
     staging: Path | None = None
 
-    def open_staging(self) -> Path:
+    def open_staging(self, tag: str | None = None) -> Path:
         """Create :attr:`staging` (``swap``: beside the folder, whose parent must exist;
         ``merge``: inside it). A swap whose staging folder cannot be made beside an
-        existing folder (a parent the user may not write) becomes a merge."""
+        existing folder (a parent the user may not write) becomes a merge.
+
+        ``tag`` (:func:`stage_tag`): the staging folder's name is the tag's, and it may
+        exist already (a task run again after its worker died opens the same folder)."""
         if self.mode == "swap":
-            self.staging = staging_folder(self.folder, "partial")
+            self.staging = staging_folder(self.folder, "partial", tag=tag)
             try:
-                self.staging.mkdir()
+                self.staging.mkdir(exist_ok=tag is not None)
                 return self.staging
             except PermissionError:
                 if not self.folder.is_dir():
                     raise
                 self.mode = "merge"
-        self.staging = staging_folder(self.folder, "partial", inside=True)
-        self.staging.mkdir()
+        self.staging = staging_folder(self.folder, "partial", inside=True, tag=tag)
+        self.staging.mkdir(exist_ok=tag is not None)
         return self.staging
 
     @property
