@@ -743,3 +743,71 @@ def test_406_is_named(tmp_path: Path) -> None:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.mark.parametrize("form", ["content-length", "no-length-chunked", "gzip", "cut"])
+def test_multipart_reader_gives_each_instance_byte_for_byte(form: str) -> None:
+    """A real HTTP server on loopback sends three real files as a WADO-RS multipart reply:
+    parts with Content-Length (read straight into their buffers), parts without it
+    (found by their delimiter, sent in 1000-byte chunks so that delimiters straddle the
+    reads), gzip-encoded, and cut inside the second part (an error, never a short part)."""
+    import gzip
+    import http.server
+
+    files = [Path(p).read_bytes() for p in (CT_SMALL, MR_J2K, RGB_RLE)]
+    boundary = "b0undary-1234"
+    body = b""
+    for f in files:
+        length = b"" if form == "no-length-chunked" else f"Content-Length: {len(f)}\r\n".encode()
+        body += (f"--{boundary}\r\nContent-Type: application/dicom\r\n".encode() + length
+                 + b"\r\n" + f + b"\r\n")
+    body += f"--{boundary}--\r\n".encode()
+    if form == "cut":
+        body = body[:len(files[0]) + 2000]
+
+    class Multipart(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", 'multipart/related; type="application/dicom"; '
+                             f"boundary={boundary}")
+            if form == "no-length-chunked":
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i in range(0, len(body), 1000):
+                    piece = body[i:i + 1000]
+                    self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            data = gzip.compress(body) if form == "gzip" else body
+            if form == "gzip":
+                self.send_header("Content-Encoding", "gzip")
+            self.send_header("Connection", "close")
+            if form != "cut":
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Multipart)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/series"
+        with requests.get(url, stream=True, timeout=10) as r:
+            if form == "cut":
+                with pytest.raises(EOFError, match="ended inside a part"):
+                    list(dicomweb._iter_parts(r))
+                return
+            parts = [bytes(p) for p in dicomweb._iter_parts(r)]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert parts == files
+    ds, syntax, frames = dicomweb._split_instance(bytearray(parts[0]))
+    assert syntax == pydicom.dcmread(CT_SMALL).file_meta.TransferSyntaxUID
+    assert [bytes(f) for f in frames] == [pydicom.dcmread(CT_SMALL).PixelData]
+    assert "PixelData" not in ds and ds.SOPInstanceUID == pydicom.dcmread(CT_SMALL).SOPInstanceUID

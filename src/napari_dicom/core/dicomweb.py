@@ -25,8 +25,11 @@ and ``read_frame(ref, frame)`` one frame's pixel bytes (frame retrieval, PS3.18
   again the next time it is asked for.
 
 The HTTP work is done by ``dicomweb-client`` (the reference Python client, also used by
-3D Slicer); only the first-frame probe reads the reply's part headers itself, because
-the client returns frame bytes without the transfer syntax the server chose.
+3D Slicer), except two replies read here: the first-frame probe (the client returns
+frame bytes without the transfer syntax the server chose) and the series stream
+(:func:`_iter_parts`: each instance read from the socket straight into its own buffer,
+its native frames views of it; the client's ``iter_series`` copies every byte several
+times and parses every instance whole, pixels included).
 
 URL form (reader, CLI): ``dicomweb+http://HOST:PORT/ROOT/studies/<StudyUID>`` and
 ``.../studies/<StudyUID>/series/<SeriesUID>`` (``dicomweb+https://`` likewise).
@@ -46,6 +49,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -371,6 +375,8 @@ def date_range(start: str = "", end: str = "") -> str:
 # --------------------------------------------------------------------------------------
 
 _FrameKey = tuple[str, str, str, int]  # study, series, sop, 1-based frame number
+#: a frame's bytes: native frames of a streamed instance are read-only views of it
+_Frame = bytes | memoryview
 
 
 class _FrameCache:
@@ -379,17 +385,17 @@ class _FrameCache:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.size = 0
-        self._items: OrderedDict[_FrameKey, bytes] = OrderedDict()
+        self._items: OrderedDict[_FrameKey, _Frame] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: _FrameKey) -> bytes | None:
+    def get(self, key: _FrameKey) -> _Frame | None:
         with self._lock:
             data = self._items.get(key)
             if data is not None:
                 self._items.move_to_end(key)
             return data
 
-    def put(self, key: _FrameKey, data: bytes) -> None:
+    def put(self, key: _FrameKey, data: _Frame) -> None:
         with self._lock:
             if key in self._items:
                 return
@@ -408,20 +414,20 @@ class _Fetcher:
     """Fetch frames on up to ``workers`` threads: asked-for frames first, prefetches
     after them. Threads exist only while there is work (none is left idle)."""
 
-    def __init__(self, fetch: Callable[[_FrameKey], bytes], cache: _FrameCache,
+    def __init__(self, fetch: Callable[[_FrameKey], _Frame], cache: _FrameCache,
                  workers: int) -> None:
         self._fetch = fetch
         self._cache = cache
         self._workers = max(1, workers)
         self._lock = threading.Lock()
         self._queue: list[tuple[int, int, _FrameKey]] = []
-        self._pending: dict[_FrameKey, Future[bytes]] = {}
+        self._pending: dict[_FrameKey, Future[_Frame]] = {}
         self._started: set[_FrameKey] = set()
         self._running = 0
         self._seq = itertools.count()
 
     def get(self, key: _FrameKey, then: Callable[[], Iterable[_FrameKey]] | None = None,
-            streaming: Callable[[], bool] | None = None) -> bytes:
+            streaming: Callable[[], bool] | None = None) -> _Frame:
         """The frame ``key``: from the cache; from the series stream while it runs
         (``streaming()``); else fetched now on its own, with ``then()`` behind it."""
         data = self._cache.get(key)
@@ -444,7 +450,7 @@ class _Fetcher:
         self._spawn()
         return fut.result()
 
-    def deliver(self, key: _FrameKey, data: bytes) -> None:
+    def deliver(self, key: _FrameKey, data: _Frame) -> None:
         """A frame that came another way (the series stream)."""
         self._cache.put(key, data)
         with self._lock:
@@ -525,7 +531,7 @@ class _Stream:
     #: ``(sop, stored syntax, header)`` of every instance, once the stream has ended
     result: Future[list[tuple[str, str, Dataset]]] = field(default_factory=Future)
     #: frames (with their syntax) that came before the series' headers were settled
-    arrived: dict[str, tuple[str, list[bytes]]] = field(default_factory=dict)
+    arrived: dict[str, tuple[str, list[_Frame]]] = field(default_factory=dict)
     #: instances received so far, and when the request was sent (``time.monotonic``)
     count: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -820,7 +826,7 @@ class Server:
         accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
         what = f"instance {sop}"
 
-        def get() -> bytes:
+        def get() -> bytes | bytearray:
             with self.session.get(url, headers={"Accept": accept}, stream=True,
                                   timeout=self.timeout) as r:
                 r.raise_for_status()
@@ -954,7 +960,7 @@ class Server:
 
     # ---- frames ---------------------------------------------------------------------
 
-    def read_frame(self, ref: str, frame: int | None) -> bytes:
+    def read_frame(self, ref: str, frame: int | None) -> bytes | memoryview:
         """Pixel bytes of one frame (0-based ``frame``; ``None`` for a single-frame
         instance), in the syntax :meth:`frame_syntax` names: native bytes or one
         compressed frame. The rest of its series is fetched behind it."""
@@ -1008,7 +1014,7 @@ class Server:
         for t in threads:
             t.join()
 
-    def _deliver(self, info: _SeriesInfo, sop: str, ts: str, frames: list[bytes]) -> None:
+    def _deliver(self, info: _SeriesInfo, sop: str, ts: str, frames: list[_Frame]) -> None:
         """Streamed frames of one instance to the cache, when they are in the syntax the
         series' frames are asked for (else they are fetched on their own)."""
         native = info.syntax == str(ExplicitVRLittleEndian)
@@ -1067,7 +1073,7 @@ class Server:
             keys.extend((info.study, info.series, sop, i + 1) for i in range(n))
         return keys
 
-    def _fetch_frame(self, key: _FrameKey) -> bytes:
+    def _fetch_frame(self, key: _FrameKey) -> _Frame:
         study, series, sop, number = key
         info = self._series[(study, series)]
         what = f"frame {number} of instance {sop}"
@@ -1148,62 +1154,183 @@ def dataset_from_json(item: Mapping[str, Any],
     return ds
 
 
-def _iter_parts(response: requests.Response, chunk: int = 1 << 22) -> Iterator[bytes]:
-    """The bodies of a multipart/related reply (RFC 2387), each as soon as it has come
-    (one copy per part; dicomweb-client's parser copies each part more often and parses
-    every instance whole)."""
+class _Body:
+    """The body of a streamed reply, read in large pieces: straight from the socket into
+    the caller's buffer (``http.client``'s ``readinto``, no intermediate copies) when the
+    reply is not content-encoded, else through urllib3's ``read``. Socket faults become
+    the ``requests`` exceptions ``iter_content`` raises (a dropped connection, a timeout),
+    so that callers name them alike."""
+
+    def __init__(self, response: requests.Response) -> None:
+        import http.client
+
+        raw = response.raw
+        fp = getattr(raw, "_fp", None)  # urllib3's http.client response (1.x and 2.x)
+        coding = response.headers.get("content-encoding", "").strip().lower()
+        self._into: Callable[[memoryview], int] | None = None
+        if isinstance(fp, http.client.HTTPResponse) and coding in ("", "identity"):
+            self._into = fp.readinto
+        self._raw = raw
+        self._left = memoryview(b"")  # decoded bytes urllib3 gave beyond the last read
+        #: bytes read ahead of the caller (a part's headers, a delimiter)
+        self._buf = bytearray()
+        self._pos = 0
+
+    @staticmethod
+    @contextmanager
+    def _faults() -> Iterator[None]:
+        import http.client
+
+        import requests
+        import urllib3.exceptions as u3
+
+        try:
+            yield
+        except (TimeoutError, u3.ReadTimeoutError) as exc:
+            raise requests.exceptions.ReadTimeout(str(exc)) from None
+        except u3.DecodeError as exc:
+            raise requests.exceptions.ContentDecodingError(str(exc)) from None
+        except (u3.ProtocolError, u3.SSLError) as exc:
+            raise requests.exceptions.ChunkedEncodingError(
+                f"connection dropped ({type(exc).__name__})") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise requests.exceptions.ChunkedEncodingError(
+                f"connection dropped ({type(exc).__name__})") from None
+
+    def _read_into(self, view: memoryview) -> int:
+        """Fill ``view`` from the body (fewer bytes only at its end)."""
+        into = self._into
+        with self._faults():
+            done = 0
+            if into is None:  # urllib3 decodes (gzip...): its pieces may be any size
+                while done < len(view):
+                    if not self._left:
+                        self._left = memoryview(self._raw.read(1 << 18, decode_content=True))
+                        if not self._left:
+                            break
+                    k = min(len(view) - done, len(self._left))
+                    view[done:done + k] = self._left[:k]
+                    self._left = self._left[k:]
+                    done += k
+                return done
+            while done < len(view):
+                k = into(view[done:])
+                if not k:
+                    break
+                done += k
+            return done
+
+    def _fill(self, n: int) -> bool:
+        """Read up to ``n`` more bytes ahead; ``False`` at the end of the body."""
+        if self._pos and self._pos * 2 >= len(self._buf):
+            del self._buf[:self._pos]
+            self._pos = 0
+        tmp = bytearray(n)
+        k = self._read_into(memoryview(tmp))
+        if not k:
+            return False
+        self._buf += memoryview(tmp)[:k]
+        return True
+
+    def until(self, marker: bytes, step: int = 8192) -> bytes | None:
+        """The bytes before ``marker`` (``marker`` is consumed); ``None`` at the end."""
+        ahead = 0  # where to look from, after self._pos (bytes before it were looked at)
+        while True:
+            i = self._buf.find(marker, self._pos + ahead)
+            if i >= 0:
+                with memoryview(self._buf) as view:
+                    out = bytes(view[self._pos:i])
+                self._pos = i + len(marker)
+                return out
+            ahead = max(0, len(self._buf) - self._pos - len(marker) + 1)
+            if not self._fill(step):
+                return None
+
+    def peek(self, n: int) -> bytes:
+        while len(self._buf) - self._pos < n and self._fill(max(n, 64)):
+            pass
+        return bytes(self._buf[self._pos:self._pos + n])
+
+    def exactly(self, n: int) -> bytearray:
+        """The next ``n`` bytes, in a new buffer read into directly."""
+        out = bytearray(n)
+        have = min(n, len(self._buf) - self._pos)
+        out[:have] = self._buf[self._pos:self._pos + have]
+        self._pos += have
+        if have < n and self._read_into(memoryview(out)[have:]) < n - have:
+            raise EOFError("the reply ended inside a part")
+        return out
+
+
+def _iter_parts(response: requests.Response) -> Iterator[bytes | bytearray]:
+    """The bodies of a multipart/related reply (RFC 2387), each as soon as it has come.
+
+    A part with a Content-Length header (Orthanc, dcm4chee and Google's servers send it)
+    is read straight from the socket into its own buffer, with no search and no copy;
+    a part without one is found by its closing delimiter (``bytes.find`` over large
+    reads)."""
     media, params = _media(response.headers.get("content-type", ""))
     boundary = params.get("boundary")
     if media != "multipart/related" or not boundary:
         yield response.content
         return
-    delim = b"\r\n--" + boundary.encode("latin-1")
-    buf = bytearray(b"\r\n")  # the first boundary has no CRLF before it
-    in_body = False
-    search = 0
-    for data in response.iter_content(chunk):
-        buf += data
-        while True:
-            if not in_body:  # at a boundary: the end, or the next part's headers
-                i = buf.find(delim)
-                if i < 0:
-                    break
-                after = i + len(delim)
-                if len(buf) < after + 2:
-                    break
-                if buf[after:after + 2] == b"--":
-                    return
-                head = buf.find(b"\r\n\r\n", after)
-                if head < 0:
-                    break
-                del buf[:head + 4]
-                in_body, search = True, 0
-            i = buf.find(delim, search)
-            if i < 0:
-                search = max(0, len(buf) - len(delim) + 1)
-                break
-            with memoryview(buf) as view:
-                body = bytes(view[:i])
-            del buf[:i]
-            yield body
-            in_body = False
-    if in_body:
-        raise EOFError("the reply ended inside a part")
+    body = _Body(response)
+    dash = b"--" + boundary.encode("latin-1")
+    delim = b"\r\n" + dash
+    # the preamble (usually empty) ends with the first delimiter, at the start of a line
+    first = body.peek(len(dash))
+    if first == dash:
+        body.until(dash)
+    elif body.until(delim) is None:
+        raise EOFError("no part in the reply")
+    while True:
+        if body.peek(2) in (b"--", b""):  # the close delimiter, or a cut reply
+            return
+        head = body.until(b"\r\n\r\n")  # rest of the boundary line, then the headers
+        if head is None:
+            raise EOFError("the reply ended inside a part's headers")
+        length = None
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length" and value.strip().isdigit():
+                length = int(value.strip())
+        if length is not None:
+            part: bytes | bytearray = body.exactly(length)
+            if body.peek(len(delim)) != delim:
+                raise ValueError("a part is longer than its Content-Length")
+            body.until(delim)
+        else:
+            found = body.until(delim, step=1 << 20)
+            if found is None:
+                raise EOFError("the reply ended inside a part")
+            part = found
+        yield part
 
 
-def _split_instance(part: bytes) -> tuple[Dataset, str, list[bytes]]:
+#: bytes of a streamed instance its header is looked for in first (a CT slice's is ~1 KB)
+_HEAD_BYTES = 1 << 13
+
+
+def _split_instance(part: bytes | bytearray,
+                    ) -> tuple[Dataset, str, list[_Frame]]:
     """A Part 10 instance -> (header without Pixel Data, stored syntax, frames).
 
     The header is parsed up to Pixel Data and the frames are cut from the bytes after it
-    (PS3.5 7.1, A.4), without parsing the pixel data element; segmentations, structure
-    sets and anything unusual are parsed whole (their frames by :func:`_frames_of`)."""
+    (PS3.5 7.1, A.4), without parsing the pixel data element; native frames are read-only
+    views of ``part`` (no copy). Segmentations, structure sets and anything unusual are
+    parsed whole (their frames by :func:`_frames_of`)."""
     from io import BytesIO
 
     from pydicom import dcmread
 
     from .scan import OBJECT_CLASSES, _fast_header
 
-    fast = _fast_header(part)  # the folder scan's header parse (~3x pydicom's)
+    view = memoryview(part).toreadonly()
+    fast = None
+    for size in (_HEAD_BYTES, len(part)):  # the folder scan's header parse (~3x pydicom's)
+        fast = _fast_header(bytes(view[:size]))
+        if fast is not None or size >= len(part):
+            break
     if fast is not None:
         ds, at = fast
     else:
@@ -1216,7 +1343,7 @@ def _split_instance(part: bytes) -> tuple[Dataset, str, list[bytes]]:
              and ts != "1.2.840.10008.1.2.2")
     if not plain:
         ds = dcmread(BytesIO(part))
-        frames = _frames_of(ds) if "Rows" in ds else []
+        frames: list[_Frame] = list(_frames_of(ds)) if "Rows" in ds else []
         if frames and str(ds.get("SOPClassUID", "")) not in OBJECT_CLASSES:
             del ds.PixelData  # the header stays; the frames go to the cache
         return ds, ts, frames
@@ -1230,13 +1357,12 @@ def _split_instance(part: bytes) -> tuple[Dataset, str, list[bytes]]:
     if length == 0xFFFFFFFF:  # encapsulated (PS3.5 A.4)
         from pydicom.encaps import generate_frames
 
-        return ds, ts, list(generate_frames(part[start:], number_of_frames=n))
+        return ds, ts, list(generate_frames(bytes(view[start:]), number_of_frames=n))
     bits = int(ds.BitsAllocated)
     size = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * bits // 8
     if bits % 8 or size * n > length or start + length > len(part):
         return ds, ts, []
-    view = memoryview(part)
-    return ds, ts, [bytes(view[start + i * size:start + (i + 1) * size]) for i in range(n)]
+    return ds, ts, [view[start + i * size:start + (i + 1) * size] for i in range(n)]
 
 
 def _frames_of(ds: Dataset) -> list[bytes]:

@@ -442,7 +442,7 @@ def _fast_decode(
         data = series.source.read_frame(path, frame)
     else:
         data = _jpeg_frame(path, frame, plane)
-    _check_codestream(path, series, [data[:8192]])
+    _check_codestream(path, series, [bytes(data[:8192])])
     arr = np.asarray(getattr(_imagecodecs(), decoder)(data))
     if int(series.pixel_representation) == 1:
         arr = arr.view(f"i{arr.dtype.itemsize}")
@@ -717,7 +717,7 @@ def _decode_fetched(
         return _stored_bits(arr, series), None
     if fast == "jpeg":
         return _fast_decode(ref, frame, series), None
-    data = source.read_frame(ref, frame)
+    data = bytes(source.read_frame(ref, frame))  # pydicom takes bytes
     ds = copy.copy(source.read_header(ref))
     ds.file_meta = copy.copy(ds.file_meta)
     syntax = UID(source.frame_syntax(ref))

@@ -31,8 +31,9 @@ class FrameSource(Protocol):
     def read_header(self, ref: str) -> Dataset:
         """The header of the instance ``ref`` (no pixel data)."""
 
-    def read_frame(self, ref: str, frame: int | None) -> bytes:
-        """One frame's pixel bytes: native, or one compressed frame."""
+    def read_frame(self, ref: str, frame: int | None) -> bytes | memoryview:
+        """One frame's pixel bytes: native, or one compressed frame (a read-only view
+        where the source holds them in a larger buffer)."""
 
     def frame_syntax(self, ref: str) -> str:
         """The transfer syntax :meth:`read_frame` returns ``ref``'s frames in."""
