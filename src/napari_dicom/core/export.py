@@ -777,7 +777,9 @@ def open_shared_stack(folder: Path, n: int, *, tag: str, overwrite: bool = False
     """
     if folder.exists() and not folder.is_dir():
         raise ExportError(f"cannot write into {folder}: it exists and is not a folder")
-    remove_leftovers(folder)
+    # its own staging folder stays: this task may run again while ranges are written
+    # (Dask recomputes a result lost with its worker)
+    remove_leftovers(folder, keep=tag)
     plan = plan_stack(folder, plane_file_names((n,), folder.name), overwrite=overwrite,
                       resume=resume, manifest_headers=STACK_MANIFEST_HEADERS)
     created: list[Path] = []
@@ -811,8 +813,13 @@ def install_shared_stack(plan: StackPlan, meta: Mapping[str, Any] | None,
         return paths  # a run of this task that died after the swap
     own = {*names, MANIFEST}
     with os.scandir(staging) as it:
-        dead = [e.path for e in it
-                if (m := _TMP_RE.fullmatch(e.name)) is not None and m.group(1) in own]
+        present = {e.name for e in it}
+    dead = [staging / e for e in present
+            if (m := _TMP_RE.fullmatch(e)) is not None and m.group(1) in own]
+    missing = [name for name in names if name not in present]
+    if missing:  # never a stack with holes under its final name
+        raise ExportError(f"cannot complete {plan.folder}: {len(missing)} plane(s) were not "
+                          f"written, e.g. {missing[0]}")
     for p in dead:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(p)

@@ -226,16 +226,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_leftovers(folder: Path) -> None:
+def remove_leftovers(folder: Path, keep: str | None = None) -> None:
     """Remove staging folders beside and inside ``folder`` left by napari-dicom processes
-    that are gone (killed mid-export); those of running processes are left alone."""
+    that are gone (killed mid-export); those of running processes are left alone, and
+    those named by the tag ``keep`` (a stack several tasks write: the process that made
+    its tag may run on another machine, where its pid means nothing here)."""
     for where, prefix in ((folder.parent, f".{folder.name}.{_TAG}-"), (folder, f".{_TAG}-")):
         try:
             entries = os.listdir(where)
         except OSError:
             continue
         for entry in entries:
-            if not entry.startswith(prefix):
+            if not entry.startswith(prefix) or (keep and f"{_TAG}-{keep}." in entry):
                 continue
             m = _STAGE_RE.search(entry)
             if m is None or _pid_alive(int(m.group(1))):
