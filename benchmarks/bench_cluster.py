@@ -14,6 +14,11 @@ function the command line calls), into a fresh output folder:
 3. ``processes``: a ``dask scheduler`` and N ``dask worker`` processes started as separate
    programs on 127.0.0.1 (``--scheduler tcp://127.0.0.1:PORT``), as on real machines.
 
+With ``--split-compare``, a fourth row, ``local:N whole``: the same LocalCluster with
+long series NOT split by plane ranges (each one task, as before the split), to measure
+what splitting gives where a few long series meet more workers (e.g. ``--series 1
+--per-series 1200 --size 256``).
+
 Each path first exports a small warm-up tree (imports, first-call costs in every
 worker). The three run in ``--rounds`` rounds (default 3) of local, ``local:N``, processes: the
 machine is shared and its speed drifts within minutes, so each cluster run is compared
@@ -26,7 +31,7 @@ cluster is started once for many runs. Every output is compared byte for byte wi
 first local run's.
 
     python benchmarks/bench_cluster.py [--series 400] [--per-series 50] [--size 64]
-                                       [--workers 2] [--rounds 3]
+                                       [--workers 2] [--rounds 3] [--split-compare]
 """
 
 from __future__ import annotations
@@ -107,6 +112,24 @@ def run(src: Path, out: Path, jobs: int, runner: Any = None) -> dict[str, float]
             "images": batch.written, "workers": batch.workers}
 
 
+class Whole:
+    """A :class:`DaskRunner` exporting every series as one task (no plane ranges)."""
+
+    def __init__(self, runner: DaskRunner) -> None:
+        self.runner = runner
+        self.workers = runner.workers
+
+    def read_headers(self, files: list[str], progress: Any) -> list[Any]:
+        return self.runner.read_headers(files, progress)
+
+    def export_series(self, work: Any, options: ExportOptions) -> Any:
+        saved, self.runner.split = self.runner.split, sys.maxsize
+        try:
+            yield from self.runner.export_series(work, options)
+        finally:
+            self.runner.split = saved
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -120,6 +143,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--split-compare", action="store_true",
+                    help="also run local:N with long series not split (one task each)")
     args = ap.parse_args()
     jobs = os.cpu_count() or 1
     tmp = Path(tempfile.mkdtemp(prefix="napari-dicom-bench-cluster-"))
@@ -167,7 +192,10 @@ def main() -> None:
         t0 = time.perf_counter()
         with DaskRunner(f"local:{args.workers}") as local_n, DaskRunner(address) as remote:
             started[f"local:{args.workers}"] = time.perf_counter() - t0
-            runners = {"local": None, f"local:{args.workers}": local_n, "processes": remote}
+            runners: dict[str, Any] = {"local": None, f"local:{args.workers}": local_n,
+                                       "processes": remote}
+            if args.split_compare:
+                runners[f"local:{args.workers} whole"] = Whole(local_n)
             for r in runners.values():
                 if r is not None:
                     warm(r)
@@ -176,13 +204,13 @@ def main() -> None:
             table: dict[str, list[dict[str, float]]] = {name: [] for name in runners}
             for k in range(args.rounds):
                 for name, r in runners.items():
-                    out = tmp / f"out-{k}-{name.replace(':', '')}"
+                    out = tmp / f"out-{k}-{name.replace(':', '').replace(' ', '')}"
                     table[name].append(run(tmp / "src", out, jobs, r))
                     assert tree_bytes(out) == reference, f"{name}: output differs"
                     shutil.rmtree(out)
         print(f"{args.rounds} rounds; per run: files/s (whole run, scan phase, export phase); "
               "overhead: the run's time against the local run of the same round")
-        print(f"{'run':<10} {'workers':>7} {'files/s':>16} {'scan f/s':>16} "
+        print(f"{'run':<16} {'workers':>7} {'files/s':>16} {'scan f/s':>16} "
               f"{'export f/s':>16} {'overhead (median, range)':>26} {'start-up s':>10}")
         for name, rows in table.items():
             def rng(key: str, rows: list[dict[str, float]] = rows) -> str:
@@ -193,7 +221,7 @@ def main() -> None:
                           for r, base in zip(rows, table["local"], strict=True))
             ov = (f"{statistics.median(over):+.1f}% ({over[0]:+.0f}..{over[-1]:+.0f})"
                   if name != "local" else "")
-            print(f"{name:<10} {rows[0]['workers']:>7.0f} {rng('total'):>16} {rng('scan'):>16} "
+            print(f"{name:<16} {rows[0]['workers']:>7.0f} {rng('total'):>16} {rng('scan'):>16} "
                   f"{rng('export'):>16} {ov:>26} {started.get(name, 0.0):>10.1f}")
         print("every output the same bytes as the local run's (goal: overhead within 15 %)")
         print(f"load after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

@@ -546,6 +546,9 @@ class SharedStack:
     window over all its planes, as the one-task export computes it), the manifest's
     metadata and the stack plan (staging folder) every range writes into."""
 
+    #: the series (the range tasks take it from here: it travels once to each worker
+    #: with this result, not once in every range task)
+    series: Series
     plan: Any  # core.output.StackPlan
     display: Display
     note: str
@@ -592,10 +595,10 @@ def shared_prepare(series: Series, folder: Path, options: ExportOptions,
         return None
     except (WindowError, OSError, ValueError) as exc:
         return _failed(result, exc)
-    return SharedStack(plan, display, note, meta, keep, existing, result.incomplete)
+    return SharedStack(series, plan, display, note, meta, keep, existing, result.incomplete)
 
 
-def shared_range(series: Series, shared: SharedStack | SeriesResult | None,
+def shared_range(shared: SharedStack | SeriesResult | None,
                  part: tuple[int, int], options: ExportOptions) -> Exception | None:
     """Planes ``part[0]:part[1]`` of a series written in ranges, into the shared staging
     folder (through temporary names: a run again after a worker died rewrites them).
@@ -605,6 +608,7 @@ def shared_range(series: Series, shared: SharedStack | SeriesResult | None,
 
     if not isinstance(shared, SharedStack):
         return None
+    series = shared.series
     try:
         export_stack(PlaneStack(series, shared.keep), shared.display, shared.plan.folder,
                      meta=shared.meta, jobs=options.jobs, skip_existing=options.skip_existing,

@@ -82,10 +82,11 @@ PLANES_PER_TASK = 256
 SPLIT_PLANES = 256
 #: the environment variable that sets :data:`SPLIT_PLANES` (tests lower it)
 SPLIT_ENV = "NAPARI_DICOM_SPLIT_PLANES"
-#: planes of a range task at least (unless :data:`SPLIT_PLANES` is lower): ~0.3-1 s of
-#: work for CT planes, far above Dask's cost per task, while a 1000-plane series still
-#: spreads over ~30 workers
-MIN_RANGE = 32
+#: planes of a range task at least (unless :data:`SPLIT_PLANES` is lower): ~0.3 s of
+#: work for 512 x 512 CT planes, well above Dask's cost per task (a few ms, more on a
+#: loaded machine: with ranges of 32 planes of 256 x 256, ~25 ms each, a split series
+#: was slower than one task), while a 1000-plane series still spreads over 15 workers
+MIN_RANGE = 64
 
 #: seconds to wait for a scheduler to answer when connecting (and, once connected, for
 #: it to come back before the run is given up)
@@ -389,7 +390,7 @@ class DaskRunner:
             if not cut:
                 continue
             prep = self.client.submit(shared_prepare, s, f, opts, stage_tag(), pure=False)
-            parts = [self.client.submit(shared_range, s, prep, part, opts, pure=False)
+            parts = [self.client.submit(shared_range, prep, part, opts, pure=False)
                      for part in plane_ranges(k, length)]
             fin = self.client.submit(_finish_task, s, f, opts, prep, parts, pure=False)
             behind += [prep, *parts]
