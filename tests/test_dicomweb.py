@@ -811,3 +811,26 @@ def test_multipart_reader_gives_each_instance_byte_for_byte(form: str) -> None:
     assert syntax == pydicom.dcmread(CT_SMALL).file_meta.TransferSyntaxUID
     assert [bytes(f) for f in frames] == [pydicom.dcmread(CT_SMALL).PixelData]
     assert "PixelData" not in ds and ds.SOPInstanceUID == pydicom.dcmread(CT_SMALL).SOPInstanceUID
+
+
+@pytest.mark.parametrize("url, said", [
+    ("ftp://pacs/dicom-web", "ftp://pacs/dicom-web: not a DICOMweb URL"),
+    ("http://pacs:99999999/dicom-web", "server http://pacs:99999999/dicom-web: Port out of range"),
+])
+def test_widget_names_a_server_url_it_cannot_use(make_napari_viewer, qtbot: Any, url: str,
+                                                 said: str) -> None:
+    """A mistyped server field: one line naming it (status and a warning), no request, no
+    error dialog, and the widget stays usable."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "DICOMweb")
+    n = len(notification_manager.records)
+    widget.server_url.setText(url)
+    qtbot.mouseClick(widget.search_button, Qt.MouseButton.LeftButton)
+    assert widget.status.text().startswith(said)
+    assert not widget.busy and widget.search_button.isEnabled()
+    records = notification_manager.records[n:]
+    assert [r.severity for r in records] == [NotificationSeverity.WARNING]
+    assert str(records[0].message).startswith(said)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
+from _qtevents import mouse
 from napari_dicom.core.measure import HEADERS
 from napari_dicom.core.phantom import HU_LIVER, HU_SOFT, ct_phantom_volume, write_ct_phantom
 
@@ -260,31 +261,13 @@ def test_measure_in_napari_layers_measure_menu(make_napari_viewer: Any) -> None:
 # real mouse events on the canvas
 
 
-def _mouse(widget: Any, kind: str, xy: tuple[int, int], pressed: bool) -> None:
-    """A real QMouseEvent delivered by Qt to ``widget`` (the vispy canvas)."""
-    from qtpy.QtCore import QEvent, QPoint, QPointF, Qt
-    from qtpy.QtGui import QMouseEvent
-    from qtpy.QtWidgets import QApplication
-
-    types = {"press": QEvent.Type.MouseButtonPress, "move": QEvent.Type.MouseMove,
-             "release": QEvent.Type.MouseButtonRelease}
-    left = Qt.MouseButton.LeftButton
-    ev = QMouseEvent(
-        types[kind], QPointF(*xy), QPointF(widget.mapToGlobal(QPoint(*xy))),
-        Qt.MouseButton.NoButton if kind == "move" else left,
-        left if pressed else Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier,
-    )
-    QApplication.sendEvent(widget, ev)
-    QApplication.processEvents()
-
-
 def _drag(canvas: Any, start: tuple[int, int], end: tuple[int, int], steps: int = 8) -> None:
-    _mouse(canvas, "move", start, False)
-    _mouse(canvas, "press", start, True)
+    mouse(canvas, "move", start, False)
+    mouse(canvas, "press", start, True)
     for i in range(1, steps + 1):
-        _mouse(canvas, "move", (start[0] + (end[0] - start[0]) * i // steps,
+        mouse(canvas, "move", (start[0] + (end[0] - start[0]) * i // steps,
                                 start[1] + (end[1] - start[1]) * i // steps), True)
-    _mouse(canvas, "release", end, False)
+    mouse(canvas, "release", end, False)
 
 
 def test_shapes_drawn_with_the_mouse_are_measured(

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
+from _qtevents import mouse
 from napari_dicom.core.phantom import HU_PADDING, write_ct_phantom
 from napari_dicom.core.render import window_to_limits
 
@@ -42,30 +43,12 @@ def _inside(layer: Any) -> np.ndarray:
     return hu[hu != HU_PADDING]
 
 
-def _mouse(widget: Any, kind: str, xy: tuple[int, int], pressed: bool) -> None:
-    """A real QMouseEvent delivered by Qt to ``widget`` (the vispy canvas)."""
-    from qtpy.QtCore import QEvent, QPoint, QPointF, Qt
-    from qtpy.QtGui import QMouseEvent
-    from qtpy.QtWidgets import QApplication
-
-    types = {"press": QEvent.Type.MouseButtonPress, "move": QEvent.Type.MouseMove,
-             "release": QEvent.Type.MouseButtonRelease}
-    left = Qt.MouseButton.LeftButton
-    ev = QMouseEvent(
-        types[kind], QPointF(*xy), QPointF(widget.mapToGlobal(QPoint(*xy))),
-        Qt.MouseButton.NoButton if kind == "move" else left,
-        left if pressed else Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier,
-    )
-    QApplication.sendEvent(widget, ev)
-    QApplication.processEvents()
-
-
 def _drag(canvas: Any, dx: int, dy: int, steps: int = 10) -> None:
     x0, y0 = canvas.width() // 2, canvas.height() // 2
-    _mouse(canvas, "press", (x0, y0), True)
+    mouse(canvas, "press", (x0, y0), True)
     for k in range(1, steps + 1):
-        _mouse(canvas, "move", (x0 + dx * k // steps, y0 + dy * k // steps), True)
-    _mouse(canvas, "release", (x0 + dx, y0 + dy), False)
+        mouse(canvas, "move", (x0 + dx * k // steps, y0 + dy * k // steps), True)
+    mouse(canvas, "release", (x0 + dx, y0 + dy), False)
 
 
 def test_widget_from_the_plugins_menu_holds_the_real_layer(docked: tuple[Any, Any, Any]) -> None:

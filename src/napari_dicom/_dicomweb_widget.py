@@ -171,6 +171,16 @@ class DicomWebWidget(QWidget):
 
     # ------------------------------------------------------------------ actions
 
+    def _server_or_say(self) -> dicomweb.Server | None:
+        """The server of the fields, or ``None`` with the reason said (a bad URL or
+        credentials: one line, no request made)."""
+        try:
+            return self._server()
+        except ValueError as exc:
+            text, why = self.server_url.text().strip(), str(exc)
+            self._say(why if text in why else f"server {text}: {why}", problem=True)
+            return None
+
     @property
     def busy(self) -> bool:
         """Whether a request is running (Search and Open wait for it)."""
@@ -215,10 +225,8 @@ class DicomWebWidget(QWidget):
         (their series on expanding one)."""
         if self.busy:
             return
-        try:
-            server = self._server()
-        except ValueError as exc:
-            self._say(str(exc), problem=True)
+        server = self._server_or_say()
+        if server is None:
             return
         self.results.clear()
         filters = self.filters()
@@ -250,10 +258,8 @@ class DicomWebWidget(QWidget):
         if self.busy:
             item.setExpanded(False)  # expanding it again asks again
             return
-        try:
-            server = self._server()
-        except ValueError as exc:
-            self._say(str(exc), problem=True)
+        server = self._server_or_say()
+        if server is None:
             return
         self._run(f"listing the series of {study.description or study.uid}",
                   lambda: server.search_series(study.uid),
@@ -280,10 +286,8 @@ class DicomWebWidget(QWidget):
         part on a worker thread, the layers made on the GUI thread."""
         if self.busy:
             return
-        try:
-            server = self._server()
-        except ValueError as exc:
-            self._say(str(exc), problem=True)
+        server = self._server_or_say()
+        if server is None:
             return
         rows = [item.data(0, _ROW) for item in self.results.selectedItems()]
         if not rows:
