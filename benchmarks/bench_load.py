@@ -326,10 +326,26 @@ def bench_widget(folder: Path) -> None:
         QApplication.processEvents()
         t_plain = time.perf_counter() - t0
         del copy
+        viewer.layers.clear()
+        # the widget already docked when the series is opened: from the swap (the volume
+        # in memory) until it shows the whole-series histogram
+        _, widget = viewer.window.add_plugin_dock_widget("napari-dicom", "Window / Level")
+        QApplication.processEvents()
+        layer = viewer.open(str(folder), plugin="napari-dicom")[0]
+        while not isinstance(layer.data, np.ndarray):
+            QApplication.processEvents()
+            time.sleep(0.001)
+        t0 = time.perf_counter()
+        while widget._scope.value != "whole series":
+            QApplication.processEvents()
+            time.sleep(0.001)
+        t_docked = time.perf_counter() - t0
         print(f"widget taking the layer, {layer.data.shape[0]} slices, right after the swap "
               f"({t_swap:4.2f} s after open returned): shown in {t_shown:5.3f} s (current "
               f"slice), whole-series histogram after {t_ours:5.3f} s | same widget on a "
-              f"plain numpy copy: {t_plain:5.3f} s (goal <= 0.2 s)", flush=True)
+              f"plain numpy copy: {t_plain:5.3f} s | widget docked before the open: "
+              f"whole-series histogram {t_docked:5.3f} s after the swap (goal <= 0.2 s)",
+              flush=True)
     finally:
         viewer.close()
 
