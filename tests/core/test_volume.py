@@ -195,6 +195,11 @@ def test_native_series_load_now_up_to_a_larger_size(written: Callable[[str, str]
     assert pixels._fast_kind(raw) == "native"
     assert isinstance(open_series(raw), np.ndarray)
     assert isinstance(open_series(jpegll), SeriesVolume)
+    # one plane read slower than the whole may take (a slow disk, a network share): behind
+    monkeypatch.setattr(volume, "LOAD_NOW_SECONDS", 0.0)
+    assert isinstance(open_series(raw), SeriesVolume)
+    monkeypatch.setattr(volume, "LOAD_NOW_SECONDS", 0.15)
+    assert isinstance(open_series(raw), np.ndarray)
     monkeypatch.setattr(volume, "BACKGROUND_BYTES", N * plane_bytes // 6)  # 6x: too large
     assert isinstance(open_series(raw), SeriesVolume)
     np.testing.assert_array_equal(np.asarray(open_series(raw)), expected_hu("ge"))
