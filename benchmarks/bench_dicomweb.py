@@ -65,10 +65,9 @@ def fresh_session() -> None:
     """Forget the plugin's servers (and their frame caches): each run downloads again."""
     from napari_dicom.core import dicomweb
 
-    for server in dicomweb._SERVERS.values():
-        server.close()  # the last run's series stream must not compete with this one
-    dicomweb._SERVERS.clear()
-    gc.collect()  # their frames freed now, not by a collection inside the next timing
+    for server in list(dicomweb._SERVERS.values()):
+        server.close()  # its stream stopped, its frames freed, itself out of the session
+    gc.collect()  # anything else of the last run freed now, not inside the next timing
 
 
 def plugin_first(url: str) -> None:
