@@ -613,6 +613,7 @@ def test_seg_alone_is_fetched_once_and_named_by_its_url(
     series stream, not again for its file), and closing the server frees the session's
     frames and downloads at once."""
     from napari.utils.notifications import notification_manager
+
     from segdata import write_ct, write_seg
 
     skip_without_orthanc()
