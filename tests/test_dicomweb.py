@@ -83,7 +83,7 @@ def _no_credentials_around(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 
 
 def _count_frames(server: dicomweb.Server) -> list[str]:
-    """Frame requests made through ``server``'s session from now on."""
+    """Frame requests made through ``server``'s pixel session from now on."""
     seen: list[str] = []
 
     def hook(r: requests.Response, *args: Any, **kw: Any) -> requests.Response:
@@ -91,7 +91,7 @@ def _count_frames(server: dicomweb.Server) -> list[str]:
             seen.append(r.url)
         return r
 
-    server.session.hooks["response"].append(hook)
+    server.pixel_session.hooks["response"].append(hook)
     return seen
 
 
@@ -187,6 +187,26 @@ def test_frames_are_fetched_once_per_session(orthanc: Orthanc, data: Data) -> No
     again = np.asarray(load_series(scan([url]).series[0], lazy=False))
     np.testing.assert_array_equal(first, again)
     assert len(frames) <= 1  # at most once (the first frame may have come with the headers)
+
+
+def test_pixels_come_uncompressed_frame_by_frame(orthanc: Orthanc, data: Data) -> None:
+    """Frames are asked for without HTTP compression (Orthanc gzips an answer when the
+    client offers it, as requests does by default: ~10x its time per frame), searches
+    and metadata with it; the values are the files' either way."""
+    server = dicomweb.Server(orthanc.base, stream=False)  # frame by frame, fresh cache
+    answers: dict[str, list[str]] = {"pixels": [], "json": []}
+    server.pixel_session.hooks["response"].append(
+        lambda r, *a, **kw: answers["pixels"].append(r.headers.get("content-encoding", "")))
+    server.session.hooks["response"].append(
+        lambda r, *a, **kw: answers["json"].append(r.headers.get("content-encoding", "")))
+    items = server.series_datasets(*_uids(next(iter(sorted(data.native.iterdir())))))
+    remote = np.asarray(load_series(scan_datasets(items, source=server).series[0],
+                                    lazy=False))
+    local = np.asarray(load_series(scan([str(data.native)]).series[0], lazy=False))
+    np.testing.assert_array_equal(remote, local)
+    assert len(answers["pixels"]) >= 12 and set(answers["pixels"]) == {""}
+    assert "gzip" in answers["json"]  # the metadata: the server compressed it
+    server.close()
 
 
 def test_first_plane_first_then_the_rest_streams(orthanc: Orthanc, data: Data) -> None:
@@ -330,7 +350,7 @@ def test_server_stopped_mid_series_fails_then_completes_on_retry(
             return r
 
         got: list[str] = []
-        source.session.hooks["response"].append(stop_after_two)
+        source.pixel_session.hooks["response"].append(stop_after_two)
         source._fetcher._workers = 1  # one connection: the stop falls between two frames
         with pytest.raises(DicomWebError) as exc:
             load_series(series, lazy=False)
@@ -342,7 +362,7 @@ def test_server_stopped_mid_series_fails_then_completes_on_retry(
             source._series[(series.study_uid, series.uid)]))
         assert 0 < fetched < 12  # some frames came, the volume was not made of them
         # the server back: the same load completes, equal to the files
-        source.session.hooks["response"].remove(stop_after_two)
+        source.pixel_session.hooks["response"].remove(stop_after_two)
         server.start()
         got_back = np.asarray(load_series(series, lazy=False))
         want = np.asarray(load_series(scan([str(data.native)]).series[0], lazy=False))
