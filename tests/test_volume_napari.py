@@ -194,3 +194,42 @@ def test_summary_names_the_dtype_the_volume_ends_in(
     assert layer.data.dtype == np.int32 and layer.data[N - 1, 5, 7] == -33792
     summary = layer.metadata["dicom"]["summary"]
     assert "values in HU (int32)" in summary and "int16" not in summary
+
+
+def test_widget_sums_a_loaded_volumes_histogram_behind(
+    make_napari_viewer: Any, qtbot: Any, series_folder: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A series loaded before the reader returned (a numpy array, no loader's histogram):
+    the widget docked on it does not block the GUI on the whole-series histogram; it
+    shows the current slice, sums the histogram once on a thread, then goes to the whole
+    series. A second widget reuses that sum."""
+    monkeypatch.setattr(volume, "BEHIND_BYTES", 1)  # this small volume counts as large
+    gate = threading.Event()
+    sums: list[int] = []
+    real = volume.histogram_of
+
+    def gated_histogram(arr: np.ndarray, jobs: int = 1) -> Any:
+        sums.append(arr.shape[0])
+        gate.wait(30)
+        return real(arr, jobs)
+
+    monkeypatch.setattr(volume, "histogram_of", gated_histogram)
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(series_folder), plugin=PLUGIN)[0]
+    assert isinstance(layer.data, np.ndarray)  # loaded now: no background loader
+    assert stats.histogram_pending(layer.data) is None
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Window / Level")
+    assert widget._layer_combo.value is layer
+    qtbot.wait(100)  # the GUI runs on while the sum waits at the gate
+    assert stats.histogram_pending(layer.data) is not None
+    assert widget._scope.value == "current slice"
+    assert sums == [N]
+    gate.set()
+    qtbot.waitUntil(lambda: widget._scope.value == "whole series", timeout=30000)
+    _edges, counts = widget._stats_for(layer).histogram(256, "series")
+    assert counts.sum() == int((layer.data != -3024).sum())  # padding left out
+    assert widget._stats_for(layer).minmax("series") == (
+        float(layer.data[layer.data != -3024].min()), float(layer.data.max()))
+    viewer.window.remove_dock_widget("all")
+    _, again = viewer.window.add_plugin_dock_widget(PLUGIN, "Window / Level")
+    assert again._scope.value == "whole series" and sums == [N]  # kept with the array

@@ -75,6 +75,7 @@ from .core.render import (
     normalize_function,
 )
 from .core.stats import LayerStats, histogram_image, histogram_pending
+from .core.volume import histogram_behind
 
 if TYPE_CHECKING:
     import napari
@@ -490,6 +491,9 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         layer.events.contrast_limits.connect(self._on_limits)
         layer.events.colormap.connect(self._on_colormap)
         layer.events.data.connect(self._on_data)
+        # a large in-memory volume's histogram is summed behind (the widget shows the
+        # current slice until then) rather than blocking the GUI for it
+        histogram_behind(_layer_array(layer))
         with self._guard():
             self._preset.reset_choices()
             self._preset.value = CUSTOM
@@ -508,6 +512,12 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
     def _on_data(self, event: Any = None) -> None:
         if self._layer is not None:
             self._stats.pop(id(self._layer), None)
+            if (histogram_behind(_layer_array(self._layer)) is not None
+                    and self._scope.value == "whole series"):
+                # new data whose histogram is being summed: its current slice until then
+                self._scope_for_lazy = True
+                with self._guard():
+                    self._scope.value = "current slice"
             if self._scope_for_lazy and not _is_lazy(self._layer):
                 self._scope_for_lazy = False
                 with self._guard():

@@ -183,6 +183,23 @@ def test_over_budget_stays_lazy_with_a_cache(written: Callable[[str, str], Path]
     assert isinstance(open_series(s, budget=N * plane_bytes), np.ndarray)
 
 
+def test_native_series_load_now_up_to_a_larger_size(written: Callable[[str, str], Path],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Native data read from the files' tails decodes about as fast as napari adds a
+    layer: up to NATIVE_FACTOR times BACKGROUND_BYTES it is loaded before the reader
+    returns; compressed data of the same size loads in the background."""
+    plane_bytes = SIZE * SIZE * 2
+    # the series is 4 times this limit: past it as compressed data, within 5x as native
+    monkeypatch.setattr(volume, "BACKGROUND_BYTES", N * plane_bytes // 4)
+    raw, jpegll = one_series(written("ge", "raw")), one_series(written("ge", "jpegll"))
+    assert pixels._fast_kind(raw) == "native"
+    assert isinstance(open_series(raw), np.ndarray)
+    assert isinstance(open_series(jpegll), SeriesVolume)
+    monkeypatch.setattr(volume, "BACKGROUND_BYTES", N * plane_bytes // 6)  # 6x: too large
+    assert isinstance(open_series(raw), SeriesVolume)
+    np.testing.assert_array_equal(np.asarray(open_series(raw)), expected_hu("ge"))
+
+
 def test_lazy_choice_reads_the_memory_available(written: Callable[[str, str], Path],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     s = one_series(written("ge"))
@@ -218,3 +235,20 @@ def test_views_index_as_numpy(written: Callable[[str, str], Path], in_memory: bo
         full = vol.finished(view)
         np.testing.assert_array_equal(full, ref.transpose(2, 0, 1))
         assert LayerStats(full).series_histogram().total == ref.size
+
+
+def test_histogram_behind_sums_once_and_keeps_it(written: Callable[[str, str], Path],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    arr = np.asarray(load_now(one_series(written("ge"))))
+    assert volume.histogram_behind(arr) is None  # under BEHIND_BYTES: counted where needed
+    monkeypatch.setattr(volume, "BEHIND_BYTES", 1)
+    fut = volume.histogram_behind(arr)
+    assert fut is not None
+    h = fut.result(timeout=30)
+    ref = np.unique(arr, return_counts=True)
+    assert h.offset == ref[0][0] and h.total == arr.size
+    np.testing.assert_array_equal(h.counts[ref[0] - h.offset], ref[1])
+    assert known_histogram(arr) is h
+    assert volume.histogram_behind(arr) is None  # kept: not summed again
+    assert volume.histogram_behind(arr.astype(np.float32)) is None  # integers only
+    assert volume.histogram_behind(arr[0].ravel()) is None  # 1-D: no planes

@@ -81,6 +81,13 @@ def histogram_pending(arr: Any) -> Future[IntHistogram] | None:
     return hist if isinstance(hist, Future) and not hist.done() else None
 
 
+def histogram_kept(arr: Any) -> bool:
+    """Whether a histogram of this very array is kept (summed, or being summed)."""
+    with _KNOWN_LOCK:
+        entry = _KNOWN.get(id(arr))
+    return entry is not None and entry[0]() is arr
+
+
 def known_histogram(arr: Any) -> IntHistogram | None:
     """The histogram :func:`remember_histogram` kept for this very array (waiting for it
     when it is being summed), or ``None``."""
