@@ -7,8 +7,9 @@ files of 64 x 64, one folder per series), written by this script into a temporar
 Measured in the same run, each through :func:`napari_dicom.core.batch.export_all` (the
 function the command line calls), into a fresh output folder:
 
-1. ``local``: this process (the scan over forked processes, series side by side on
-   threads), ``--jobs`` = the cores;
+1. ``local``: a fresh Python process per run, as the command line is (the scan over
+   forked processes, series side by side on threads), ``--jobs`` = the cores; not this
+   process, which holds the clients' threads and so could not fork its scan;
 2. ``local:N``: a :class:`distributed.LocalCluster` of N worker processes
    (``--scheduler local:N``);
 3. ``processes``: a ``dask scheduler`` and N ``dask worker`` processes started as separate
@@ -32,11 +33,13 @@ first local run's.
 
     python benchmarks/bench_cluster.py [--series 400] [--per-series 50] [--size 64]
                                        [--workers 2] [--rounds 3] [--split-compare]
+                                       [--tree DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -130,6 +133,23 @@ class Whole:
             self.runner.split = saved
 
 
+def run_local(src: Path, out: Path, jobs: int, warm: Path) -> dict[str, float]:
+    """:func:`run` in a fresh process with no other thread, as ``napari-dicom export``
+    runs (a process holding a Dask client's threads reads the headers in-process: it may
+    not fork); ``warm`` is exported first there, outside the timing."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (SRC, os.environ.get("PYTHONPATH", "")) if p))
+    done = subprocess.run([sys.executable, __file__, "--child", str(src), str(out), str(jobs),
+                           str(warm)], env=env, check=True, capture_output=True, text=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def child(src: str, out: str, jobs: str, warm: str) -> None:
+    run(Path(warm), Path(out + "-warm"), int(jobs))
+    shutil.rmtree(out + "-warm")
+    print(json.dumps(run(Path(src), Path(out), int(jobs))))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -145,19 +165,32 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--split-compare", action="store_true",
                     help="also run local:N with long series not split (one task each)")
+    ap.add_argument("--tree", type=Path,
+                    help="keep the input tree in this folder (written there once, reused)")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        child(*args.child)
+        return
     jobs = os.cpu_count() or 1
     tmp = Path(tempfile.mkdtemp(prefix="napari-dicom-bench-cluster-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
         t0 = time.perf_counter()
-        n_files = write_tree(tmp / "src", args.series, args.per_series, args.size)
+        trees = tmp if args.tree is None else args.tree / (
+            f"{args.series}x{args.per_series}x{args.size}")
+        if not (trees / "done").exists():
+            shutil.rmtree(trees / "src", ignore_errors=True)
+            write_tree(trees / "src", args.series, args.per_series, args.size)
+            (trees / "done").touch()
+        n_files = args.series * args.per_series
         print(f"tree: {n_files} files in {args.series} series of {args.size}x{args.size} "
               f"(written in {time.perf_counter() - t0:.0f} s); load: "
               f"{os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}; cores: {jobs}")
         # warm-up: the first export in a process imports numpy, pydicom, the codecs (each
         # worker too): a small tree through every path before its timed run
         write_tree(tmp / "warm", 4, 5, args.size)
+        source = trees / "src"
         n_warm = 0
 
         def warm(runner: Any = None) -> None:
@@ -165,9 +198,8 @@ def main() -> None:
             n_warm += 1
             run(tmp / "warm", tmp / f"out-warm{n_warm}", jobs, runner)
 
-        warm()
         ref = tmp / "out-ref"
-        run(tmp / "src", ref, jobs)
+        run_local(source, ref, jobs, tmp / "warm")
         reference = tree_bytes(ref)
         shutil.rmtree(ref)
 
@@ -197,7 +229,7 @@ def main() -> None:
             if args.split_compare:
                 runners[f"local:{args.workers} whole"] = Whole(local_n)
             for r in runners.values():
-                if r is not None:
+                if r is not None:  # the local run warms up in its own process
                     warm(r)
             # rounds of (local, local:N, processes): each cluster run against the local
             # run of its own round, the machine's speed drifting between rounds
@@ -205,7 +237,8 @@ def main() -> None:
             for k in range(args.rounds):
                 for name, r in runners.items():
                     out = tmp / f"out-{k}-{name.replace(':', '').replace(' ', '')}"
-                    table[name].append(run(tmp / "src", out, jobs, r))
+                    table[name].append(run(source, out, jobs, r) if r is not None
+                                       else run_local(source, out, jobs, tmp / "warm"))
                     assert tree_bytes(out) == reference, f"{name}: output differs"
                     shutil.rmtree(out)
         print(f"{args.rounds} rounds; per run: files/s (whole run, scan phase, export phase); "

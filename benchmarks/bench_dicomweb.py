@@ -5,8 +5,9 @@ Run: ``python benchmarks/bench_dicomweb.py [--slices 300] [--size 512] [--repeat
 (needs the Debian packages orthanc and orthanc-dicomweb).
 
 For a 300-slice 512 x 512 int16 CT, uncompressed and JPEG Lossless SV1, uploaded to an
-Orthanc started for the run (the tests' helper, ``tests/_orthanc.py``), it prints, each
-the median of ``--repeat`` runs with the plugin's session cache emptied before each:
+Orthanc started for the run (the tests' helper, ``tests/_orthanc.py``, default Orthanc
+settings but for the port and storage), it prints, each the median of ``--repeat`` runs
+with the plugin's session servers closed (``Server.close()``: frames freed) before each:
 
 * **first slice**: the series URL's headers read (``scan(url)``: one metadata request and
   the first-frame probe) and one plane decoded, as the reader's background volume gives
@@ -65,10 +66,9 @@ def fresh_session() -> None:
     """Forget the plugin's servers (and their frame caches): each run downloads again."""
     from napari_dicom.core import dicomweb
 
-    for server in dicomweb._SERVERS.values():
-        server.close()  # the last run's series stream must not compete with this one
-    dicomweb._SERVERS.clear()
-    gc.collect()  # their frames freed now, not by a collection inside the next timing
+    for server in list(dicomweb._SERVERS.values()):
+        server.close()  # its stream stopped, its frames freed, itself out of the session
+    gc.collect()  # anything else of the last run freed now, not inside the next timing
 
 
 def plugin_first(url: str) -> None:

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -460,3 +460,46 @@ def test_worker_killed_during_a_split_series(split_tree: Path, split_reference: 
     tree = _tree(out)
     assert tree.pop("manifest.csv") != split_reference["manifest.csv"]  # says what was kept
     assert tree == {k: v for k, v in split_reference.items() if k != "manifest.csv"}
+
+
+def _held(client: distributed.Client, name: str) -> int:
+    """Futures this client holds of tasks running ``name``."""
+    return sum(1 for key in list(client.futures) if str(key).startswith(f"{name}-"))
+
+
+def test_finished_series_are_let_go(split_tree: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a series' result is in, the client lets go of its tasks (for a split series,
+    its first and range tasks too), so a worker dying later cannot have them run again
+    behind the run's back (an export rewritten, a staging folder opened again with no
+    task left to install it); after the run the scheduler holds no task of it."""
+    from napari_dicom.core.batch import ExportOptions
+    from napari_dicom.core.cluster import DaskRunner
+    from napari_dicom.core.scan import scan
+
+    monkeypatch.setenv("NAPARI_DICOM_SPLIT_PLANES", "8")
+
+    def settle(check: Callable[[], bool]) -> bool:
+        """``check()`` once Dask has handled the releases (they are messages)."""
+        deadline = time.monotonic() + 30
+        while not check() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return check()
+
+    with DaskRunner("local:2") as runner:
+        client = runner.client
+        scanned = scan([str(split_tree)], reader=runner.read_headers)
+        assert settle(lambda: _held(client, "read_headers") == 0)
+        long = {i for i, s in enumerate(scanned.series) if len(s.planes) > 8}
+        assert len(long) == 2
+        work = [(i, s, tmp_path / "out" / f"s{i}") for i, s in enumerate(scanned.series)]
+        results = {}
+        for i, res in runner.export_series(work, ExportOptions()):
+            results[i] = res
+            left = len(long - set(results))
+            assert settle(lambda left=left: _held(client, "shared_prepare") == left
+                          and _held(client, "shared_range") == 5 * left), (i, left)
+        assert sorted(results) == list(range(len(scanned.series)))
+        assert [r.status for r in results.values()] == ["ok"] * len(results)
+        assert settle(lambda: client.run_on_scheduler(
+            lambda dask_scheduler: len(dask_scheduler.tasks)) == 0)

@@ -625,6 +625,55 @@ def test_study_with_seg_and_rtstruct_gives_the_layers_the_files_give(
         server.stop()
 
 
+def test_seg_alone_is_fetched_once_and_named_by_its_url(
+        make_napari_viewer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SEG whose CT is not on the server, opened by its series URL (File > Open): its
+    warnings name its URL (never the downloaded copy), its bytes come once (with the
+    series stream, not again for its file), and closing the server frees the session's
+    frames and downloads at once."""
+    from napari.utils.notifications import notification_manager
+
+    from segdata import write_ct, write_seg
+
+    skip_without_orthanc()
+    _no_credentials_around(monkeypatch, tmp_path)
+    folder = tmp_path / "study"
+    ct = write_ct(folder / "ct", n=8, size=40)
+    masks = np.zeros((8, 40, 40, 3), bool)
+    masks[1:5, 5:20, 5:20, 0] = True
+    masks[3:7, 15:30, 15:30, 1] = True
+    masks[6:8, 30:36, 2:8, 2] = True
+    write_seg(folder / "seg.dcm", ct, masks)
+    server = Orthanc(tmp_path / "orthanc")
+    try:
+        server.upload([folder / "seg.dcm", ct[0]])  # one CT instance, not its series
+        study, seg_series = _uids(folder / "seg.dcm")
+        sop = str(pydicom.dcmread(folder / "seg.dcm", stop_before_pixels=True)
+                  .SOPInstanceUID)
+        source = server_for(server.base)
+        asked: list[str] = []
+        source.pixel_session.hooks["response"].append(
+            lambda r, *a, **kw: asked.append(r.url))
+        n = len(notification_manager.records)
+        url = server.dicomweb(study, seg_series)
+        layers = make_napari_viewer().open(url, plugin=PLUGIN)
+        said = [str(r.message) for r in notification_manager.records[n:]]
+        assert sorted(type(ly).__name__ for ly in layers) == ["Image", "Labels", "Labels"]
+        assert any(f"{url}/instances/{sop}" in w and "shown on its own geometry" in w
+                   for w in said), said
+        assert not any(".dcm" in w or "napari-dicom-dicomweb-" in w for w in said), said
+        # the SEG's series streamed once (then its CT's), the SEG not asked for again
+        assert asked.count(f"{server.base}/studies/{study}/series/{seg_series}") == 1
+        assert not any(sop in u for u in asked), asked
+        [copy] = source._files.values()
+        assert Path(copy).is_file() and source._cache.size > 0
+        source.close()
+        assert not Path(copy).parent.exists() and source._cache.size == 0
+        assert server_for(server.base) is not source
+    finally:
+        server.stop()
+
+
 def test_widget_stays_responsive_while_a_server_is_silent(make_napari_viewer, qtbot: Any,
                                                           orthanc: Orthanc) -> None:
     """A search runs on a worker thread: while a server that accepts the connection never

@@ -6,13 +6,14 @@ the folders, names every output folder (in scan order, so names never depend on 
 counts progress and writes the run manifest on this machine, and hands two kinds of work
 to a :class:`DaskRunner`:
 
-* **header reads**: the file list, split by folder into chunks of about
-  :data:`FILES_PER_TASK` files (a folder is usually one series: its files stay on one
-  worker), each chunk :func:`~napari_dicom.core.scan.read_headers` on a worker;
+* **header reads**: the file list, split by folder into chunks (about four a worker,
+  :data:`FILES_PER_TASK` to :data:`MAX_FILES_PER_TASK` files: :func:`chunk_size`; a
+  folder is usually one series: its files stay on one worker), each chunk
+  :func:`~napari_dicom.core.scan.read_headers` on a worker;
 * **series exports**: the series is the unit of work,
   :func:`~napari_dicom.core.batch.export_one` on a worker with the folder named here;
-  small series are grouped, a few per task, up to :data:`PLANES_PER_TASK` planes
-  (:func:`task_groups`);
+  small series are grouped, a few per task, up to :data:`PLANES_PER_TASK` planes and
+  :data:`PIXELS_PER_TASK` pixels (:func:`task_groups`);
 * **long series split by plane ranges**: a series of more than :data:`SPLIT_PLANES`
   planes (``NAPARI_DICOM_SPLIT_PLANES`` in the environment changes it) is three kinds
   of task: one :func:`~napari_dicom.core.batch.shared_prepare` (the display of the
@@ -27,9 +28,12 @@ to a :class:`DaskRunner`:
   decoded sends the series back to one task (:func:`~napari_dicom.core.batch.export_one`,
   which leaves out and reports damaged planes as the local run does).
 
-Results stream back as they finish (``distributed.as_completed``) into the same progress
-bar and the same run manifest; the PNG encoder is deterministic, so the files are byte
-for byte those of a local run whatever the number of workers or the order of completion.
+Results stream back as they finish (``distributed.wait``, the results of all that
+finished fetched in one request) into the same progress bar and the same run manifest;
+each task is let go (its future released) as soon as its result is here, so a worker
+that dies later does not have finished work run again behind the run's back. The PNG
+encoder is deterministic, so the files are byte for byte those of a local run whatever
+the number of workers or the order of completion.
 
 Faults: a worker that dies has its tasks run again by the scheduler (its half-done stack
 was in a staging folder, never under the final names: :mod:`~napari_dicom.core.output`);
@@ -67,17 +71,26 @@ CLUSTER_MISSING = (
     "--scheduler needs Dask's distributed package: pip install 'napari-dicom[cluster]'"
 )
 
-#: header reads per task: ~30 ms of work for small files, well above Dask's overhead per
-#: task (~1 ms), and enough tasks to spread over a few dozen workers for 10^4 files
+#: header reads per task at least: ~30 ms of work for small files, well above Dask's
+#: overhead per task (~1 ms), and enough tasks to spread over a few dozen workers for
+#: 10^4 files
 FILES_PER_TASK = 256
+#: header reads per task at most: a few workers are given about four chunks each (fewer
+#: results to send back, unpickle and route through Dask) and a large tree still makes
+#: hundreds of tasks for hundreds of workers
+MAX_FILES_PER_TASK = 2048
 
 #: planes exported per task at most when series are grouped (small series: one task
-#: each would cost more in scheduling and messages than the export itself)
-PLANES_PER_TASK = 256
+#: each would cost more in scheduling and messages than the export itself)...
+PLANES_PER_TASK = 1024
+#: ... and pixels (planes x rows x columns) at most: 256 CT planes of 512 x 512, a few
+#: seconds of work; small images are grouped by the plane count above
+PIXELS_PER_TASK = 256 * 512 * 512
 
 #: a series with more planes than this is written by several tasks, in plane ranges:
-#: a task of up to 256 planes is what grouping makes anyway (:data:`PLANES_PER_TASK`),
-#: so below that splitting adds tasks without adding parallelism; above it, a few long
+#: 256 CT planes of 512 x 512 is what grouping puts in a task at most
+#: (:data:`PIXELS_PER_TASK`), so below that splitting adds tasks without adding
+#: parallelism; above it, a few long
 #: series no longer hold a few workers busy while the others wait
 SPLIT_PLANES = 256
 #: the environment variable that sets :data:`SPLIT_PLANES` (tests lower it)
@@ -124,6 +137,12 @@ def parse_scheduler(text: str) -> tuple[str, int | str]:
     if not t:
         raise ValueError("--scheduler needs an address (tcp://host:8786) or local[:N]")
     return "address", t
+
+
+def chunk_size(n_files: int, workers: int) -> int:
+    """Header reads per task: about four tasks per worker, within
+    :data:`FILES_PER_TASK` .. :data:`MAX_FILES_PER_TASK`."""
+    return max(FILES_PER_TASK, min(MAX_FILES_PER_TASK, -(-n_files // (4 * max(1, workers)))))
 
 
 def chunk_by_folder(files: Sequence[str], size: int = FILES_PER_TASK) -> list[list[int]]:
@@ -194,20 +213,25 @@ def split_planes() -> int:
     return n
 
 
-def task_groups(sizes: Sequence[int], workers: int) -> list[list[int]]:
-    """Indices of series (``sizes``: their planes) grouped into export tasks: consecutive
-    series up to about :data:`PLANES_PER_TASK` planes (fewer when that would leave under
-    eight tasks per worker); a larger series is a task of its own."""
+def task_groups(sizes: Sequence[int], workers: int,
+                pixels: Sequence[int] | None = None) -> list[list[int]]:
+    """Indices of series (``sizes``: their planes; ``pixels``: pixels of a plane, rows x
+    columns) grouped into export tasks: consecutive series up to about
+    :data:`PLANES_PER_TASK` planes and :data:`PIXELS_PER_TASK` pixels (fewer planes when
+    that would leave under eight tasks per worker); a larger series is a task of its
+    own."""
     target = max(1, min(PLANES_PER_TASK, sum(sizes) // (8 * max(1, workers))))
+    per = pixels if pixels is not None else [0] * len(sizes)
     groups: list[list[int]] = []
     current: list[int] = []
-    n = 0
-    for i, k in enumerate(sizes):
-        if current and n + k > target:
+    n = px = 0
+    for i, (k, p) in enumerate(zip(sizes, per, strict=True)):
+        if current and (n + k > target or px + k * p > PIXELS_PER_TASK):
             groups.append(current)
-            current, n = [], 0
+            current, n, px = [], 0, 0
         current.append(i)
         n += k
+        px += k * p
     if current:
         groups.append(current)
     return groups
@@ -313,14 +337,24 @@ class DaskRunner:
     # -- work --------------------------------------------------------------------------
 
     def _stream(self, futures: list[Any],
-                behind: Sequence[Any] = ()) -> Iterator[tuple[Any, Any]]:
-        """``(future, result)`` as each finishes. A scheduler that goes away becomes
-        :class:`ClusterError` once the client has given up reconnecting (it tries for
-        :data:`CONNECT_TIMEOUT` s); the futures not finished are released, so Dask drops
-        their tasks (and those of ``behind``, the futures they wait for). A task's own
-        error (a full disk) is raised as it is."""
+                behind: dict[str, list[Any]] | None = None) -> Iterator[tuple[str, Any]]:
+        """``(key, result)`` of each future as it finishes.
+
+        The futures are taken over (``futures`` is emptied), and each is released as
+        soon as its result is in, with the futures it waited for (``behind[key]``): a
+        result this machine holds is never asked of Dask again, so a worker that dies
+        later does not have its finished tasks run again (a series exported again
+        behind the run's back, or a split series' staging folder opened again with no
+        task left to install it).
+
+        A scheduler that goes away becomes :class:`ClusterError` once the client has
+        given up reconnecting (it tries for :data:`CONNECT_TIMEOUT` s); the futures not
+        finished are cancelled, so Dask drops their tasks (and those they wait for). A
+        task's own error (a full disk) is raised as it is."""
         distributed = _distributed()
         pending = set(futures)
+        futures.clear()
+        waits = behind if behind is not None else {}
         try:
             while pending:
                 try:
@@ -332,17 +366,33 @@ class DaskRunner:
                     continue
                 except CancelledError:  # Dask cancels every future of a lost scheduler
                     raise ClusterError(self._lost("connection lost")) from None
-                for fut in done:
-                    try:
-                        value = fut.result()
-                    except (CancelledError, OSError) as exc:
-                        if isinstance(exc, OSError) and not _is_comm_error(exc):
-                            raise
-                        raise ClusterError(self._lost(_why(exc))) from None
-                    yield fut, value
+                ready = list(done)
+                del done
+                try:  # the results of all that finished in one request, not one each
+                    values = self.client.gather(ready)
+                except Exception:  # not swallowed: raised again below
+                    # one of them failed (its task's error, or the connection): asked
+                    # one by one, the first that fails raises what it is
+                    values = [self._result(fut) for fut in ready]
+                keys = [fut.key for fut in ready]
+                for fut in ready:
+                    for dep in waits.pop(fut.key, ()):
+                        dep.release()
+                    fut.release()
+                del ready
+                yield from zip(keys, values, strict=True)
         finally:
             with _quiet():
-                self.client.cancel([f for f in [*futures, *behind] if not f.done()])
+                self.client.cancel([f for f in [*pending, *(d for ds in waits.values()
+                                                            for d in ds)] if not f.done()])
+
+    def _result(self, fut: Any) -> Any:
+        try:
+            return fut.result()
+        except (CancelledError, OSError) as exc:
+            if isinstance(exc, OSError) and not _is_comm_error(exc):
+                raise
+            raise ClusterError(self._lost(_why(exc))) from None
 
     def _lost(self, why: str) -> str:
         return (f"lost the Dask scheduler {self.address} ({why}); run again with "
@@ -353,14 +403,14 @@ class DaskRunner:
         """:func:`~napari_dicom.core.scan.read_headers` of ``files`` on the workers."""
         from .scan import read_headers
 
-        chunks = chunk_by_folder(files)
+        chunks = chunk_by_folder(files, chunk_size(len(files), self.workers))
         out: list[Any] = [None] * len(files)
         futures = self.client.map(read_headers, [[files[i] for i in c] for c in chunks],
                                   pure=False)
         where = {f.key: c for f, c in zip(futures, chunks, strict=True)}
         done = 0
-        for fut, part in self._stream(futures):
-            for i, r in zip(where[fut.key], part, strict=True):
+        for key, part in self._stream(futures):
+            for i, r in zip(where.pop(key), part, strict=True):
                 out[i] = r
             done += len(part)
             if progress is not None:
@@ -384,7 +434,7 @@ class DaskRunner:
         split = [k > self.split and splittable(w[1], opts)
                  for w, k in zip(order, sizes, strict=True)]
         futures: list[Any] = []
-        behind: list[Any] = []
+        behind: dict[str, list[Any]] = {}  # a finish's key: the futures it waits for
         index: dict[str, list[int]] = {}
         for (i, s, f), k, cut in zip(order, sizes, split, strict=True):
             if not cut:
@@ -393,23 +443,24 @@ class DaskRunner:
             parts = [self.client.submit(shared_range, prep, part, opts, pure=False)
                      for part in plane_ranges(k, length)]
             fin = self.client.submit(_finish_task, s, f, opts, prep, parts, pure=False)
-            behind += [prep, *parts]
+            behind[fin.key] = [prep, *parts]
             self.split_series += 1
             self.range_tasks += len(parts)
             futures.append(fin)
             index[fin.key] = [i]
         whole = [w for w, cut in zip(order, split, strict=True) if not cut]
         groups = [[whole[j] for j in g]
-                  for g in task_groups([len(w[1].planes) for w in whole], self.workers)]
+                  for g in task_groups([len(w[1].planes) for w in whole], self.workers,
+                                       [w[1].rows * w[1].columns for w in whole])]
         for g in groups:
             fut = self.client.submit(_export_task, [(s, os.fspath(f)) for _i, s, f in g],
                                      opts, pure=False)
             futures.append(fut)
             index[fut.key] = [i for i, _s, _f in g]
-        for fut, results in self._stream(futures, behind):
+        for key, results in self._stream(futures, behind):
             if not isinstance(results, list):  # a split series' finish: one result
                 results = [results]
-            yield from zip(index[fut.key], results, strict=True)
+            yield from zip(index.pop(key), results, strict=True)
 
 
 def _distributed() -> Any:

@@ -46,7 +46,7 @@ import re
 import struct
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager
@@ -409,6 +409,11 @@ class _FrameCache:
         with self._lock:
             return key in self._items
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.size = 0
+
 
 class _Fetcher:
     """Fetch frames on up to ``workers`` threads: asked-for frames first, prefetches
@@ -586,6 +591,10 @@ class Server:
         self._files: dict[str, str] = {}
         self._file_refs: dict[str, str] = {}
         self._folder: str | None = None
+        self._remove_folder: Callable[[], Any] | None = None
+        #: SEG / RTSTRUCT instances that came whole with the series stream, by reference
+        #: (:meth:`object_file` writes them without asking again)
+        self._streamed_objects: dict[str, bytes | bytearray] = {}
         #: each study's series list, with when it was asked for
         self._series_lists: dict[str, tuple[float, list[SeriesRow]]] = {}
         self._lock = threading.Lock()
@@ -849,7 +858,10 @@ class Server:
                 r.raise_for_status()
                 return next(iter(_iter_parts(r)), b"")
 
-        data = self._call(what, get)
+        with self._lock:  # the series stream brought it: not asked for again
+            data = self._streamed_objects.pop(ref, None)
+        if data is None:
+            data = self._call(what, get)
         if not data:
             raise DicomWebError(f"DICOMweb server {self.name}: {what}: empty answer")
         with self._lock:
@@ -859,7 +871,8 @@ class Server:
                 import weakref
 
                 self._folder = tempfile.mkdtemp(prefix="napari-dicom-dicomweb-")
-                weakref.finalize(self, shutil.rmtree, self._folder, True)
+                self._remove_folder = weakref.finalize(self, shutil.rmtree, self._folder,
+                                                       True)
             path = os.path.join(self._folder, f"{sop}.dcm")
         with open(path, "wb") as f:
             f.write(data)
@@ -1024,12 +1037,27 @@ class Server:
         return stream
 
     def close(self) -> None:
-        """Stop the series streams (each ends after its current instance) and wait."""
+        """Stop the series streams (each ends after its current instance) and wait, then
+        free what the session kept: the frames, the downloaded SEG / RTSTRUCT files and
+        the connections. The session's next :func:`server_for` gives a new server."""
         self._closed = True
+        with _SERVERS_LOCK:
+            for key in [k for k, v in _SERVERS.items() if v is self]:
+                del _SERVERS[key]
         with self._lock:
             threads = [s.thread for s in self._streams.values()]
         for t in threads:
             t.join()
+        self._cache.clear()
+        with self._lock:
+            self._streamed_objects.clear()
+            self._files.clear()
+            self._file_refs.clear()
+            remove, self._remove_folder = self._remove_folder, None
+        if remove is not None:
+            remove()  # the download folder, now (else at exit)
+        self.session.close()
+        self.pixel_session.close()
 
     def _deliver(self, info: _SeriesInfo, sop: str, ts: str, frames: list[_Frame]) -> None:
         """Streamed frames of one instance to the cache, when they are in the syntax the
@@ -1041,45 +1069,80 @@ class Server:
             self._fetcher.deliver((info.study, info.series, sop, i + 1), data)
 
     def _stream_series(self, study: str, series: str) -> None:
+        """The series stream's thread: read the instances as they come; split each
+        (header, frames) once the series' headers are settled, else after the last one.
+
+        Splitting while the reply comes holds the socket up (and this thread's GIL
+        turns hold up any reader thread): 300 CT instances streamed in 0.45 s split as
+        they came, in 0.25 s read whole and split after (0.06-0.11 s). The headers are
+        not wanted before the end anyway unless the metadata gave them first."""
         import requests
         from pydicom.errors import InvalidDicomError
 
-        from .scan import _str
+        from .scan import OBJECT_CLASSES, _str
 
+        sid = (study, series)
+        loc = Location(self.base, study, series)
         with self._lock:
-            stream = self._streams[(study, series)]
+            stream = self._streams[sid]
         got: list[tuple[str, str, Dataset]] = []
+        later: deque[bytes | bytearray] = deque()  # read, not yet split
+
+        def split(part: bytes | bytearray) -> None:
+            ds, ts, frames = _split_instance(part)
+            sop = _str(ds, 0x00080018) or ""
+            got.append((sop, ts, ds))
+            if (_str(ds, 0x00080016) or "") in OBJECT_CLASSES:  # its file, for later
+                ref = loc.instance(sop)
+                with self._lock:
+                    if ref not in self._files:
+                        self._streamed_objects[ref] = part
+            with self._lock:
+                info = self._series.get(sid)
+                if info is None:
+                    stream.arrived[sop] = (ts, frames)
+            if info is not None:
+                self._deliver(info, sop, ts, frames)
+
         url = f"{self.base}/studies/{study}/series/{series}"
         accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+        failed: BaseException | None = None
         try:
             with self.pixel_session.get(url, headers={"Accept": accept}, stream=True,
                                         timeout=self.timeout) as response:
                 response.raise_for_status()
                 parts = [] if response.status_code == 204 else _iter_parts(response)
                 for part in parts:
-                    ds, ts, frames = _split_instance(part)
-                    sop = _str(ds, 0x00080018) or ""
-                    got.append((sop, ts, ds))
                     if not stream.count:
                         stream.first_at = time.monotonic()
                     stream.count += 1
-                    with self._lock:
-                        info = self._series.get((study, series))
-                        if info is None:
-                            stream.arrived[sop] = (ts, frames)
-                    if info is not None:
-                        self._deliver(info, sop, ts, frames)
+                    later.append(part)
                     if self._closed:
                         raise EOFError("closed")
+                    with self._lock:
+                        settled = sid in self._series
+                    while settled and later:  # the metadata came first: frames now
+                        split(later.popleft())
         except (requests.RequestException, InvalidDicomError, ValueError, KeyError,
-                AttributeError, EOFError, OSError) as exc:  # frames not streamed: alone
-            log.debug("DICOMweb server %s: series stream stopped: %s", self.name,
-                      type(exc).__name__)
-            stream.result.set_exception(exc)
-            return
+                AttributeError, EOFError, OSError) as exc:
+            failed = exc  # the instances that came whole still bring their frames
         except BaseException as exc:
             stream.result.set_exception(exc)
             raise
+        try:
+            while later:
+                split(later.popleft())
+        except (InvalidDicomError, ValueError, KeyError, AttributeError, EOFError,
+                OSError) as exc:
+            failed = failed or exc
+        except BaseException as exc:
+            stream.result.set_exception(exc)
+            raise
+        if failed is not None:  # frames not streamed are fetched alone
+            log.debug("DICOMweb server %s: series stream stopped: %s", self.name,
+                      type(failed).__name__)
+            stream.result.set_exception(failed)
+            return
         stream.result.set_result(got)
 
     def _series_keys(self, info: _SeriesInfo) -> list[_FrameKey]:
@@ -1336,8 +1399,9 @@ def _split_instance(part: bytes | bytearray,
 
     The header is parsed up to Pixel Data and the frames are cut from the bytes after it
     (PS3.5 7.1, A.4), without parsing the pixel data element; native frames are read-only
-    views of ``part`` (no copy). Segmentations, structure sets and anything unusual are
-    parsed whole (their frames by :func:`_frames_of`)."""
+    views of ``part`` (no copy). Segmentations and structure sets give their header only
+    (their readers open the whole instance's file, :meth:`Server.object_file`); anything
+    unusual is parsed whole (its frames by :func:`_frames_of`)."""
     from io import BytesIO
 
     from pydicom import dcmread
@@ -1362,13 +1426,13 @@ def _split_instance(part: bytes | bytearray,
     ts = (_str(meta, 0x00020010) or "") if meta is not None else ""
     rows = _uint(ds, _TAG["Rows"])
     plain = (at + 12 <= len(part) and rows is not None
-             and part[at:at + 4] == b"\xe0\x7f\x10\x00"
-             and (_str(ds, _TAG["SOPClassUID"]) or "") not in OBJECT_CLASSES
-             and ts != "1.2.840.10008.1.2.2")
+             and part[at:at + 4] == b"\xe0\x7f\x10\x00" and ts != "1.2.840.10008.1.2.2")
+    if (_str(ds, _TAG["SOPClassUID"]) or "") in OBJECT_CLASSES:
+        return ds, ts, []  # a SEG / RTSTRUCT is read whole from its file (object_file)
     if not plain:
         ds = dcmread(BytesIO(part))
         frames: list[_Frame] = list(_frames_of(ds)) if "Rows" in ds else []
-        if frames and str(ds.get("SOPClassUID", "")) not in OBJECT_CLASSES:
+        if frames:
             del ds.PixelData  # the header stays; the frames go to the cache
         return ds, ts, frames
     if ts == "1.2.840.10008.1.2":  # implicit VR: tag, 4-byte length
@@ -1384,7 +1448,7 @@ def _split_instance(part: bytes | bytearray,
         return ds, ts, list(generate_frames(bytes(view[start:]), number_of_frames=n))
     bits = _uint(ds, _TAG["BitsAllocated"]) or 0
     columns = _uint(ds, _TAG["Columns"]) or 0
-    size = rows * columns * (_uint(ds, _TAG["SamplesPerPixel"]) or 1) * bits // 8
+    size = (rows or 0) * columns * (_uint(ds, _TAG["SamplesPerPixel"]) or 1) * bits // 8
     if not size or bits % 8 or size * n > length or start + length > len(part):
         return ds, ts, []
     return ds, ts, [view[start + i * size:start + (i + 1) * size] for i in range(n)]
@@ -1511,7 +1575,7 @@ def scan_urls(urls: Sequence[str]) -> ScanResult:
     """Headers of the series the URLs name, as the folder scan gives them: one
     :class:`~napari_dicom.core.scan.ScanResult` whose series read their frames from the
     server. A study URL gives each of its series. Faults raise :class:`DicomWebError`."""
-    from .objects import read_summary
+    from .objects import _known_as, read_summary
     from .scan import ScanResult
 
     result = ScanResult()
@@ -1540,7 +1604,7 @@ def scan_urls(urls: Sequence[str]) -> ScanResult:
             try:
                 refs = read_summary(path).referenced_series
             except ValueError as exc:
-                result.warnings.append(str(exc))
+                result.warnings.append(_known_as(str(exc), path, server.object_url(path)))
                 continue
             for uid in refs:
                 if uid in have:

@@ -87,7 +87,11 @@ def find_referenced_series(
     have = {s.uid for s in series}
     wanted: dict[Path, set[str]] = {}
     warns: list[str] = []
+    from .dicomweb import object_url
+
     for path in objects:
+        if object_url(path) != path:  # a DICOMweb download: its server was asked
+            continue
         try:
             summary = read_summary(path)
         except ValueError as exc:
@@ -105,14 +109,25 @@ def find_referenced_series(
     return found, warns
 
 
+def _known_as(text: str, path: str, name: str) -> str:
+    """``text`` naming ``name`` (what the user opened, such as a DICOMweb URL) where it
+    names the file ``path`` or its file name (a download the user never saw)."""
+    if name == path:
+        return text
+    return text.replace(path, name).replace(os.path.basename(path), name)
+
+
 def object_layers(
     objects: Sequence[str], series: Sequence[Series],
 ) -> tuple[list[LabelLayer], list[str]]:
     """The layers of every SEG / RTSTRUCT in ``objects``, placed on ``series``; objects
     that cannot be shown give a warning instead. Returns (layers, warnings)."""
+    from .dicomweb import object_url
+
     layers: list[LabelLayer] = []
     warns: list[str] = []
     for path in objects:
+        url = object_url(path)  # a DICOMweb object: its URL, not the downloaded copy
         try:
             cls = _sop_class(path)
             if cls in SEG_CLASSES:
@@ -126,13 +141,12 @@ def object_layers(
             else:
                 continue
         except _READ_ERRORS as exc:  # SegError / RTStructError are ValueErrors
-            warns.append(str(exc) if os.path.basename(path) in str(exc) else
-                         f"{os.path.basename(path)}: not shown ({exc})")
+            warns.append(_known_as(str(exc) if os.path.basename(path) in str(exc) else
+                                   f"{os.path.basename(path)}: not shown ({exc})", path, url))
             continue
-        from .dicomweb import object_url
-
         for layer in got:
-            layer.source = object_url(path)  # a DICOMweb object: its URL, not the copy
+            layer.source = url
+            layer.warnings = [_known_as(w, path, url) for w in layer.warnings]
             warns.extend(layer.warnings)
         layers.extend(got)
     return layers, warns
