@@ -228,25 +228,6 @@ def test_first_plane_first_then_the_rest_streams(orthanc: Orthanc, data: Data) -
     assert len(keys) == 12 and all(k in server._cache for k in keys)
 
 
-def test_server_series_is_never_loaded_before_the_reader_returns(
-    orthanc: Orthanc, data: Data, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Native data the reader would load at once from local files (within NATIVE_FACTOR
-    times BACKGROUND_BYTES) is not, from a server: its first plane is shown while the
-    rest streams in."""
-    from napari_dicom.core import pixels, volume
-
-    first = next(iter(sorted(data.native.iterdir())))
-    remote = scan([_series_url(orthanc, first)]).series[0]
-    local = scan([str(data.native)]).series[0]
-    monkeypatch.setattr(volume, "BACKGROUND_BYTES", volume.array_bytes(local) // 2)
-    assert pixels._fast_kind(remote) == pixels._fast_kind(local) == "native"
-    assert isinstance(volume.open_series(local), np.ndarray)
-    lazy = volume.open_series(remote)
-    assert isinstance(lazy, volume.SeriesVolume)
-    np.testing.assert_array_equal(np.asarray(lazy), np.asarray(volume.open_series(local)))
-
-
 def test_metadata_beside_a_slow_stream_gives_the_same_series(
         orthanc: Orthanc, data: Data, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stream judged slow (here: any) has the metadata asked for beside it; whichever

@@ -183,28 +183,6 @@ def test_over_budget_stays_lazy_with_a_cache(written: Callable[[str, str], Path]
     assert isinstance(open_series(s, budget=N * plane_bytes), np.ndarray)
 
 
-def test_native_series_load_now_up_to_a_larger_size(written: Callable[[str, str], Path],
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """Native data read from the files' tails decodes about as fast as napari adds a
-    layer: up to NATIVE_FACTOR times BACKGROUND_BYTES it is loaded before the reader
-    returns; compressed data of the same size loads in the background."""
-    plane_bytes = SIZE * SIZE * 2
-    # the series is 4 times this limit: past it as compressed data, within 5x as native
-    monkeypatch.setattr(volume, "BACKGROUND_BYTES", N * plane_bytes // 4)
-    raw, jpegll = one_series(written("ge", "raw")), one_series(written("ge", "jpegll"))
-    assert pixels._fast_kind(raw) == "native"
-    assert isinstance(open_series(raw), np.ndarray)
-    assert isinstance(open_series(jpegll), SeriesVolume)
-    # one plane read slower than the whole may take (a slow disk, a network share): behind
-    monkeypatch.setattr(volume, "LOAD_NOW_SECONDS", 0.0)
-    assert isinstance(open_series(raw), SeriesVolume)
-    monkeypatch.setattr(volume, "LOAD_NOW_SECONDS", 0.15)
-    assert isinstance(open_series(raw), np.ndarray)
-    monkeypatch.setattr(volume, "BACKGROUND_BYTES", N * plane_bytes // 6)  # 6x: too large
-    assert isinstance(open_series(raw), SeriesVolume)
-    np.testing.assert_array_equal(np.asarray(open_series(raw)), expected_hu("ge"))
-
-
 def test_lazy_choice_reads_the_memory_available(written: Callable[[str, str], Path],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     s = one_series(written("ge"))

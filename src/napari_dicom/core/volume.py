@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -60,9 +59,7 @@ __all__ = [
     "BACKGROUND_BYTES",
     "BEHIND_BYTES",
     "CACHE_BYTES",
-    "LOAD_NOW_SECONDS",
     "MEMORY_FRACTION",
-    "NATIVE_FACTOR",
     "SeriesVolume",
     "VolumeView",
     "histogram_behind",
@@ -80,16 +77,6 @@ MEMORY_FRACTION = safety.BUDGET_FRACTION
 #: arrays up to this size are loaded before the reader returns (tens of milliseconds);
 #: larger ones show their first plane at once and load in the background
 BACKGROUND_BYTES = 32 << 20
-#: native (uncompressed) series read from their files' tails decode at about 1 GB/s on
-#: two cores here (150 MiB in 0.14-0.24 s), about as long as napari takes to add a layer
-#: and draw it: up to this many times :data:`BACKGROUND_BYTES` they are loaded before the
-#: reader returns too. A background load would show its first plane no sooner (its
-#: threads take the two cores from napari's add and draw) and would cost a swap into the
-#: layer and a second redraw: measured in a napari window, 300 slices of 512 x 512 opened
-#: in 0.93 s loaded now against 1.01-1.28 s in the background
-NATIVE_FACTOR = 5
-#: ... when one plane read says the whole series reads within this many seconds
-LOAD_NOW_SECONDS = 0.15
 #: decoded planes a lazy (too large) series keeps, at most
 CACHE_BYTES = 512 << 20
 
@@ -862,36 +849,11 @@ def open_series(
     background_from: int | None = None,
 ) -> npt.NDArray[Any] | SeriesVolume:
     """What the reader shows: a numpy array for a series up to ``background_from`` bytes
-    (default :data:`BACKGROUND_BYTES`, :data:`NATIVE_FACTOR` times that for native
-    data read from the files' tails), loaded now; else a :class:`SeriesVolume`, filled
+    (default :data:`BACKGROUND_BYTES`), loaded now; else a :class:`SeriesVolume`, filled
     in the background when it fits ``budget`` (default :func:`memory_budget`), lazy with
     a cache when it does not."""
-    size = array_bytes(series)
-    fits = size <= (memory_budget() if budget is None else budget)
-    if background_from is not None:
-        now = size <= background_from
-    else:
-        now = size <= BACKGROUND_BYTES or (size <= BACKGROUND_BYTES * NATIVE_FACTOR
-                                           and _quick_native(series, jobs))
-    if fits and now:
+    limit = BACKGROUND_BYTES if background_from is None else background_from
+    fits = array_bytes(series) <= (memory_budget() if budget is None else budget)
+    if fits and array_bytes(series) <= limit:
         return load_now(series, jobs=jobs)
     return SeriesVolume(series, budget=budget, jobs=jobs)
-
-
-def _quick_native(series: Series, jobs: int | None) -> bool:
-    """Whether a series is native data in local files (read from their tails) that reads
-    fast enough to be loaded before the reader returns (:data:`NATIVE_FACTOR`): one
-    plane read, timed, and the whole estimated from it within :data:`LOAD_NOW_SECONDS`.
-    A series on a slow disk, a network share or a CD loads in the background, its first
-    plane shown at once; so does one from a DICOMweb server (its frames stream in)."""
-    if series.source is not None or px._fast_kind(series) != "native":
-        return False
-    plane = series.planes[len(series.planes) // 2]
-    t0 = time.perf_counter()
-    try:
-        px._native_tail(plane.path, series)
-    except (OSError, ValueError):
-        return False  # pydicom decodes it: the background load
-    took = time.perf_counter() - t0
-    n = max(1, jobs or os.cpu_count() or 1)
-    return took * len(series.planes) / n <= LOAD_NOW_SECONDS
