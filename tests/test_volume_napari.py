@@ -27,6 +27,22 @@ def series_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def _gate_histograms(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, list[int]]:
+    """Series histograms are summed only once the returned gate is set; ``sums`` records
+    each sum started (its plane count)."""
+    gate = threading.Event()
+    sums: list[int] = []
+    real = volume.histogram_of
+
+    def gated_histogram(arr: np.ndarray, jobs: int = 1) -> Any:
+        sums.append(arr.shape[0])
+        gate.wait(30)
+        return real(arr, jobs)
+
+    monkeypatch.setattr(volume, "histogram_of", gated_histogram)
+    return gate, sums
+
+
 def test_background_load_swaps_in_the_same_picture(
     make_napari_viewer: Any, qtbot: Any, series_folder: Path, monkeypatch: pytest.MonkeyPatch,
     decodes: Counter[tuple[str, Any, Any]],
@@ -108,16 +124,7 @@ def test_swap_does_not_wait_for_the_histogram_nor_does_the_widget(
     series histogram is summed after, once; meanwhile the widget shows the current slice
     (the GUI does not wait for the sum) and goes to the whole series when it is done."""
     monkeypatch.setattr(volume, "BACKGROUND_BYTES", 0)
-    gate = threading.Event()
-    sums: list[int] = []
-    real = volume.histogram_of
-
-    def gated_histogram(arr: np.ndarray, jobs: int = 1) -> Any:
-        sums.append(arr.shape[0])
-        gate.wait(30)
-        return real(arr, jobs)
-
-    monkeypatch.setattr(volume, "histogram_of", gated_histogram)
+    gate, sums = _gate_histograms(monkeypatch)
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Window / Level")
     layer = viewer.open(str(series_folder), plugin=PLUGIN)[0]
@@ -204,16 +211,7 @@ def test_widget_sums_a_loaded_volumes_histogram_behind(
     shows the current slice, sums the histogram once on a thread, then goes to the whole
     series. A second widget reuses that sum."""
     monkeypatch.setattr(volume, "BEHIND_BYTES", 1)  # this small volume counts as large
-    gate = threading.Event()
-    sums: list[int] = []
-    real = volume.histogram_of
-
-    def gated_histogram(arr: np.ndarray, jobs: int = 1) -> Any:
-        sums.append(arr.shape[0])
-        gate.wait(30)
-        return real(arr, jobs)
-
-    monkeypatch.setattr(volume, "histogram_of", gated_histogram)
+    gate, sums = _gate_histograms(monkeypatch)
     viewer = make_napari_viewer()
     layer = viewer.open(str(series_folder), plugin=PLUGIN)[0]
     assert isinstance(layer.data, np.ndarray)  # loaded now: no background loader
