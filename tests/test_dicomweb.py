@@ -882,6 +882,80 @@ def test_multipart_reader_gives_each_instance_byte_for_byte(form: str) -> None:
     assert "PixelData" not in ds and ds.SOPInstanceUID == pydicom.dcmread(CT_SMALL).SOPInstanceUID
 
 
+def test_series_stream_splits_each_instance_as_it_comes(data: Data) -> None:
+    """A real HTTP server on loopback sends a series' 12 files as a WADO-RS multipart
+    reply and holds the connection open after the first 5 (and the start of the 6th):
+    those 5 are already split
+    (header and frames) while the reply is still coming, so the series' headers are ready
+    when its last instance is; the rest follow, and every instance's header and frame are
+    the file's."""
+    import http.server
+
+    files = sorted(data.native.iterdir())
+    study, series = _uids(files[0])
+    boundary = "b0undary-5678"
+    parts = [f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Length: "
+             f"{len(b)}\r\n\r\n".encode() + b + b"\r\n"
+             for b in (f.read_bytes() for f in files)]
+    hold, first = 5, threading.Event()
+    go_on = threading.Event()
+
+    class Series(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if not self.path.endswith(f"/studies/{study}/series/{series}"):
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", 'multipart/related; type="application/dicom"; '
+                             f"boundary={boundary}")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for i, part in enumerate(parts):
+                if i == hold:  # the next part begun (the reader reads ahead in pieces)
+                    self.wfile.write(part[:1 << 16])
+                    self.wfile.flush()
+                    first.set()
+                    go_on.wait(30)
+                    part = part[1 << 16:]
+                self.wfile.write(part)
+            self.wfile.write(f"--{boundary}--\r\n".encode())
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Series)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    server = dicomweb.Server(f"http://127.0.0.1:{httpd.server_address[1]}/dicom-web")
+    try:
+        stream = server._start_stream(study, series)
+        assert stream is not None
+        assert first.wait(30)
+        pause = threading.Event()
+        for _ in range(600):  # the 5 sent reach the client and are split
+            with server._lock:
+                if len(stream.arrived) >= hold:
+                    break
+            pause.wait(0.05)
+        with server._lock:
+            arrived = dict(stream.arrived)
+        assert not stream.result.done() and stream.thread.is_alive()  # the reply goes on
+        want = [pydicom.dcmread(f) for f in files]
+        assert sorted(arrived) == sorted(str(ds.SOPInstanceUID) for ds in want[:hold])
+        go_on.set()
+        got = stream.result.result(timeout=30)
+    finally:
+        go_on.set()
+        server.close()
+        httpd.shutdown()
+        httpd.server_close()
+    assert [sop for sop, _, _ in got] == [str(ds.SOPInstanceUID) for ds in want]
+    for (sop, syntax, header), ds in zip(got, want, strict=True):
+        assert syntax == ds.file_meta.TransferSyntaxUID
+        assert "PixelData" not in header and header.ImagePositionPatient == ds.ImagePositionPatient
+        ts, frames = stream.arrived[sop]
+        assert ts == syntax and [bytes(f) for f in frames] == [ds.PixelData]
+
+
 @pytest.mark.parametrize("url, said", [
     ("ftp://pacs/dicom-web", "ftp://pacs/dicom-web: not a DICOMweb URL"),
     ("http://pacs:99999999/dicom-web", "server http://pacs:99999999/dicom-web: Port out of range"),

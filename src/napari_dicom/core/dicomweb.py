@@ -46,7 +46,7 @@ import re
 import struct
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager
@@ -1069,13 +1069,17 @@ class Server:
             self._fetcher.deliver((info.study, info.series, sop, i + 1), data)
 
     def _stream_series(self, study: str, series: str) -> None:
-        """The series stream's thread: read the instances as they come; split each
-        (header, frames) once the series' headers are settled, else after the last one.
+        """The series stream's thread: read the instances and split each (header,
+        frames) as it comes, so that the series' headers are ready when its last
+        instance is (a series that streams quickly opens from its stream: its first
+        slice waits for them).
 
-        Splitting while the reply comes holds the socket up (and this thread's GIL
-        turns hold up any reader thread): 300 CT instances streamed in 0.45 s split as
-        they came, in 0.25 s read whole and split after (0.06-0.11 s). The headers are
-        not wanted before the end anyway unless the metadata gave them first."""
+        Splitting as they come stretches the stream by part of the split's time, but
+        less than splitting after the last one adds: 300 CT slices of 512 x 512 from
+        Orthanc on loopback, headers ready 0.21-0.28 s after the request against
+        0.29-0.32 s (read whole, 0.06-0.09 s of splitting after it); a second thread
+        splitting beside the reading one gained less (0.25 s: the two take turns
+        holding the GIL)."""
         import requests
         from pydicom.errors import InvalidDicomError
 
@@ -1086,7 +1090,6 @@ class Server:
         with self._lock:
             stream = self._streams[sid]
         got: list[tuple[str, str, Dataset]] = []
-        later: deque[bytes | bytearray] = deque()  # read, not yet split
 
         def split(part: bytes | bytearray) -> None:
             ds, ts, frames = _split_instance(part)
@@ -1116,25 +1119,12 @@ class Server:
                     if not stream.count:
                         stream.first_at = time.monotonic()
                     stream.count += 1
-                    later.append(part)
                     if self._closed:
                         raise EOFError("closed")
-                    with self._lock:
-                        settled = sid in self._series
-                    while settled and later:  # the metadata came first: frames now
-                        split(later.popleft())
+                    split(part)
         except (requests.RequestException, InvalidDicomError, ValueError, KeyError,
                 AttributeError, EOFError, OSError) as exc:
             failed = exc  # the instances that came whole still bring their frames
-        except BaseException as exc:
-            stream.result.set_exception(exc)
-            raise
-        try:
-            while later:
-                split(later.popleft())
-        except (InvalidDicomError, ValueError, KeyError, AttributeError, EOFError,
-                OSError) as exc:
-            failed = failed or exc
         except BaseException as exc:
             stream.result.set_exception(exc)
             raise
@@ -1554,12 +1544,13 @@ def _add_series(result: ScanResult, server: Server, study: str, series: str,
                 objects: bool = True) -> None:
     """The series' images (and, with ``objects``, its SEG / RTSTRUCT instances, fetched
     whole into files the segmentation readers open) into ``result``."""
-    from .scan import OBJECT_CLASSES, scan_datasets
+    from .scan import _TAG, OBJECT_CLASSES, _str, scan_datasets
 
     items = server.series_datasets(study, series)
     images = []
     for ref, ds in items:
-        if str(ds.get("SOPClassUID", "")) in OBJECT_CLASSES:
+        # the raw value (pydicom's attribute access converts it: 300 CT headers, 10 ms)
+        if (_str(ds, _TAG["SOPClassUID"]) or "") in OBJECT_CLASSES:
             if objects:
                 result.objects.append(server.object_file(ref))
         else:
