@@ -231,3 +231,59 @@ def test_widget_sums_a_loaded_volumes_histogram_behind(
     viewer.window.remove_dock_widget("all")
     _, again = viewer.window.add_plugin_dock_widget(PLUGIN, "Window / Level")
     assert again._scope.value == "whole series" and sums == [N]  # kept with the array
+
+
+@pytest.mark.parametrize("door", ["widget", "large series"])
+def test_compiled_counting_loads_for_whom_needs_it(series_folder: Path, door: str) -> None:
+    """In a fresh napari process: opening a small series does not load the compiled
+    counting loop (0.3-0.7 s that a user who never looks at a histogram would pay);
+    docking the Window / Level widget loads it behind, and so does opening a series from
+    ``COMPILED_FROM`` bytes on (lowered here); the series histogram is exact."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import time
+        import numpy as np
+        import napari
+        from qtpy.QtWidgets import QApplication
+        from napari_dicom.core import counting, stats, volume
+        viewer = napari.Viewer(show=False)
+
+        def wait(until, seconds):
+            t0 = time.time()
+            while not until() and time.time() - t0 < seconds:
+                QApplication.processEvents()
+                time.sleep(0.01)
+
+        def open_series():
+            layer = viewer.open({str(series_folder)!r}, plugin="napari-dicom")[0]
+            wait(lambda: isinstance(layer.data, np.ndarray), 60)
+            return layer
+
+        volume.BACKGROUND_BYTES = 0  # this small series loads behind, as a large one
+        layer = open_series()
+        wait(lambda: False, 1.0)  # a second of the GUI running
+        assert not counting.compiled()
+        if {door!r} == "widget":
+            _, widget = viewer.window.add_plugin_dock_widget("napari-dicom", "Window / Level")
+            wait(counting.compiled, 120)
+            edges, counts = widget._stats_for(layer).histogram(256, "series")
+            assert counts.sum() == int((layer.data != -3024).sum())
+        else:
+            volume.COMPILED_FROM = 1
+            viewer.layers.clear()
+            layer = open_series()
+            wait(counting.compiled, 120)
+            wait(lambda: stats.known_histogram(layer.data) is not None, 60)
+            hist = stats.known_histogram(layer.data)
+            assert hist is not None and hist.counts.sum() == layer.data.size
+        assert counting.compiled()
+        print("ok")
+        viewer.close()
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-1:] == ["ok"]
