@@ -501,15 +501,17 @@ class WindowLevelWidget(Container):  # type: ignore[type-arg]
         # a large in-memory volume's histogram is summed behind (the widget shows the
         # current slice until then) rather than blocking the GUI for it
         histogram_behind(_layer_array(layer))
+        # asked once: the sum may end at any moment (the scope and the flag must agree)
+        lazy = _is_lazy(layer)
         with self._guard():
             self._preset.reset_choices()
             self._preset.value = CUSTOM
             self._invert.value = _is_inverted(layer.colormap.name)
-            self._scope.value = "current slice" if _is_lazy(layer) else "whole series"
+            self._scope.value = "current slice" if lazy else "whole series"
         # a layer still loading starts on its current slice; once its volume is swapped
         # in (_on_data) and its histogram summed (_follow_histogram) it goes to the whole
         # series unless the user chose a scope
-        self._scope_for_lazy = _is_lazy(layer)
+        self._scope_for_lazy = lazy
         self._load_from_layer()
         self._follow_histogram(layer)
         if self._drag.value:

@@ -36,8 +36,8 @@ def loaded() -> None:
                                          ("OBXXXX1A.dcm", np.uint8)])
 def test_compiled_counts_equal_bincount(loaded: None, name: str, dtype: type) -> None:
     arr = pydicom.dcmread(get_testdata_file(name)).pixel_array
-    values = np.ascontiguousarray(arr).view(dtype) if arr.dtype.itemsize == np.dtype(dtype).itemsize \
-        else arr.astype(dtype)
+    same_size = arr.dtype.itemsize == np.dtype(dtype).itemsize
+    values = np.ascontiguousarray(arr).view(dtype) if same_size else arr.astype(dtype)
     counts = np.zeros(1 << (8 * values.dtype.itemsize), np.int64)
     counting.count_into(values, counts)
     counting.count_into(values, counts)  # adds, as the series sum needs
