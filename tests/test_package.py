@@ -78,6 +78,7 @@ def test_reader_in_a_script_imports_no_qt(tmp_path: Path) -> None:
         "from napari_dicom.core.phantom import ct_phantom_volume, write_ct_phantom\n"
         "from napari_dicom._reader import read_dicom\n"
         "volume.BACKGROUND_BYTES = 0  # this small series loads behind, as a large one\n"
+        "volume.SETTLE_BYTES = 0  # and is not waited for as a quick one\n"
         f"write_ct_phantom({str(tmp_path)!r}, n_slices=12, size=32)\n"
         f"((data, kwargs, kind),) = read_dicom({str(tmp_path)!r})\n"
         "assert isinstance(data, volume.SeriesVolume) and data.in_memory, type(data)\n"

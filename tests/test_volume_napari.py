@@ -48,6 +48,7 @@ def test_background_load_swaps_in_the_same_picture(
     decodes: Counter[tuple[str, Any, Any]],
 ) -> None:
     monkeypatch.setattr(volume, "BACKGROUND_BYTES", 0)  # this small series loads behind too
+    monkeypatch.setattr(volume, "SETTLE_BYTES", 0)  # and is not waited for
     # the background threads start their work when the test says so (a 24-slice series
     # would otherwise be loaded before the test looks at the lazy data)
     gate = threading.Event()
@@ -124,6 +125,7 @@ def test_swap_does_not_wait_for_the_histogram_nor_does_the_widget(
     series histogram is summed after, once; meanwhile the widget shows the current slice
     (the GUI does not wait for the sum) and goes to the whole series when it is done."""
     monkeypatch.setattr(volume, "BACKGROUND_BYTES", 0)
+    monkeypatch.setattr(volume, "SETTLE_BYTES", 0)
     gate, sums = _gate_histograms(monkeypatch)
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Window / Level")
@@ -151,6 +153,7 @@ def test_loaded_before_napari_adds_the_layer_is_swapped_when_it_does(
     from napari_dicom._reader import read_dicom
 
     monkeypatch.setattr(volume, "BACKGROUND_BYTES", 0)
+    monkeypatch.setattr(volume, "SETTLE_BYTES", 0)
     viewer = make_napari_viewer()
     ((data, kwargs, _),) = read_dicom(str(series_folder))
     base = data.base if isinstance(data, volume.VolumeView) else data
@@ -184,6 +187,7 @@ def test_summary_names_the_dtype_the_volume_ends_in(
     ds.PixelData = stored.tobytes()
     ds.save_as(plane.path)
     monkeypatch.setattr(volume, "BACKGROUND_BYTES", 0)
+    monkeypatch.setattr(volume, "SETTLE_BYTES", 0)
     gate = threading.Event()
     run = volume._Planes.run
 
@@ -231,3 +235,133 @@ def test_widget_sums_a_loaded_volumes_histogram_behind(
     viewer.window.remove_dock_widget("all")
     _, again = viewer.window.add_plugin_dock_widget(PLUGIN, "Window / Level")
     assert again._scope.value == "whole series" and sums == [N]  # kept with the array
+
+
+@pytest.mark.parametrize("door", ["widget", "large series"])
+def test_compiled_counting_loads_for_whom_needs_it(series_folder: Path, door: str) -> None:
+    """In a fresh napari process: opening a small series does not load the compiled
+    counting loop (0.3-0.7 s that a user who never looks at a histogram would pay);
+    docking the Window / Level widget loads it behind, and so does opening a series from
+    ``COMPILED_FROM`` bytes on (lowered here); the series histogram is exact."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import time
+        import numpy as np
+        import napari
+        from qtpy.QtWidgets import QApplication
+        from napari_dicom.core import counting, stats, volume
+        viewer = napari.Viewer(show=False)
+
+        def wait(until, seconds):
+            t0 = time.time()
+            while not until() and time.time() - t0 < seconds:
+                QApplication.processEvents()
+                time.sleep(0.01)
+
+        def open_series():
+            layer = viewer.open({str(series_folder)!r}, plugin="napari-dicom")[0]
+            wait(lambda: isinstance(layer.data, np.ndarray), 60)
+            return layer
+
+        volume.BACKGROUND_BYTES = 0  # this small series loads behind, as a large one
+        volume.SETTLE_BYTES = 0
+        layer = open_series()
+        wait(lambda: False, 1.0)  # a second of the GUI running
+        assert not counting.compiled()
+        if {door!r} == "widget":
+            _, widget = viewer.window.add_plugin_dock_widget("napari-dicom", "Window / Level")
+            wait(counting.compiled, 120)
+            edges, counts = widget._stats_for(layer).histogram(256, "series")
+            assert counts.sum() == int((layer.data != -3024).sum())
+        else:
+            volume.COMPILED_FROM = 1
+            viewer.layers.clear()
+            layer = open_series()
+            wait(counting.compiled, 120)
+            wait(lambda: stats.known_histogram(layer.data) is not None, 60)
+            hist = stats.known_histogram(layer.data)
+            assert hist is not None and hist.counts.sum() == layer.data.size
+        assert counting.compiled()
+        print("ok")
+        viewer.close()
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-1:] == ["ok"]
+
+
+def _open_gated(viewer: Any, folder: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """``viewer.open`` with the background decode held at a gate until the test opens it."""
+    gate = threading.Event()
+    run = volume._Planes.run
+
+    def gated_run(self: Any, *args: Any, **kwargs: Any) -> None:
+        gate.wait(30)
+        run(self, *args, **kwargs)
+
+    monkeypatch.setattr(volume._Planes, "run", gated_run)
+    return viewer.open(str(folder), plugin=PLUGIN)[0], gate
+
+
+def test_quick_series_opens_in_memory_with_the_same_picture(
+    make_napari_viewer: Any, qtbot: Any, series_folder: Path, monkeypatch: pytest.MonkeyPatch,
+    decodes: Counter[tuple[str, Any, Any]],
+) -> None:
+    """An uncompressed series that loads within SETTLE_SECONDS (this small one, made to
+    load behind as a large one) is in memory when ``viewer.open`` returns: no swap later,
+    no histogram summed behind napari's back (the widget sums it when it is docked), each
+    plane decoded once; window, slider range and picture are those of the same series
+    shown loading behind, so the picture does not depend on the disk's speed."""
+    monkeypatch.setattr(volume, "BACKGROUND_BYTES", 0)
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(series_folder), plugin=PLUGIN)[0]
+    assert isinstance(layer.data, np.ndarray)  # at once: in memory
+    np.testing.assert_array_equal(layer.data, ct_phantom_volume(N, SIZE))
+    assert not stats.histogram_kept(layer.data)  # nothing summed behind
+    ours = {key[:2]: n for key, n in decodes.items() if key[2] == "native"}
+    assert len(ours) == N and set(ours.values()) == {1}
+    quick = (tuple(layer.contrast_limits), tuple(layer.contrast_limits_range),
+             layer.metadata["dicom"]["value_range"], layer.metadata["dicom"]["default_source"])
+    shown = viewer.screenshot(canvas_only=True, flash=False)
+    monkeypatch.setattr(volume, "BEHIND_BYTES", 1)  # the widget sums this one behind
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Window / Level")
+    qtbot.waitUntil(lambda: widget._scope.value == "whole series", timeout=30000)
+    _edges, counts = widget._stats_for(layer).histogram(256, "series")
+    assert counts.sum() == int((layer.data != -3024).sum())  # padding left out
+    viewer.window.remove_dock_widget("all")
+
+    # the same series not waited for (the decode held back past the wait): shown lazily,
+    # then swapped; the same window, range and picture
+    viewer.layers.clear()
+    monkeypatch.setattr(volume, "SETTLE_SECONDS", 0.05)
+    lazy, gate = _open_gated(viewer, series_folder, monkeypatch)
+    assert not isinstance(lazy.data, np.ndarray)
+    gate.set()
+    qtbot.waitUntil(lambda: isinstance(lazy.data, np.ndarray), timeout=30000)
+    assert (tuple(lazy.contrast_limits), tuple(lazy.contrast_limits_range),
+            lazy.metadata["dicom"]["value_range"],
+            lazy.metadata["dicom"]["default_source"]) == quick
+    np.testing.assert_array_equal(viewer.screenshot(canvas_only=True, flash=False), shown)
+
+
+def test_compressed_series_is_not_waited_for(
+    make_napari_viewer: Any, qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A JPEG Lossless series decodes far slower than it reads: the reader does not wait
+    for it (its first slice is shown at once) and it is swapped in when loaded."""
+    from pydicom.uid import JPEGLosslessSV1
+
+    write_ct_phantom(tmp_path, n_slices=N, size=SIZE, transfer_syntax=JPEGLosslessSV1)
+    monkeypatch.setattr(volume, "BACKGROUND_BYTES", 0)
+    viewer = make_napari_viewer()
+    layer, gate = _open_gated(viewer, tmp_path, monkeypatch)
+    assert isinstance(layer.data, SeriesVolume | volume.VolumeView)
+    base = layer.data.base if isinstance(layer.data, volume.VolumeView) else layer.data
+    assert base.in_memory and not base.quick
+    gate.set()
+    qtbot.waitUntil(lambda: isinstance(layer.data, np.ndarray), timeout=30000)
+    np.testing.assert_array_equal(layer.data, ct_phantom_volume(N, SIZE))

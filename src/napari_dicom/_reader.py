@@ -199,8 +199,16 @@ def read_dicom(path: PathLike) -> list[LayerData]:
             show_warning(f"{series.name}: not opened: {exc}")
             continue
         loading = data if isinstance(data, SeriesVolume) else None
+        # an uncompressed series that loads within a quarter second is shown in memory:
+        # napari then draws it once, with no decode threads beside its own work and no
+        # swap (issue 11); the window and the slider's range still come from the lazy
+        # volume, so the picture does not depend on how fast the disk was
+        settled = loading.settle() if loading is not None and loading.quick else None
         display, note = default_display(series, data)
         widen = loading.may_widen_to if loading is not None else None  # before dtype
+        value_range = _value_range(series, data)
+        if settled is not None:
+            data, loading = settled, None
         dtype = data.dtype
         meta = series_metadata(series, display, note, dtype=dtype,
                                may_widen=widen if widen != dtype else None)
@@ -210,7 +218,7 @@ def read_dicom(path: PathLike) -> list[LayerData]:
             kwargs["contrast_limits"] = list(showable_limits(*display.window.limits()))
         else:
             kwargs.update(layer_display_kwargs(display, inverted=series.invert))
-            meta["value_range"] = list(_value_range(series, data))
+            meta["value_range"] = list(value_range)
         layers.append((data, kwargs, "image"))
         for w in _unique([*series.warnings, *meta["placement"].get("warnings", [])]):
             show_warning(_named(series.name, w))

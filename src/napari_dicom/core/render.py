@@ -31,6 +31,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from .counting import compiled, count_into
+
 VOIFunction = Literal["LINEAR", "LINEAR_EXACT", "SIGMOID"]
 VOI_FUNCTIONS: tuple[VOIFunction, ...] = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 
@@ -526,9 +528,12 @@ class IntHistogram:
             offset = int(np.iinfo(a.dtype).min)
             counts = np.zeros(1 << (8 * a.dtype.itemsize), np.int64)
             view_dt = np.uint8 if a.dtype.itemsize == 1 else np.uint16
-            # bincount over the unsigned view; signed values land rotated, fixed below
-            for sl in _slices(a):
-                counts += np.bincount(sl.view(view_dt).ravel(), minlength=counts.size)
+            # counted over the unsigned view; signed values land rotated, fixed below.
+            # Compiled (core.counting), the whole array in one pass, no temporaries;
+            # with np.bincount slice by slice, as it makes an 8-byte index per value
+            pieces = [a] if compiled() and a.flags.c_contiguous else _slices(a)
+            for sl in pieces:
+                count_into(sl.view(view_dt), counts)
             if a.dtype.kind == "i":
                 half = counts.size // 2
                 counts = np.concatenate([counts[half:], counts[:half]])

@@ -46,8 +46,8 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.pixels import iter_pixels, pixel_array  # type: ignore[attr-defined]
 
+from . import counting, safety
 from . import pixels as px
-from . import safety
 from .output import interrupts_to_main_thread
 from .render import IntHistogram, WindowError
 from .stats import histogram_kept, remember_histogram
@@ -79,6 +79,15 @@ MEMORY_FRACTION = safety.BUDGET_FRACTION
 BACKGROUND_BYTES = 32 << 20
 #: decoded planes a lazy (too large) series keeps, at most
 CACHE_BYTES = 512 << 20
+#: an uncompressed series up to this size decodes in about 0.1 s here (2 threads,
+#: files cached): :meth:`SeriesVolume.settle` may wait for it
+SETTLE_BYTES = 160 << 20
+#: how long the reader waits for such a series before it shows it loading behind
+SETTLE_SECONDS = 0.25
+#: integer volumes from this size on load the compiled counting loop
+#: (:func:`.counting.warm_up`) while they decode: their histogram with ``np.bincount``
+#: would take over 0.15 s once they are in memory (0.3 s per 1000 planes of 512 x 512)
+COMPILED_FROM = 256 << 20
 
 Progress = Callable[[int, int], None]
 
@@ -443,6 +452,10 @@ class SeriesVolume:
         self._cache: OrderedDict[int, npt.NDArray[Any]] = OrderedDict()
         self._cache_bytes = min(self.budget, CACHE_BYTES)
         self._filled: set[int] = set()
+        #: :meth:`settle` waits for the load (no histogram summed behind if it ends then)
+        self._settled = False
+        #: the background thread sums the exact histogram of the finished volume
+        self._summing = False
         #: the exact histogram of the finished volume, summed after it is in memory
         self._histogram: Future[IntHistogram] = Future()
         self._counted = np.zeros(self._planes.n, bool)  # lazy: planes in the histogram
@@ -521,7 +534,7 @@ class SeriesVolume:
         arr = self.result()
         if isinstance(shown, VolumeView):
             arr = shown.apply(arr)
-        if arr is not self._result and self._planes.histogram_on and self._thread is not None:
+        if arr is not self._result and self._planes.histogram_on and self._summing:
             remember_histogram(arr, self._histogram)
         return arr
 
@@ -566,6 +579,8 @@ class SeriesVolume:
 
     def _background(self) -> None:
         planes = self._planes
+        if planes.histogram_on and array_bytes(self.series) >= COMPILED_FROM:
+            counting.warm_up()  # ready when the volume is: its histogram in 0.1 s
         try:
             planes.run(self._jobs)
             self._fill_failed()
@@ -587,9 +602,10 @@ class SeriesVolume:
         out = self._planes.out
         assert out is not None
         result = out.reshape(self.shape)
-        if histogram:
-            remember_histogram(result, self._histogram)
         with self._lock:
+            histogram = self._summing = histogram and not self._settled
+            if histogram:
+                remember_histogram(result, self._histogram)
             self._result = result
         self._finished.set()
         with self._lock:
@@ -602,6 +618,33 @@ class SeriesVolume:
                 self._histogram.set_result(histogram_of(result, self._jobs))
             except (WindowError, MemoryError) as exc:  # a range too wide to count exactly
                 self._histogram.set_exception(exc)
+
+    @property
+    def quick(self) -> bool:
+        """Whether the whole volume should be in memory within about 0.1 s: kept in
+        memory, at most :data:`SETTLE_BYTES`, and uncompressed (its planes read straight
+        from the files)."""
+        return (self.in_memory and self._planes.fast == "native"
+                and array_bytes(self.series) <= SETTLE_BYTES)
+
+    def settle(self, seconds: float | None = None) -> npt.NDArray[Any] | None:
+        """Wait up to ``seconds`` (default :data:`SETTLE_SECONDS`) for the background
+        load. The finished array when it came in time: its caller shows it as a plain
+        array, and no histogram is summed behind (whoever needs one sums it: the widget
+        with :func:`histogram_behind`).
+        ``None`` when it did not: the load goes on behind as if nobody had waited."""
+        with self._lock:
+            if self._result is not None and self._error is None:
+                return self._result  # already loaded (its histogram summed behind)
+            if self._thread is None:
+                return None
+            self._settled = True
+        self._finished.wait(SETTLE_SECONDS if seconds is None else seconds)
+        with self._lock:
+            if self._result is None or self._error is not None:
+                self._settled = False  # still loading (or failed): as before
+                return None
+        return self._result
 
     @property
     def may_widen_to(self) -> np.dtype[Any] | None:
@@ -700,7 +743,7 @@ class SeriesVolume:
             return None
         if self.in_memory:
             arr = self.result()
-            if self._thread is not None:
+            if self._summing:
                 return self._histogram.result()
             return histogram_of(arr, self._jobs)
         for k in np.flatnonzero(~self._counted):
