@@ -1,14 +1,14 @@
 """Counting 8- and 16-bit values, compiled when it can be: the exact histograms' inner loop.
 
 ``np.bincount`` casts every value to a 64-bit index before it counts and holds the GIL
-for most of its work: 0.31-0.36 s for 1000 planes of 512 x 512 int16 on this project's
+for most of its work: 0.25-0.36 s for 1000 planes of 512 x 512 int16 on this project's
 2-core machine, however many threads share it. The same loop compiled by numba, with
-the GIL released, counts them in 0.045 s on 2 threads (``benchmarks/bench_load.py
+the GIL released, counts them in 0.085-0.092 s on 2 threads (``benchmarks/bench_load.py
 --counting``). That is the difference between the Window / Level widget showing a
-1000-slice series' histogram 0.4 s after the volume is in memory and at once.
+1000-slice series' histogram 0.3-0.5 s after the volume is in memory and within 0.15 s.
 
 Numba costs time once per process: its import and the load of the compiled loops from
-numba's cache take 0.5-0.7 s (about 1 s more the very first time, when they are
+numba's cache take 0.5-0.9 s (about 1 s more the very first time, when they are
 compiled and cached). So nothing here imports numba by itself: :func:`warm_up` loads it
 on a background thread, asked for by whoever will want a large histogram soon (the
 Window / Level widget, when it is created); until it is ready, and where numba is not
