@@ -43,14 +43,8 @@ def _gate_histograms(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, 
     return gate, sums
 
 
-def test_background_load_swaps_in_the_same_picture(
-    make_napari_viewer: Any, qtbot: Any, series_folder: Path, monkeypatch: pytest.MonkeyPatch,
-    decodes: Counter[tuple[str, Any, Any]],
-) -> None:
-    monkeypatch.setattr(volume, "BACKGROUND_BYTES", 0)  # this small series loads behind too
-    monkeypatch.setattr(volume, "SETTLE_BYTES", 0)  # and is not waited for
-    # the background threads start their work when the test says so (a 24-slice series
-    # would otherwise be loaded before the test looks at the lazy data)
+def _gate_decode(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Background decoding starts only once the returned gate is set."""
     gate = threading.Event()
     run = volume._Planes.run
 
@@ -59,6 +53,18 @@ def test_background_load_swaps_in_the_same_picture(
         run(self, *args, **kwargs)
 
     monkeypatch.setattr(volume._Planes, "run", gated_run)
+    return gate
+
+
+def test_background_load_swaps_in_the_same_picture(
+    make_napari_viewer: Any, qtbot: Any, series_folder: Path, monkeypatch: pytest.MonkeyPatch,
+    decodes: Counter[tuple[str, Any, Any]],
+) -> None:
+    monkeypatch.setattr(volume, "BACKGROUND_BYTES", 0)  # this small series loads behind too
+    monkeypatch.setattr(volume, "SETTLE_BYTES", 0)  # and is not waited for
+    # the background threads start their work when the test says so (a 24-slice series
+    # would otherwise be loaded before the test looks at the lazy data)
+    gate = _gate_decode(monkeypatch)
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Window / Level")
     layer = viewer.open(str(series_folder), plugin=PLUGIN)[0]
@@ -296,14 +302,7 @@ def test_compiled_counting_loads_for_whom_needs_it(series_folder: Path, door: st
 
 def _open_gated(viewer: Any, folder: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
     """``viewer.open`` with the background decode held at a gate until the test opens it."""
-    gate = threading.Event()
-    run = volume._Planes.run
-
-    def gated_run(self: Any, *args: Any, **kwargs: Any) -> None:
-        gate.wait(30)
-        run(self, *args, **kwargs)
-
-    monkeypatch.setattr(volume._Planes, "run", gated_run)
+    gate = _gate_decode(monkeypatch)
     return viewer.open(str(folder), plugin=PLUGIN)[0], gate
 
 

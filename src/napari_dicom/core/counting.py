@@ -11,9 +11,10 @@ Numba costs time once per process: its import and the load of the compiled loops
 numba's cache take 0.5-0.9 s (about 1 s more the very first time, when they are
 compiled and cached). So nothing here imports numba by itself: :func:`warm_up` loads it
 on a background thread, asked for by whoever will want a large histogram soon (the
-Window / Level widget, when it is created); until it is ready, and where numba is not
-installed or cannot compile, :func:`count_into` uses ``np.bincount``. Both give the
-same counts.
+Window / Level widget, 0.5 s after it is created; the loader of a series of
+:data:`~.volume.COMPILED_FROM` bytes or more, as it starts); until it is ready, and where
+numba is not installed or cannot compile, :func:`count_into` uses ``np.bincount``. Both
+give the same counts.
 """
 
 from __future__ import annotations
